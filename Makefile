@@ -1,0 +1,36 @@
+# zsc developer commands. `make install` then `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+# pip warns about every absent local index location; keep its real errors and exit code.
+QUIET_PIP := { grep -v "is ignored" || true; }
+PIP := $(BIN)/python -m pip
+
+.PHONY: install protos test test-fast lint demo mlflow-ui up clean
+
+install: ## create .venv and install zsc with pinned dependencies
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24" 2>&1 | $(QUIET_PIP)
+	$(PIP) install -q -c requirements/constraints.txt -e ".[dev,lite]" 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -c "import open_clip, timm, torchvision, diffusers, grpc, mlflow, zsc, zsc_services; print('zsc installed:', torchvision.__version__)"
+
+protos: ## regenerate the committed gRPC stubs from protos/
+	$(BIN)/python -m zsc.protogen
+
+test: ## the whole suite (CI runs this)
+	$(BIN)/python -m pytest -q -n 2 --timeout 900
+
+test-fast:
+	$(BIN)/python -m pytest -q -m "not slow and not pipeline" --timeout 300
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+up: ## all four services on loopback, tiny profile
+	$(BIN)/zsc up --profile tiny
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .ruff_cache
