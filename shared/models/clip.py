@@ -1,0 +1,86 @@
+"""open_clip models from a profile reference (open_clip's factory, with zsc's tiny config registered as data)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+
+import open_clip
+import torch
+from PIL import Image
+
+from zsc.models.hub import unavailable
+from zsc.profiles import CONFIG_DIR
+
+
+@dataclass
+class ClipBundle:
+    model: torch.nn.Module
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    ref: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.text_projection.shape[1])
+
+    @property
+    def token_embedding_dim(self) -> int:
+        return int(self.model.token_embedding.weight.shape[1])
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """open_clip logs a warning for every randomly initialized model, which is the point of the tiny profile."""
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
+
+
+@lru_cache(maxsize=1)
+def _register_tiny_configs() -> None:
+    for path in sorted(CONFIG_DIR.glob("*-clip.json")):
+        open_clip.add_model_config(path)
+
+
+def create_clip(ref: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
+    """Build or load an open_clip model, its tokenizer and its eval transform.
+
+    ``tiny:<config>`` builds the architecture from ``profiles/configs/<config>.json`` with seeded random weights;
+    ``open_clip:<arch>/<tag>``, ``hf-hub:<repo>`` and ``local-dir:<path>`` load real weights.
+    """
+    device = torch.device(device)
+    precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    kind, _, name = ref.partition(":")
+    if kind == "tiny":
+        _register_tiny_configs()
+        with torch.random.fork_rng(devices=[]), _quiet():
+            torch.manual_seed(seed)
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, precision=precision)
+        tokenizer = open_clip.get_tokenizer(name)
+    else:
+        if kind == "open_clip":
+            arch, _, tag = name.partition("/")
+            model_name, pretrained = arch, tag or None
+        elif kind in ("hf-hub", "local-dir"):
+            model_name, pretrained = ref, None
+        else:
+            raise ValueError(f"unknown CLIP reference {ref!r}: use tiny:, open_clip:, hf-hub: or local-dir:")
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained, precision=precision, require_pretrained=True
+            )
+        except (OSError, RuntimeError, ValueError) as err:
+            raise unavailable("CLIP model", ref, err) from err
+        tokenizer = open_clip.get_tokenizer(model_name)
+    model = model.to(device).eval().requires_grad_(False)
+    return ClipBundle(model=model, tokenizer=tokenizer, preprocess=preprocess, ref=ref, device=device, dtype=dtype)

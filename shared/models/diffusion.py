@@ -1,0 +1,152 @@
+"""Stable Diffusion components from a profile reference: tiny seeded random weights, or real diffusers weights."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from zsc.models.hub import unavailable
+from zsc.profiles import CONFIG_DIR
+
+SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+    "ddim": (DDIMScheduler, {}),
+    "ddpm": (DDPMScheduler, {}),
+    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "euler": (EulerDiscreteScheduler, {}),
+}
+
+
+@dataclass
+class SDComponents:
+    """The parts of a Stable Diffusion model that zsc's cores drive directly."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: SchedulerMixin
+    ref: str
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_resolution(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+
+def make_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; supported: {', '.join(SCHEDULERS)}")
+    cls, overrides = SCHEDULERS[name]
+    return cls.from_config(config, **overrides)
+
+
+@lru_cache(maxsize=1)
+def clip_bpe_tokenizer(max_length: int = 77) -> CLIPTokenizer:
+    """CLIP's real BPE tokenizer, built from the vocabulary that open_clip ships, so the tiny profile needs no hub.
+
+    The vocabulary order is CLIP's own (bytes, bytes + </w>, merges, then the two special tokens), so token ids equal
+    those of the hub's ``openai/clip-vit-*`` tokenizers.
+    """
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+
+    with gzip.open(default_bpe()) as f:
+        lines = f.read().decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    symbols = list(bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, model_max_length=max_length)
+
+
+def _tiny_config(name: str) -> dict[str, Any]:
+    path = CONFIG_DIR / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"no tiny diffusion config {name!r} in {CONFIG_DIR}")
+    return json.loads(path.read_text())
+
+
+def _build_tiny(name: str, seed: int) -> SDComponents:
+    cfg = _tiny_config(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**cfg["unet"])
+        vae = AutoencoderKL(**cfg["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
+    scheduler = DDIMScheduler(**cfg["scheduler"])
+    return SDComponents(unet, vae, text_encoder, clip_bpe_tokenizer(), scheduler, ref=f"tiny:{name}")
+
+
+def _load_real(ref: str, dtype: torch.dtype) -> SDComponents:
+    local = Path(ref).expanduser()
+    source = str(local) if local.is_dir() else ref
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            source, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+    except (OSError, ValueError) as err:
+        raise unavailable("Stable Diffusion model", ref, err) from err
+    return SDComponents(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, ref=ref)
+
+
+def create_sd_components(
+    ref: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+) -> SDComponents:
+    """Build (``tiny:<config>``) or load (hub id or local diffusers dir) a Stable Diffusion model, in eval mode."""
+    kind, _, name = ref.partition(":")
+    parts = _build_tiny(name, seed) if kind == "tiny" else _load_real(ref, dtype)
+    for module in (parts.unet, parts.vae, parts.text_encoder):
+        module.to(device)
+        if module.dtype != dtype:  # a no-op cast still makes diffusers warn
+            module.to(dtype=dtype)
+        module.eval().requires_grad_(False)
+    # SDPA is diffusers' default attention processor in torch 2; set it explicitly so a loaded checkpoint that
+    # pinned another processor cannot silently fall back to the slow path.
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    parts.unet.set_attn_processor(AttnProcessor2_0())
+    parts.vae.set_attn_processor(AttnProcessor2_0())
+    return parts
+
+
+def text_to_image_pipeline(parts: SDComponents, scheduler: str = "ddim") -> StableDiffusionPipeline:
+    """A diffusers pipeline over the components, with the chosen sampler."""
+    pipe = StableDiffusionPipeline(
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        unet=parts.unet,
+        scheduler=make_scheduler(scheduler, parts.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
