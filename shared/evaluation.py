@@ -1,0 +1,177 @@
+"""Evaluation metrics shared by every service: per-class accuracy, GZSL S/U/H, base-to-new B/N/HM, seeds.
+
+Accuracies are fractions in [0, 1]. A *per-class mean* averages the accuracy of each class that has at least one
+sample among the classes asked for, so a class absent from the evaluation set neither counts as 0 nor as 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+__all__ = [
+    "BaseNewMetrics",
+    "GZSLMetrics",
+    "MeanStd",
+    "base_to_new_metrics",
+    "confusion_matrix",
+    "gzsl_metrics",
+    "harmonic_mean",
+    "mean_per_class_accuracy",
+    "mean_std",
+    "mean_std_dict",
+    "per_class_accuracy",
+]
+
+IndexLike = Sequence[int] | torch.Tensor
+
+
+def _as_labels(x: IndexLike, name: str) -> torch.Tensor:
+    t = torch.as_tensor(x).detach().cpu()
+    if t.ndim != 1 or t.is_floating_point() or t.is_complex():
+        raise ValueError(f"{name} must be a 1-D integer tensor, got {t.dtype} with shape {tuple(t.shape)}")
+    return t.to(torch.int64)
+
+
+def _max(*tensors: torch.Tensor) -> int:
+    """Largest entry over the tensors, -1 when all are empty."""
+    return max((int(t.max()) for t in tensors if t.numel()), default=-1)
+
+
+def confusion_matrix(y_true: IndexLike, y_pred: IndexLike, num_classes: int) -> torch.Tensor:
+    """[C, C] int64 counts; row = true class, column = predicted class."""
+    t, p = _as_labels(y_true, "y_true"), _as_labels(y_pred, "y_pred")
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has {t.numel()} entries but y_pred has {p.numel()}")
+    for name, v in (("y_true", t), ("y_pred", p)):
+        if v.numel() and (int(v.min()) < 0 or int(v.max()) >= num_classes):
+            raise ValueError(f"{name} must lie in [0, {num_classes})")
+    return torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def per_class_accuracy(y_true: IndexLike, y_pred: IndexLike, num_classes: int) -> torch.Tensor:
+    """[C] float64 accuracy of each class; NaN for a class with no samples."""
+    cm = confusion_matrix(y_true, y_pred, num_classes).to(torch.float64)
+    support = cm.sum(dim=1)
+    return torch.where(support > 0, cm.diagonal() / support.clamp_min(1), torch.full_like(support, math.nan))
+
+
+def mean_per_class_accuracy(
+    y_true: IndexLike, y_pred: IndexLike, classes: IndexLike | None = None, num_classes: int | None = None
+) -> float:
+    """Mean over ``classes`` (default: all) that have samples of their per-class accuracy; 0.0 when none do.
+
+    Only samples whose true class is in ``classes`` count, but their predictions may be any class.
+    """
+    t, p = _as_labels(y_true, "y_true"), _as_labels(y_pred, "y_pred")
+    c = _as_labels(classes, "classes") if classes is not None else None
+    n = num_classes if num_classes is not None else _max(t, p, *(() if c is None else (c,))) + 1
+    acc = per_class_accuracy(t, p, n)
+    if c is not None:
+        acc = acc[c]
+    acc = acc[~acc.isnan()]
+    return float(acc.mean()) if acc.numel() else 0.0
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """2ab/(a+b), and 0 when both are 0."""
+    return 0.0 if a + b == 0 else 2.0 * a * b / (a + b)
+
+
+@dataclass(frozen=True)
+class GZSLMetrics:
+    """GZSL metrics: seen (S), unseen (U) per-class mean accuracy, both predicted over all classes; H."""
+
+    seen: float
+    unseen: float
+    harmonic: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BaseNewMetrics:
+    """Base-to-new metrics: base (B) and new (N) accuracy, each predicted within its own class set; HM."""
+
+    base: float
+    new: float
+    harmonic: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _check_disjoint(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    if torch.isin(a, b).any():
+        raise ValueError(f"{what} class sets overlap")
+
+
+def gzsl_metrics(
+    y_true: IndexLike, y_pred: IndexLike, seen_classes: IndexLike, unseen_classes: IndexLike
+) -> GZSLMetrics:
+    """S, U and H from predictions made over all classes (seen and unseen alike)."""
+    seen, unseen = _as_labels(seen_classes, "seen_classes"), _as_labels(unseen_classes, "unseen_classes")
+    _check_disjoint(seen, unseen, "seen and unseen")
+    t, p = _as_labels(y_true, "y_true"), _as_labels(y_pred, "y_pred")
+    n = _max(t, p, seen, unseen) + 1
+    s = mean_per_class_accuracy(t, p, seen, n)
+    u = mean_per_class_accuracy(t, p, unseen, n)
+    return GZSLMetrics(seen=s, unseen=u, harmonic=harmonic_mean(s, u))
+
+
+def base_to_new_metrics(
+    scores: torch.Tensor, y_true: IndexLike, base_classes: IndexLike, new_classes: IndexLike
+) -> BaseNewMetrics:
+    """B, N and HM from scores [N, C] over all classes: base samples compete among base classes only, new among new."""
+    base, new = _as_labels(base_classes, "base_classes"), _as_labels(new_classes, "new_classes")
+    _check_disjoint(base, new, "base and new")
+    t = _as_labels(y_true, "y_true")
+    scores = scores.detach().cpu()
+    if scores.ndim != 2 or scores.shape[0] != t.numel():
+        raise ValueError(f"scores must be [{t.numel()}, C], got {tuple(scores.shape)}")
+
+    def within(classes: torch.Tensor) -> float:
+        rows = torch.isin(t, classes)
+        pred = classes[scores[rows][:, classes].argmax(dim=1)]
+        return mean_per_class_accuracy(t[rows], pred, classes, scores.shape[1])
+
+    b, n = within(base), within(new)
+    return BaseNewMetrics(base=b, new=n, harmonic=harmonic_mean(b, n))
+
+
+@dataclass(frozen=True)
+class MeanStd:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value) over ``n`` runs."""
+
+    mean: float
+    std: float
+    n: int
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4f} ± {self.std:.4f} (n={self.n})"
+
+
+def mean_std(values: Iterable[float]) -> MeanStd:
+    """Mean ± sample std of a metric over seeds."""
+    v = torch.tensor([float(x) for x in values], dtype=torch.float64)
+    if v.numel() == 0:
+        raise ValueError("mean_std needs at least one value")
+    std = float(v.std(correction=1)) if v.numel() > 1 else 0.0
+    return MeanStd(mean=float(v.mean()), std=std, n=v.numel())
+
+
+def mean_std_dict(runs: Sequence[Mapping[str, float]]) -> dict[str, MeanStd]:
+    """Per-key :func:`mean_std` over a list of metric dicts (one per seed) that share the same keys."""
+    if not runs:
+        raise ValueError("mean_std_dict needs at least one run")
+    keys = list(runs[0])
+    if any(set(r) != set(keys) for r in runs):
+        raise ValueError("all runs must report the same metric keys")
+    return {k: mean_std(r[k] for r in runs) for k in keys}

@@ -1,0 +1,1 @@
+"""The gRPC runtime shared by every zsc service and client."""

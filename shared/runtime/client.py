@@ -1,0 +1,189 @@
+"""Client helpers: channels with size limits, retries for idempotent RPCs and a deadline on every call."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from zsc.common.v1 import common_pb2, common_pb2_grpc
+
+MiB = 1 << 20
+DEFAULT_TIMEOUT = 60.0  # unary calls
+STREAM_TIMEOUT = 24 * 3600.0  # watches and streams of long jobs
+
+# Only RPCs that are safe to repeat are retried on UNAVAILABLE: reads, and pure functions of their request.
+IDEMPOTENT = {
+    "grpc.health.v1.Health": ["Check"],
+    "zsc.common.v1.Operations": ["GetOperation", "ListOperations", "WatchOperation"],
+    "zsc.classification.v1.Classification": ["ZeroShot"],
+}
+RETRY_POLICY = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.2s",
+    "maxBackoff": "5s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+
+def service_config() -> str:
+    names = [{"service": s, "method": m} for s, methods in IDEMPOTENT.items() for m in methods]
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": RETRY_POLICY}]})
+
+
+class _DefaultDeadline(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Gives every call a deadline when the caller set none."""
+
+    def __init__(self, unary: float, stream: float) -> None:
+        self.unary, self.stream = unary, stream
+
+    @staticmethod
+    def _with_timeout(details: grpc.ClientCallDetails, timeout: float) -> grpc.ClientCallDetails:
+        if details.timeout is not None:
+            return details
+        return _CallDetails(
+            details.method, timeout, details.metadata, details.credentials, details.wait_for_ready, details.compression
+        )
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_timeout(details, self.unary), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_timeout(details, self.stream), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._with_timeout(details, self.stream), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self._with_timeout(details, self.stream), request_iterator)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression) -> None:
+        self.method, self.timeout, self.metadata = method, timeout, metadata
+        self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
+
+
+def connect(
+    address: str,
+    *,
+    max_message_bytes: int = 64 * MiB,
+    timeout: float = DEFAULT_TIMEOUT,
+    stream_timeout: float = STREAM_TIMEOUT,
+) -> grpc.Channel:
+    """An insecure channel to ``address`` with zsc's limits, retry policy and default deadlines."""
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", service_config()),
+    ]
+    channel = grpc.insecure_channel(address, options=options)
+    return grpc.intercept_channel(channel, _DefaultDeadline(timeout, stream_timeout))
+
+
+def address_from_env(service: str) -> str | None:
+    return os.environ.get(f"ZSC_{service.upper()}_ADDRESS") or None
+
+
+def wait_until_serving(channel: grpc.Channel, service: str = "", timeout: float = 120.0) -> None:
+    """Poll grpc health until SERVING; raise TimeoutError with the last status otherwise."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            last = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+        except grpc.RpcError as err:
+            last = err.code().name
+        time.sleep(0.1)
+    raise TimeoutError(f"service not SERVING after {timeout:.0f} s (last status: {last})")
+
+
+class OperationError(Exception):
+    """A finished operation that failed or was cancelled."""
+
+    def __init__(self, op: common_pb2.Operation) -> None:
+        self.code = grpc.StatusCode.UNKNOWN
+        for code in grpc.StatusCode:
+            if code.value[0] == op.error.code:
+                self.code = code
+        super().__init__(f"{self.code.name}: {op.error.message}")
+        self.operation = op
+
+
+def watch(
+    channel: grpc.Channel,
+    op: common_pb2.Operation,
+    on_update: Callable[[common_pb2.Operation], None] | None = None,
+) -> common_pb2.Operation:
+    """Follow an operation to its end through WatchOperation; raise OperationError if it did not succeed."""
+    stub = common_pb2_grpc.OperationsStub(channel)
+    last = op
+    if not op.done:
+        for last in stub.WatchOperation(common_pb2.WatchOperationRequest(name=op.name)):
+            if on_update is not None:
+                on_update(last)
+    if not last.done:  # the stream ended early (server shutdown): ask once more
+        last = stub.GetOperation(common_pb2.GetOperationRequest(name=op.name))
+    if last.HasField("error"):
+        raise OperationError(last)
+    return last
+
+
+def unpack(op: common_pb2.Operation, message_type: type) -> Any:
+    out = message_type()
+    op.response.Unpack(out)
+    return out
+
+
+@contextmanager
+def service_channel(
+    service: str,
+    address: str | None = None,
+    *,
+    profile: str = "tiny",
+    data_roots: list[Path] | None = None,
+    ready_timeout: float = 600.0,
+) -> Iterator[grpc.Channel]:
+    """A channel to ``service``: at ``address``, at ``ZSC_<SERVICE>_ADDRESS``, or else at a server this process starts
+    on an ephemeral loopback port for the duration of the block (still over gRPC)."""
+    address = address or address_from_env(service)
+    if address:
+        channel = connect(address)
+        try:
+            wait_until_serving(channel, timeout=ready_timeout)
+            yield channel
+        finally:
+            channel.close()
+        return
+    from zsc.runtime.server import ServerConfig, ZscServer
+
+    config = ServerConfig(profile=profile, data_roots=data_roots or [Path.cwd()])
+    server = ZscServer(service, config)
+    port = server.start()
+    try:
+        server.wait_ready(ready_timeout)
+        channel = connect(f"127.0.0.1:{port}")
+        try:
+            yield channel
+        finally:
+            channel.close()
+    finally:
+        server.stop(grace=5)

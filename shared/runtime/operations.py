@@ -1,0 +1,251 @@
+"""Long-running operations: background jobs with progress, cancel and a streaming watch.
+
+Jobs run on their own worker threads, never on the RPC threads, so health checks, GetOperation and CancelOperation
+stay responsive while a job computes. A per-service cap on concurrent jobs answers RESOURCE_EXHAUSTED when full
+instead of slowing every job down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2, message, timestamp_pb2
+
+from zsc import errors
+from zsc.common.v1 import common_pb2, common_pb2_grpc
+from zsc.runtime.interceptors import status_for
+
+log = logging.getLogger("zsc.operations")
+State = common_pb2.OperationMetadata.State
+
+
+class JobContext:
+    """What a running job sees: progress reporting and cooperative cancellation. Cores get its bound methods."""
+
+    def __init__(self, record: _Record, manager: OperationManager) -> None:
+        self._record = record
+        self._manager = manager
+
+    @property
+    def name(self) -> str:
+        return self._record.name
+
+    def should_stop(self) -> bool:
+        return self._record.cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        if self.should_stop():
+            raise errors.Cancelled(f"operation {self.name} was cancelled")
+
+    def progress(self, done: int, total: int | None = None, message: str | None = None, **metrics: float) -> None:
+        self._manager._update(self._record, done=done, total=total, message=message, metrics=metrics)
+
+    def set_mlflow_run(self, run_id: str) -> None:
+        self._manager._update(self._record, run_id=run_id)
+
+
+@dataclass
+class _Record:
+    name: str
+    kind: str
+    unit: str
+    state: int = State.QUEUED
+    done_units: int = 0
+    total_units: int = 0
+    message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    run_id: str = ""
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    response: message.Message | None = None
+    error: tuple[int, str] | None = None
+    version: int = 0
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def done(self) -> bool:
+        return self.state in (State.SUCCEEDED, State.FAILED, State.CANCELLED)
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+class OperationManager:
+    def __init__(self, service: str, max_concurrent: int = 2, retain: int = 1000) -> None:
+        self.service = service
+        self.max_concurrent = max_concurrent
+        self._retain = retain
+        self._records: OrderedDict[str, _Record] = OrderedDict()
+        self._changed = threading.Condition()
+        self._executor = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix=f"{service}-job")
+        self._closed = False
+
+    # --- starting and running jobs -------------------------------------------------------------------------------
+    def start(
+        self, kind: str, job: Callable[[JobContext], message.Message], *, total: int = 0, unit: str = ""
+    ) -> common_pb2.Operation:
+        """Queue ``job`` and return its Operation at once; raises ResourceExhausted when the cap is reached."""
+        with self._changed:
+            if self._closed:
+                raise errors.ModelUnavailable(f"{self.service} is shutting down")
+            active = sum(not r.done for r in self._records.values())
+            if active >= self.max_concurrent:
+                raise errors.ResourceExhausted(
+                    f"{self.service} already runs {active} operations (the cap is {self.max_concurrent}); retry later"
+                )
+            record = _Record(name=f"operations/{self.service}/{uuid.uuid4().hex}", kind=kind, unit=unit)
+            record.total_units = total
+            self._records[record.name] = record
+            self._evict()
+        self._executor.submit(self._run, record, job)
+        return self._snapshot(record)
+
+    def _run(self, record: _Record, job: Callable[[JobContext], message.Message]) -> None:
+        ctx = JobContext(record, self)
+        self._update(record, state=State.RUNNING)
+        try:
+            ctx.check_cancelled()
+            response = job(ctx)
+            ctx.check_cancelled()
+        except BaseException as err:
+            code, text = status_for(err)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("operation %s failed", record.name)
+            state = State.CANCELLED if code == grpc.StatusCode.CANCELLED else State.FAILED
+            self._update(record, state=state, error=(code.value[0], text))
+        else:
+            self._update(record, state=State.SUCCEEDED, response=response)
+
+    def _update(self, record: _Record, **changes: object) -> None:
+        with self._changed:
+            metrics = changes.pop("metrics", None)
+            if metrics:
+                record.metrics.update({k: float(v) for k, v in metrics.items()})
+            for key, value in changes.items():
+                if value is None:
+                    continue
+                if key == "done":
+                    record.done_units = int(value)
+                elif key == "total":
+                    record.total_units = int(value)
+                elif key == "run_id":
+                    record.run_id = str(value)
+                else:
+                    setattr(record, key, value)
+            record.updated = time.time()
+            record.version += 1
+            self._changed.notify_all()
+
+    def _evict(self) -> None:
+        finished = [name for name, r in self._records.items() if r.done]
+        for name in finished[: max(0, len(self._records) - self._retain)]:
+            del self._records[name]
+
+    # --- reading, cancelling, watching ---------------------------------------------------------------------------
+    def _find(self, name: str) -> _Record:
+        record = self._records.get(name)
+        if record is None:
+            raise errors.NotFound(f"no operation named {name!r} on {self.service}")
+        return record
+
+    def _snapshot(self, record: _Record) -> common_pb2.Operation:
+        meta = common_pb2.OperationMetadata(
+            kind=record.kind,
+            state=record.state,
+            done_units=record.done_units,
+            total_units=record.total_units,
+            unit=record.unit,
+            message=record.message,
+            create_time=_timestamp(record.created),
+            update_time=_timestamp(record.updated),
+            metrics=record.metrics,
+            mlflow_run_id=record.run_id,
+        )
+        op = common_pb2.Operation(name=record.name, done=record.done, metadata=meta)
+        if record.error is not None:
+            op.error.code, op.error.message = record.error
+        elif record.response is not None:
+            packed = any_pb2.Any()
+            packed.Pack(record.response)
+            op.response.CopyFrom(packed)
+        return op
+
+    def get(self, name: str) -> common_pb2.Operation:
+        with self._changed:
+            return self._snapshot(self._find(name))
+
+    def list(self, kind: str = "", page_size: int = 0, page_token: str = "") -> tuple[list[common_pb2.Operation], str]:
+        with self._changed:
+            records = [r for r in self._records.values() if not kind or r.kind == kind]
+            start = int(page_token) if page_token.isdigit() else 0
+            size = page_size if 0 < page_size <= 1000 else 100
+            page = records[start : start + size]
+            next_token = str(start + size) if start + size < len(records) else ""
+            return [self._snapshot(r) for r in page], next_token
+
+    def cancel(self, name: str) -> common_pb2.Operation:
+        with self._changed:
+            record = self._find(name)
+            if not record.done:
+                record.cancel.set()
+                record.message = "cancelling"
+                record.version += 1
+                self._changed.notify_all()
+            return self._snapshot(record)
+
+    def watch(self, name: str, is_active: Callable[[], bool] = lambda: True) -> Iterator[common_pb2.Operation]:
+        """Yield the operation now and after every change, until it is done or the watcher goes away."""
+        seen = -1
+        while True:
+            with self._changed:
+                record = self._find(name)
+                if record.version == seen:
+                    self._changed.wait(timeout=1.0)
+                if record.version == seen:
+                    if not is_active() or self._closed:
+                        return
+                    continue
+                seen = record.version
+                snapshot = self._snapshot(record)
+            yield snapshot
+            if snapshot.done:
+                return
+
+    def shutdown(self, cancel: bool = True, wait: bool = True) -> None:
+        """Stop taking jobs; cancel running ones so they clean up their partial outputs."""
+        with self._changed:
+            self._closed = True
+            if cancel:
+                for record in self._records.values():
+                    record.cancel.set()
+            self._changed.notify_all()
+        self._executor.shutdown(wait=wait, cancel_futures=True)
+
+
+class OperationsServicer(common_pb2_grpc.OperationsServicer):
+    def __init__(self, manager: OperationManager) -> None:
+        self.manager = manager
+
+    def GetOperation(self, request, context):
+        return self.manager.get(request.name)
+
+    def ListOperations(self, request, context):
+        ops, token = self.manager.list(request.kind, request.page_size, request.page_token)
+        return common_pb2.ListOperationsResponse(operations=ops, next_page_token=token)
+
+    def CancelOperation(self, request, context):
+        return self.manager.cancel(request.name)
+
+    def WatchOperation(self, request, context):
+        yield from self.manager.watch(request.name, context.is_active)

@@ -1,0 +1,189 @@
+"""One server factory for all four services: health, reflection, interceptors, size limits, graceful shutdown."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from zsc import errors
+from zsc.common.v1 import common_pb2, common_pb2_grpc
+from zsc.profiles import Profile, get_profile
+from zsc.runtime.diagnostics import DiagnosticsServicer
+from zsc.runtime.interceptors import ErrorMappingInterceptor
+from zsc.runtime.operations import OperationManager, OperationsServicer
+
+log = logging.getLogger("zsc.server")
+
+DEFAULT_PORTS = {"synthesis": 50051, "recovery": 50052, "generative": 50053, "classification": 50054}
+# Each service's module exposes `create_service(runtime) -> Service`.
+SERVICE_MODULES = {name: f"zsc_services.{name}.servicer" for name in DEFAULT_PORTS}
+MiB = 1 << 20
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 = an ephemeral port
+    profile: str = "tiny"
+    data_roots: list[Path] = field(default_factory=lambda: [Path.cwd()])
+    max_message_bytes: int = 64 * MiB
+    max_concurrent_operations: int = 2
+    rpc_workers: int = 16
+    grace_seconds: float = 10.0
+
+
+class Service(Protocol):
+    """What a service package provides to the runtime."""
+
+    #: fully qualified gRPC service names, e.g. ["zsc.classification.v1.Classification"]
+    grpc_services: list[str]
+
+    def add_to_server(self, server: grpc.Server) -> None: ...
+
+    def load(self) -> None:
+        """Load models; the service reports SERVING once this returns."""
+
+
+@dataclass
+class ServiceRuntime:
+    """Shared state a servicer gets: its config, profile, operations and readiness."""
+
+    name: str
+    config: ServerConfig
+    profile: Profile
+    operations: OperationManager
+    ready: threading.Event = field(default_factory=threading.Event)
+    load_error: str = ""
+
+    @property
+    def data_roots(self) -> list[Path]:
+        return self.config.data_roots
+
+    def require_ready(self) -> None:
+        if self.load_error:
+            raise errors.ModelUnavailable(self.load_error)
+        if not self.ready.is_set():
+            raise errors.ModelUnavailable(f"{self.name} is still loading its models; retry shortly")
+
+
+class ZscServer:
+    """A started gRPC server for one service. ``start()`` returns the bound port; models load in the background."""
+
+    def __init__(self, service_name: str, config: ServerConfig) -> None:
+        if service_name not in SERVICE_MODULES:
+            raise errors.NotFound(f"unknown service {service_name!r}; one of {', '.join(SERVICE_MODULES)}")
+        self.name = service_name
+        self.config = config
+        self.runtime = ServiceRuntime(
+            name=service_name,
+            config=config,
+            profile=get_profile(config.profile),
+            operations=OperationManager(service_name, config.max_concurrent_operations),
+        )
+        module = importlib.import_module(SERVICE_MODULES[service_name])
+        self.service: Service = module.create_service(self.runtime)
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.rpc_workers, thread_name_prefix=f"{service_name}-rpc"),
+            interceptors=[ErrorMappingInterceptor()],
+            options=options,
+        )
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        common_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(self.runtime.operations), self.server)
+        common_pb2_grpc.add_DiagnosticsServicer_to_server(DiagnosticsServicer(config.max_message_bytes), self.server)
+        self.service.add_to_server(self.server)
+        self.service_names = [*self.service.grpc_services, "zsc.common.v1.Operations", "zsc.common.v1.Diagnostics"]
+        reflection.enable_server_reflection(
+            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self.server,
+        )
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = 0
+        self._loader: threading.Thread | None = None
+
+    def _set_health(self, status: int) -> None:
+        for name in ["", *self.service_names]:
+            self.health.set(name, status)
+
+    def start(self) -> int:
+        address = f"{self.config.host}:{self.config.port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise errors.ResourceExhausted(f"could not bind {address}")
+        self.server.start()
+        self._loader = threading.Thread(target=self._load, name=f"{self.name}-load", daemon=True)
+        self._loader.start()
+        log.info("%s listening on %s:%d (profile %s)", self.name, self.config.host, self.port, self.config.profile)
+        return self.port
+
+    def _load(self) -> None:
+        try:
+            self.service.load()
+        except Exception as err:
+            self.runtime.load_error = f"{self.name} could not load its models: {err}"
+            log.error("%s", self.runtime.load_error)
+            return
+        self.runtime.ready.set()
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("%s is SERVING", self.name)
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until the models are loaded; raise the load error if loading failed."""
+        assert self._loader is not None, "start() first"
+        self._loader.join(timeout)
+        self.runtime.require_ready()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drain: refuse new calls, let in-flight calls finish within the grace period, cancel running jobs."""
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        grace = self.config.grace_seconds if grace is None else grace
+        done = self.server.stop(grace)
+        self.runtime.operations.shutdown(cancel=True, wait=False)
+        done.wait()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def serve_forever(server: ZscServer, on_ready: Callable[[ZscServer], None] | None = None) -> int:
+    """Run until SIGTERM or SIGINT, then drain gracefully. Returns a process exit code."""
+    stopping = threading.Event()
+
+    def _handle(signum: int, _frame: object) -> None:
+        log.info("%s got signal %d; draining", server.name, signum)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _handle)
+    signal.signal(signal.SIGINT, _handle)
+    server.start()
+    if on_ready is not None:
+        on_ready(server)
+    while not stopping.wait(0.5):
+        if server.runtime.load_error:
+            server.stop(0)
+            return 1
+    server.stop()
+    return 0
+
+
+def operation_response(op: common_pb2.Operation, message_type: type) -> object:
+    """Unpack a finished Operation's response into ``message_type``."""
+    out = message_type()
+    op.response.Unpack(out)
+    return out
