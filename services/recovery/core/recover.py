@@ -1,0 +1,422 @@
+"""DFZSL step 1: recover virtual base-class features from a black-box classifier (Tang et al., AAAI 2024).
+
+Each class c is modelled as vMF(mu_c, kappa) on the unit sphere. mu starts at the L2-normalized class text features
+and is trained so that cosine logits of virtual samples against mu match the teacher's logits (MSE, teacher
+detached). The state kept is the one with the lowest loss on a fixed, seeded held-out draw of virtual samples; no
+real or test data is ever looked at. Pure PyTorch: no gRPC, MLflow or progress-bar imports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from .vmf import sample_vmf
+
+__all__ = [
+    "KAPPA_POLICIES",
+    "MAX_SAMPLES_PER_CLASS",
+    "CosineTeacher",
+    "LinearTeacher",
+    "RecoveryCancelled",
+    "RecoveryConfig",
+    "RecoveryResult",
+    "Teacher",
+    "VmfRecovery",
+    "angular_kappa",
+    "recover",
+    "teacher_from_weights",
+]
+
+KAPPA_POLICIES = ("angular", "fixed")
+TEACHER_METRICS = ("cosine", "linear")
+# Per-class cap for every draw size (training, validation, final); bounds memory at S x cap x D floats.
+MAX_SAMPLES_PER_CLASS = 100_000
+# Rows per teacher call when scoring large final draws, to bound the [rows, S] logits buffer.
+_TEACHER_CHUNK = 65_536
+
+
+class Teacher(Protocol):
+    """A black-box classifier: features [N, D] -> logits [N, S]. Only its logits are used."""
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor: ...
+
+
+class RecoveryCancelled(RuntimeError):
+    """Raised when `should_stop()` returned True during recovery."""
+
+
+def _check_weight(weight: torch.Tensor, name: str = "teacher weight") -> None:
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or not weight.is_floating_point():
+        raise ValueError(f"{name} must be a floating [S, D] tensor")
+    if weight.shape[0] < 1 or weight.shape[1] < 2:
+        raise ValueError(f"{name} must have S >= 1 rows and D >= 2 columns, got {tuple(weight.shape)}")
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+class CosineTeacher:
+    """Cosine classifier: logits[:, j] = cos(x, w_j) / temperature."""
+
+    def __init__(self, weight: torch.Tensor, temperature: float = 1.0) -> None:
+        _check_weight(weight)
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+        norms = torch.linalg.vector_norm(weight.detach(), dim=1)
+        if bool((norms == 0).any()):
+            raise ValueError("teacher weight has an all-zero row; its cosine is undefined")
+        self.weight = F.normalize(weight.detach(), dim=1)
+        self.temperature = float(temperature)
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(device=features.device, dtype=features.dtype)
+        return F.normalize(features, dim=-1) @ w.T / self.temperature
+
+
+class LinearTeacher:
+    """Linear classifier: logits = (x W^T + b) / temperature."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, temperature: float = 1.0) -> None:
+        _check_weight(weight)
+        if bias is not None:
+            if not isinstance(bias, torch.Tensor) or bias.shape != (weight.shape[0],):
+                raise ValueError(f"teacher bias must have shape [{weight.shape[0]}]")
+            if not bool(torch.isfinite(bias).all()):
+                raise ValueError("teacher bias contains NaN or Inf")
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+        self.weight = weight.detach()
+        self.bias = None if bias is None else bias.detach()
+        self.temperature = float(temperature)
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(device=features.device, dtype=features.dtype)
+        b = None if self.bias is None else self.bias.to(device=features.device, dtype=features.dtype)
+        return F.linear(features, w, b) / self.temperature
+
+
+def teacher_from_weights(
+    weight: torch.Tensor, metric: str = "cosine", temperature: float = 1.0, bias: torch.Tensor | None = None
+) -> CosineTeacher | LinearTeacher:
+    """Build a teacher from classifier weights [S, D]: metric "cosine" (paper) or "linear"."""
+    if metric == "cosine":
+        if bias is not None:
+            raise ValueError("bias is only used by the linear metric")
+        return CosineTeacher(weight, temperature)
+    if metric == "linear":
+        return LinearTeacher(weight, bias, temperature)
+    raise ValueError(f"unknown teacher metric {metric!r}; expected one of {TEACHER_METRICS}")
+
+
+def angular_kappa(prototypes: torch.Tensor, theta: float = 1.0) -> float:
+    """Shared kappa of the paper: max_c 1 / (theta_c / 6)^2 times theta, theta_c = angle to the nearest prototype."""
+    if prototypes.ndim != 2 or prototypes.shape[0] < 2:
+        raise ValueError("the angular kappa policy needs at least 2 prototypes")
+    p = F.normalize(prototypes.detach().to(torch.float64), dim=1)
+    cos = p @ p.T
+    cos.fill_diagonal_(-math.inf)
+    nearest = torch.arccos(cos.max(dim=1).values.clamp(-1.0, 1.0))
+    smallest = float(nearest.min())
+    if smallest <= 0.0:
+        raise ValueError("two prototypes coincide, so the angular kappa is infinite; use kappa_policy='fixed'")
+    kappa = 36.0 / smallest**2 * theta  # max_c kappa_c comes from the smallest theta_c
+    if not math.isfinite(kappa):
+        raise ValueError("the angular kappa is not finite; use kappa_policy='fixed'")
+    return kappa
+
+
+@dataclass
+class RecoveryConfig:
+    """Recovery settings; defaults are the DFZSL authors' (one epoch = one optimizer step on a fresh draw)."""
+
+    kappa_policy: str = "angular"  # "angular" (paper) or "fixed"
+    theta: float = 1.0  # angular policy: kappa = max_c kappa_c * theta
+    kappa: float | None = None  # fixed policy: the concentration, > 0
+    nsample: int = 50  # virtual samples per class per step
+    epochs: int = 1000  # optimizer steps (1500 for SUN, UCF101, Food; 500 for Caltech in the paper)
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    lr_gamma: float = 1e-3  # lr * (1 + lr_gamma * step) ** -lr_power
+    lr_power: float = 0.75
+    num: int = 100  # final samples per class
+    trusted: bool = True  # keep only final samples whose teacher argmax is their own class
+    temperature: float = 1.0  # student logits are cos(x, mu_j) / temperature; match the teacher's scale
+    seed: int = 0
+    val_samples: int = 50  # held-out virtual samples per class for model selection
+    eval_every: int = 10  # steps between held-out evaluations (the init and the last step are always evaluated)
+    log_every: int = 10  # steps between on_step calls (the last step always reports)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line message on any bad setting."""
+        if self.kappa_policy not in KAPPA_POLICIES:
+            raise ValueError(f"unknown kappa policy {self.kappa_policy!r}; expected one of {KAPPA_POLICIES}")
+        if self.kappa_policy == "fixed":
+            if self.kappa is None or not math.isfinite(self.kappa) or self.kappa <= 0:
+                raise ValueError(f"the fixed kappa policy needs a finite kappa > 0, got {self.kappa}")
+        elif self.kappa is not None:
+            raise ValueError("kappa is only used by the fixed policy; leave it unset for the angular policy")
+        if not (math.isfinite(self.theta) and self.theta > 0):
+            raise ValueError(f"theta must be finite and > 0, got {self.theta}")
+        for name in ("nsample", "num", "val_samples"):
+            value = getattr(self, name)
+            if int(value) != value or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+            if value > MAX_SAMPLES_PER_CLASS:
+                raise ValueError(f"{name}={value} is over the cap of {MAX_SAMPLES_PER_CLASS} samples per class")
+        if int(self.epochs) != self.epochs or self.epochs < 0:
+            raise ValueError(f"epochs must be a non-negative integer, got {self.epochs}")
+        for name in ("eval_every", "log_every"):
+            value = getattr(self, name)
+            if int(value) != value or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        for name in ("lr", "temperature"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {value}")
+        for name in ("weight_decay", "lr_gamma", "lr_power"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+
+
+@dataclass
+class RecoveryResult:
+    """What recovery produces. Tensors are detached CPU copies."""
+
+    mu: torch.Tensor  # [S, D] selected unit means
+    kappa: float
+    features: torch.Tensor  # [N, D] final virtual features (trusted only when the filter is on), float32
+    labels: torch.Tensor  # [N] int64 class indices into the base classes
+    kept_fraction: torch.Tensor  # [S] fraction of each class's `num` draws kept by the trusted filter
+    teacher_agreement: float  # fraction of all final draws whose teacher argmax is their own class
+    loss_curve: list[float]  # training loss at every step
+    final_loss: float  # training loss at the last step (nan when epochs == 0)
+    best_step: int  # step whose state was selected (0 = the init)
+    best_val_loss: float  # held-out loss of the selected state
+    val_steps: list[int] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    steps_run: int = 0
+
+
+class VmfRecovery:
+    """The recovery loop as an object, so callers and tests can step it and inspect the live parameter.
+
+    Args:
+        teacher: black-box classifier, features [N, D] -> logits [N, S].
+        text_features: [S, D] text features of the base classes (any scale; rows are normalized for the init).
+        config: settings; RecoveryConfig() when None.
+        init: optional [S, D] alternative init for mu (e.g. the normalized teacher weights).
+    """
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        text_features: torch.Tensor,
+        config: RecoveryConfig | None = None,
+        init: torch.Tensor | None = None,
+    ) -> None:
+        self.config = config if config is not None else RecoveryConfig()
+        self.config.validate()
+        _check_weight(text_features, "text_features")
+        count, dim = text_features.shape
+        if count < 2:
+            raise ValueError("recovery needs at least 2 base classes")
+        if bool((torch.linalg.vector_norm(text_features.detach(), dim=1) == 0).any()):
+            raise ValueError("text_features has an all-zero row")
+        if init is not None:
+            _check_weight(init, "init")
+            if init.shape != text_features.shape:
+                raise ValueError(f"init has shape {tuple(init.shape)}, text_features {tuple(text_features.shape)}")
+            if bool((torch.linalg.vector_norm(init.detach(), dim=1) == 0).any()):
+                raise ValueError("init has an all-zero row")
+        self.device = text_features.device
+        self.dtype = torch.float64 if text_features.dtype == torch.float64 else torch.float32
+        self.teacher = teacher
+        self.num_classes, self.dim = count, dim
+        start = F.normalize((init if init is not None else text_features).detach().to(self.device, self.dtype), dim=1)
+        self._check_teacher(start)
+
+        cfg = self.config
+        self.kappa = float(cfg.kappa) if cfg.kappa_policy == "fixed" else angular_kappa(start, cfg.theta)
+        self.raw = torch.nn.Parameter(start.clone())
+        self.optimizer = torch.optim.Adam([self.raw], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: (1.0 + cfg.lr_gamma * step) ** -cfg.lr_power
+        )
+        self._train_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self._val_gen = torch.Generator(device=self.device)
+        self._val_seed = cfg.seed + 1
+        self._final_seed = cfg.seed + 2
+        self.steps_done = 0
+        self.best_mu: torch.Tensor = start.clone()
+        self.best_step = 0
+        self.best_val_loss = math.inf
+        self._val_history: list[tuple[int, float]] = []
+
+    def _check_teacher(self, probe: torch.Tensor) -> None:
+        weight = getattr(self.teacher, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            _check_weight(weight)
+            if weight.shape[1] != self.dim:
+                raise ValueError(f"teacher expects D={weight.shape[1]} but text features have D={self.dim}")
+            if weight.shape[0] != self.num_classes:
+                raise ValueError(
+                    f"teacher has S={weight.shape[0]} classes, but there are {self.num_classes} base classes"
+                )
+        try:
+            with torch.no_grad():
+                logits = self.teacher(probe[:2])
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"teacher failed on [2, {self.dim}] features: {first}") from exc
+        if not isinstance(logits, torch.Tensor) or logits.shape != (2, self.num_classes):
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"teacher must return logits [N, {self.num_classes}], got {shape} for N=2")
+        if not bool(torch.isfinite(logits).all()):
+            raise ValueError("teacher returned NaN or Inf logits")
+
+    @property
+    def mu(self) -> torch.Tensor:
+        """The live unit means (detached view of the current parameter, normalized)."""
+        return F.normalize(self.raw.detach(), dim=1)
+
+    def _labels(self, per_class: int) -> torch.Tensor:
+        return torch.arange(self.num_classes, device=self.device).repeat_interleave(per_class)
+
+    def _loss(self, x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        """MSE between student logits cos(x, mu_j)/T and the detached teacher logits; x rows are unit vectors."""
+        with torch.no_grad():
+            target = self.teacher(x.detach()).to(x.dtype)
+        return F.mse_loss(x @ mu.T / self.config.temperature, target)
+
+    def step(self) -> torch.Tensor:
+        """One optimizer step on a fresh reparameterized draw; returns the detached loss (no host sync)."""
+        mu = F.normalize(self.raw, dim=1)
+        x = sample_vmf(mu, self.kappa, self.config.nsample, self._train_gen).reshape(-1, self.dim)
+        loss = self._loss(x, mu)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.steps_done += 1
+        return loss.detach()
+
+    @torch.no_grad()
+    def validation_loss(self, mu: torch.Tensor) -> float:
+        """Loss of unit means `mu` on the held-out draw: same seeded noise at every call, so calls are comparable."""
+        self._val_gen.manual_seed(self._val_seed)
+        x = sample_vmf(mu.to(self.dtype), self.kappa, self.config.val_samples, self._val_gen).reshape(-1, self.dim)
+        loss = float(self._loss(x, mu.to(self.dtype)))
+        if not math.isfinite(loss):
+            raise ValueError("held-out loss is not finite; the teacher returned NaN or Inf logits")
+        return loss
+
+    def select(self) -> bool:
+        """Evaluate the live state on the held-out draw and keep a copy if it is the best so far."""
+        mu = self.mu
+        loss = self.validation_loss(mu)
+        self._val_history.append((self.steps_done, loss))
+        if loss < self.best_val_loss:
+            self.best_val_loss = loss
+            self.best_step = self.steps_done
+            self.best_mu = mu.clone()  # a copy: later optimizer steps must not move the selected state
+            return True
+        return False
+
+    @torch.no_grad()
+    def draw_features(self, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """Draw `num` samples per class from vMF(mu, kappa); returns (features, labels, kept_fraction, agreement)."""
+        cfg = self.config
+        gen = torch.Generator(device=self.device).manual_seed(self._final_seed)
+        x = sample_vmf(mu.to(self.dtype), self.kappa, cfg.num, gen).reshape(-1, self.dim)
+        labels = self._labels(cfg.num)
+        pred = torch.cat([self.teacher(chunk).argmax(dim=1) for chunk in x.split(_TEACHER_CHUNK)])
+        agree = pred == labels
+        per_class = agree.view(self.num_classes, cfg.num).to(torch.float64).mean(dim=1)
+        agreement = float(agree.to(torch.float64).mean())
+        if cfg.trusted:
+            x, labels = x[agree], labels[agree]
+        else:
+            per_class = torch.ones_like(per_class)
+        return x, labels, per_class, agreement
+
+    def fit(
+        self,
+        on_step: Callable[[int, int, float], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> RecoveryResult:
+        """Run `epochs` steps, select the best held-out state, and draw the final features.
+
+        on_step(step, total, loss) is called every `log_every` steps and at the last one; should_stop() is polled
+        before every step and raises RecoveryCancelled when it returns True.
+        """
+        cfg = self.config
+        total = cfg.epochs
+        self.select()
+        losses = torch.empty(total, dtype=self.dtype, device=self.device)
+        for i in range(total):
+            if should_stop is not None and should_stop():
+                raise RecoveryCancelled(f"recovery cancelled after {i} of {total} steps")
+            losses[i] = self.step()
+            done = i + 1
+            if done % cfg.eval_every == 0 or done == total:
+                self.select()
+            if on_step is not None and (done % cfg.log_every == 0 or done == total):
+                on_step(done, total, float(losses[i]))
+        curve = losses.tolist()
+        features, labels, kept, agreement = self.draw_features(self.best_mu)
+        return RecoveryResult(
+            mu=self.best_mu.detach().to("cpu", copy=True),
+            kappa=self.kappa,
+            features=features.to("cpu", torch.float32),
+            labels=labels.to("cpu"),
+            kept_fraction=kept.to("cpu", torch.float32),
+            teacher_agreement=agreement,
+            loss_curve=curve,
+            final_loss=curve[-1] if curve else math.nan,
+            best_step=self.best_step,
+            best_val_loss=self.best_val_loss,
+            val_steps=[s for s, _ in self._val_history],
+            val_losses=[v for _, v in self._val_history],
+            steps_run=self.steps_done,
+        )
+
+
+def recover(
+    teacher: Teacher,
+    text_features: torch.Tensor,
+    config: RecoveryConfig | None = None,
+    *,
+    init: torch.Tensor | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RecoveryResult:
+    """Recover vMF class means from a black-box teacher and draw virtual base features (DFZSL step 1).
+
+    Raises ValueError on bad input (one line) and RecoveryCancelled when should_stop() returns True.
+    """
+    return VmfRecovery(teacher, text_features, config, init).fit(on_step=on_step, should_stop=should_stop)
