@@ -1,0 +1,483 @@
+"""Synthetic dataset output: an ImageFolder ``<root>/<class>/<index:05d>.png`` plus ``manifest.jsonl``, atomic and
+resumable, and ``synthesize``, the entry point a servicer calls.
+
+Consistency design. Every manifest record is a pure function of the request and the image's (class, index), so
+the manifest is *derived data*: the PNG files are the only progress state. Each PNG is written to a temp file in
+its class folder and ``os.replace``-d into place, so a file either exists whole or not at all. The manifest is
+rebuilt from (plan ∩ existing files), in plan order, and replaced atomically: at the start and end of every run
+(finished, cancelled or failed) and at geometrically spaced checkpoints in between. At rest it always lists
+exactly a subset of the files with whole lines; a kill between an image write and a manifest rewrite loses nothing,
+because the next run rebuilds it from the files.
+
+Byte-identical resumes. Floating-point kernels give slightly different results for different batch shapes, which
+can flip 8-bit pixel values, so batches are not formed from whatever is pending: the plan is cut into a fixed grid
+of chunks, (class, index // batch_size), and a chunk is always generated whole. A resume, a cancelled-then-resumed
+run and any sharding therefore run exactly the batches an uninterrupted run does, and write the same bytes; a chunk
+that is only partly missing (a hard kill mid-chunk, a shard edge off the grid) is regenerated whole and only its
+missing files are written. The grid size is stored in ``request.json`` and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument
+from zsc.models.diffusion import SDComponents
+from zsc_services.synthesis.core.generator import GenerationConfig, ImageGenerator, StopFn
+from zsc_services.synthesis.core.planner import (
+    MAX_IMAGES_PER_CLASS,
+    ClassSpec,
+    Job,
+    TrickConfig,
+    TrickMix,
+    TrickSpec,
+    make_plan,
+    normalize_classes,
+    parse_tricks,
+    resolve_mix,
+)
+
+FORMAT = "zsc-synthesis/1"
+MANIFEST = "manifest.jsonl"
+REQUEST = "request.json"
+DEFAULT_BATCH_SIZE = 8
+CHECKPOINT_MIN = 256  # images between manifest rewrites at least; the gap grows with the dataset (amortized O(N))
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """Everything that determines the dataset's bytes, apart from the model (recorded beside it)."""
+
+    classes: tuple[ClassSpec, ...]
+    images_per_class: int
+    tricks: TrickMix
+    seed: int = 0
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", normalize_classes(self.classes))
+        object.__setattr__(self, "tricks", resolve_mix(self.tricks))
+        if isinstance(self.images_per_class, bool) or not isinstance(self.images_per_class, int):
+            raise InvalidArgument(f"images per class must be an integer, got {self.images_per_class!r}")
+        if self.images_per_class <= 0:
+            raise InvalidArgument(f"images per class must be positive, got {self.images_per_class}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise InvalidArgument(f"seed must be an integer, got {self.seed!r}")
+
+    @classmethod
+    def create(
+        cls,
+        classes: Sequence[str | ClassSpec],
+        images_per_class: int,
+        tricks: TrickSpec = "class_prompt",
+        seed: int = 0,
+        *,
+        descriptions: dict[str, str] | None = None,
+        domains: Sequence[str] | str | None = None,
+        template: str | None = None,
+        guidance_scale: float | None = None,
+        guidance_range: tuple[float, float] | None = None,
+        negative_prompt: str = "",
+        generation: GenerationConfig | None = None,
+    ) -> SynthesisRequest:
+        """A request from flat fields, the shape an RPC message has; knobs as in ``parse_tricks``."""
+        descriptions = dict(descriptions or {})
+        specs = [c if isinstance(c, ClassSpec) else ClassSpec(c, descriptions.pop(c, "")) for c in classes]
+        if descriptions:
+            raise InvalidArgument(f"descriptions given for unknown classes: {sorted(descriptions)}")
+        mix = parse_tricks(
+            tricks,
+            domains=domains,
+            template=template,
+            guidance_scale=guidance_scale,
+            guidance_range=guidance_range,
+            negative_prompt=negative_prompt,
+        )
+        return cls(tuple(specs), images_per_class, mix, seed, generation or GenerationConfig())
+
+    def plan(self, max_images_per_class: int = MAX_IMAGES_PER_CLASS) -> list[Job]:
+        return make_plan(
+            self.classes, self.images_per_class, self.tricks, self.seed, max_images_per_class=max_images_per_class
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SynthesisRequest:
+        return cls(
+            classes=tuple(ClassSpec(**c) for c in data["classes"]),
+            images_per_class=data["images_per_class"],
+            tricks=tuple((TrickConfig(**t), s) for t, s in data["tricks"]),
+            seed=data["seed"],
+            generation=GenerationConfig(**data["generation"]),
+        )
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A subset of the plan: ``classes`` (None = all) x indices [start, stop) (stop None = to the end)."""
+
+    classes: tuple[str, ...] | None = None
+    start: int = 0
+    stop: int | None = None
+
+    def select(self, plan: Sequence[Job]) -> list[Job]:
+        if self.start < 0 or (self.stop is not None and self.stop <= self.start):
+            raise InvalidArgument(f"shard index range [{self.start}, {self.stop}) is empty or negative")
+        names = {j.class_name for j in plan}
+        if self.classes is not None:
+            unknown = sorted(set(self.classes) - names)
+            if unknown:
+                raise InvalidArgument(f"shard names classes not in the request: {unknown}")
+        wanted = names if self.classes is None else set(self.classes)
+        stop = math.inf if self.stop is None else self.stop
+        return [j for j in plan if j.class_name in wanted and self.start <= j.index < stop]
+
+
+@dataclass(frozen=True)
+class SynthesisResult:
+    """What one ``synthesize`` call did. ``computed`` counts images run through the UNet (whole chunks)."""
+
+    out_dir: str
+    total: int
+    generated: int
+    skipped: int
+    computed: int
+    cancelled: bool
+    seconds: float
+    batch_size: int
+
+    @property
+    def images_per_second(self) -> float:
+        return self.generated / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def done(self) -> int:
+        return self.generated + self.skipped
+
+
+def synthesize(
+    request: SynthesisRequest,
+    parts: SDComponents,
+    out_dir: str | os.PathLike[str],
+    *,
+    shard: Shard | None = None,
+    batch_size: int | None = None,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    max_images_per_class: int = MAX_IMAGES_PER_CLASS,
+) -> SynthesisResult:
+    """Generate the request's images (or a shard of them) into ``out_dir``, skipping those already there.
+
+    ``batch_size`` None reuses the directory's stored grid (default 8 for a new one); a different explicit value on
+    an existing directory is refused, since it would change the bytes. A different request into the same directory
+    raises ``FailedPrecondition``. Cancelling through ``should_stop`` returns with ``cancelled=True``; the images
+    already written stay and the manifest lists them.
+    """
+    root = Path(out_dir)
+    plan = request.plan(max_images_per_class)
+    jobs = (shard or Shard()).select(plan)
+    generator = ImageGenerator(parts, request.generation)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
+        raise InvalidArgument(f"batch size must be a positive integer, got {batch_size!r}")
+    header = _header(request, generator, batch_size or DEFAULT_BATCH_SIZE)
+    grid = _claim(root, header, batch_size)
+
+    _remove_stale_temps(root, jobs)
+    pending = [j for j in jobs if not (root / j.file).is_file()]
+    skipped = len(jobs) - len(pending)
+    chunks = _chunks(plan, grid)
+    todo = {j.file for j in pending}
+    keys = list(dict.fromkeys((j.class_name, j.index // grid) for j in pending))
+
+    generated = computed = 0
+    cancelled = False
+    listed = write_manifest(root, plan, header)
+    since_checkpoint = 0
+    if on_progress is not None:
+        on_progress(skipped, len(jobs))
+    start = time.perf_counter()
+    try:
+        for key in keys:
+            if should_stop is not None and should_stop():
+                cancelled = True
+                break
+            chunk = chunks[key]
+            images = generator.generate(chunk, should_stop)
+            computed += len(chunk)
+            for job, image in zip(chunk, images, strict=True):
+                if job.file in todo:
+                    write_png(root / job.file, image)
+                    generated += 1
+                    since_checkpoint += 1
+            if on_progress is not None:
+                on_progress(skipped + generated, len(jobs))
+            if since_checkpoint >= max(CHECKPOINT_MIN, listed // 4):
+                listed = write_manifest(root, plan, header)
+                since_checkpoint = 0
+    except Cancelled:
+        cancelled = True
+    finally:
+        seconds = time.perf_counter() - start
+        write_manifest(root, plan, header)
+    return SynthesisResult(str(root), len(jobs), generated, skipped, computed, cancelled, seconds, grid)
+
+
+def split_shards(request: SynthesisRequest, replicas: int, batch_size: int = DEFAULT_BATCH_SIZE) -> list[Shard]:
+    """Index ranges over all classes for ``replicas`` workers, cut on the chunk grid so no chunk is done twice."""
+    if replicas <= 0:
+        raise InvalidArgument(f"replicas must be positive, got {replicas}")
+    n_chunks = math.ceil(request.images_per_class / batch_size)
+    bounds = sorted({round(r * n_chunks / replicas) for r in range(replicas + 1)})
+    return [
+        Shard(None, lo * batch_size, min(hi * batch_size, request.images_per_class))
+        for lo, hi in itertools.pairwise(bounds)
+    ]
+
+
+def manifest_record(job: Job, header: dict[str, Any]) -> dict[str, Any]:
+    """The manifest line of one image."""
+    generation = header["request"]["generation"]
+    return {
+        "class": job.class_name,
+        "index": job.index,
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt,
+        "domain": job.domain,
+        "trick": job.trick,
+        "guidance": job.guidance,
+        "seed": job.seed,
+        "steps": generation["steps"],
+        "scheduler": generation["scheduler"],
+        "model": header["model"],
+        "size": header["size"],
+        "native_resolution": header["native_resolution"],
+        "file": job.file,
+    }
+
+
+def write_manifest(
+    out_dir: str | os.PathLike[str], plan: Sequence[Job] | None = None, header: dict[str, Any] | None = None
+) -> int:
+    """Rebuild ``manifest.jsonl`` from the plan and the files present, in plan order; returns its line count.
+
+    With no plan or header they come from the directory's ``request.json``, so any tool can repair a manifest,
+    e.g. after shards written by several replicas into one directory.
+    """
+    root = Path(out_dir)
+    if header is None:
+        header = read_header(root)
+    if plan is None:
+        plan = SynthesisRequest.from_dict(header["request"]).plan(header["request"]["images_per_class"])
+    lines = [
+        json.dumps(manifest_record(job, header), ensure_ascii=False) + "\n"
+        for job in plan
+        if (root / job.file).is_file()
+    ]
+    _atomic_write(root / MANIFEST, "".join(lines).encode("utf-8"))
+    return len(lines)
+
+
+def read_manifest(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    path = Path(out_dir) / MANIFEST
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def read_header(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The directory's ``request.json``: format, fingerprint, model, resolutions, batch grid and the request."""
+    path = Path(out_dir) / REQUEST
+    if not path.is_file():
+        raise FailedPrecondition(f"{out_dir} is not a zsc synthesis directory: no {REQUEST}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def request_fingerprint(request: SynthesisRequest, model: str) -> str:
+    """sha256 over the canonical JSON of the request and the model reference."""
+    canonical = json.dumps(
+        {"format": FORMAT, "model": model, "request": request.to_dict()},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def write_png(path: Path, image: Image.Image) -> None:
+    """Write a PNG atomically. PIL writes no timestamp chunk, so equal pixels give equal bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_file(path) as fh:
+        image.save(fh, format="PNG")
+
+
+def contact_sheet(root: str | os.PathLike[str], per_class: int = 8) -> Image.Image:
+    """A grid with one row per class (name on the left) of its first ``per_class`` images, in manifest order."""
+    root = Path(root)
+    files: dict[str, list[str]] = {}
+    if (root / MANIFEST).is_file():
+        for record in read_manifest(root):
+            files.setdefault(record["class"], []).append(record["file"])
+    else:
+        for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            files[class_dir.name] = [f"{class_dir.name}/{p.name}" for p in sorted(class_dir.glob("*.png"))]
+    rows = {name: paths[:per_class] for name, paths in files.items() if paths}
+    if not rows:
+        raise FailedPrecondition(f"no images under {root}")
+    first = next(iter(rows.values()))[0]
+    with Image.open(root / first) as im:
+        cell_w, cell_h = im.size
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = int(max(probe.textlength(name, font=font) for name in rows)) + 8
+    gap = 2
+    width = label_w + per_class * (cell_w + gap)
+    sheet = Image.new("RGB", (width, len(rows) * (cell_h + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (name, paths) in enumerate(rows.items()):
+        y = r * (cell_h + gap)
+        draw.text((4, y + cell_h // 2), name, fill="black", font=font, anchor="lm")
+        for c, rel in enumerate(paths):
+            with Image.open(root / rel) as im:
+                sheet.paste(im.convert("RGB").resize((cell_w, cell_h)), (label_w + c * (cell_w + gap), y))
+    return sheet
+
+
+def _header(request: SynthesisRequest, generator: ImageGenerator, batch_size: int) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "fingerprint": request_fingerprint(request, generator.model),
+        "model": generator.model,
+        "native_resolution": generator.native_resolution,
+        "size": generator.size,
+        "batch_size": batch_size,
+        "request": request.to_dict(),
+    }
+
+
+def _claim(root: Path, header: dict[str, Any], batch_size: int | None) -> int:
+    """Create or check ``request.json``; returns the chunk grid size that this directory uses."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / REQUEST
+    if not path.exists():
+        strangers = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+        if strangers:
+            raise FailedPrecondition(
+                f"{root} is not empty and holds no {REQUEST} (found {strangers[:3]}); use an empty dir"
+            )
+        _create_exclusive(path, _header_bytes(header))
+    existing = read_header(root)
+    if existing.get("format") != FORMAT:
+        raise FailedPrecondition(f"{root} holds a dataset of format {existing.get('format')!r}, not {FORMAT!r}")
+    if existing.get("fingerprint") != header["fingerprint"]:
+        before = existing.get("request") or {}
+        differ = [k for k in header["request"] if before.get(k) != header["request"][k]]
+        if existing.get("model") != header["model"]:
+            differ.insert(0, "model")
+        raise FailedPrecondition(
+            f"{root} holds a different synthesis request (differs in {', '.join(differ) or 'fingerprint'}); "
+            "rerun the same request to resume, or use another output dir"
+        )
+    grid = int(existing["batch_size"])
+    if batch_size is not None and batch_size != grid:
+        raise FailedPrecondition(
+            f"{root} was generated with batch size {grid}; batch shape changes the floating-point results, so "
+            f"resume with batch size {grid} (or leave it unset) instead of {batch_size}"
+        )
+    header["batch_size"] = grid
+    return grid
+
+
+def _header_bytes(header: dict[str, Any]) -> bytes:
+    return (json.dumps(header, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _create_exclusive(path: Path, data: bytes) -> None:
+    """Publish a whole file only if none exists, so concurrent replicas agree on one request.json."""
+    fd, tmp = _open_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links: last writer wins, the contents are equal anyway
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _open_temp(path: Path) -> tuple[int, str]:
+    """A new temp file ``.<name>.<random>.tmp`` beside ``path``; mode 0o666 minus the umask, as ``open`` gives,
+    where ``tempfile.mkstemp`` would make the dataset private (0o600)."""
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[Any]:
+    fd, tmp = _open_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    with _atomic_file(path) as fh:
+        fh.write(data)
+
+
+def _remove_stale_temps(root: Path, jobs: Sequence[Job]) -> None:
+    """Delete temp files a killed run left for this run's images (never another replica's: shards are disjoint)."""
+    mine: dict[str, set[str]] = {}
+    for job in jobs:
+        mine.setdefault(job.class_name, set()).add(Path(job.file).name)
+    for name, targets in mine.items():
+        class_dir = root / name
+        if not class_dir.is_dir():
+            continue
+        for entry in os.scandir(class_dir):
+            # temp names are ".<target>.<random>.tmp" (see _atomic_file)
+            if (
+                entry.name.startswith(".")
+                and entry.name.endswith(".tmp")
+                and entry.name[1:].rsplit(".", 2)[0] in targets
+            ):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+
+def _chunks(plan: Sequence[Job], grid: int) -> dict[tuple[str, int], list[Job]]:
+    chunks: dict[tuple[str, int], list[Job]] = {}
+    for job in plan:
+        chunks.setdefault((job.class_name, job.index // grid), []).append(job)
+    return chunks
