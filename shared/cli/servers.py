@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from zsc.runtime.client import address_from_env, connect, wait_until_serving
+from zsc.runtime.security import TlsFiles, read_token
 from zsc.runtime.server import DEFAULT_PORTS, ServerConfig, ZscServer, serve_forever
 
 STATE_FILE = Path(".zsc") / "up.json"
@@ -58,6 +59,13 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-message-mb", type=int, default=64)
     p.add_argument("--max-operations", type=int, default=2, help="concurrent long operations before RESOURCE_EXHAUSTED")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--auth-token-file", type=Path, help="file holding the bearer token clients must send "
+                   "(default: $ZSC_AUTH_TOKEN; none = no authentication)")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", type=Path, help="PEM CA: require client certificates signed by it (mTLS)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without authentication (trusted networks only)")
 
 
 def _config(args: argparse.Namespace, port: int) -> ServerConfig:
@@ -68,7 +76,18 @@ def _config(args: argparse.Namespace, port: int) -> ServerConfig:
         data_roots=[p.resolve() for p in (args.data_root or [Path.cwd()])],
         max_message_bytes=args.max_message_mb << 20,
         max_concurrent_operations=args.max_operations,
+        auth_token=read_token(path=args.auth_token_file),
+        tls=_tls(args),
+        allow_insecure_remote=args.insecure,
     )
+
+
+def _tls(args: argparse.Namespace) -> TlsFiles | None:
+    if not (args.tls_cert or args.tls_key):
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    return TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -102,6 +121,11 @@ def _serve_argv(args: argparse.Namespace, service: str, port: int) -> list[str]:
     ]
     for root in args.data_root or []:
         argv += ["--data-root", str(root.resolve())]
+    for flag in ("auth_token_file", "tls_cert", "tls_key", "tls_client_ca"):
+        if getattr(args, flag):
+            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag).resolve())]
+    if args.insecure:
+        argv.append("--insecure")
     return argv
 
 

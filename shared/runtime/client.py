@@ -39,42 +39,56 @@ def service_config() -> str:
     return json.dumps({"methodConfig": [{"name": names, "retryPolicy": RETRY_POLICY}]})
 
 
-class _DefaultDeadline(
+class _RewriteCallDetails(
     grpc.UnaryUnaryClientInterceptor,
     grpc.UnaryStreamClientInterceptor,
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
+    """Base of the client interceptors that only change a call's details (deadline, metadata)."""
+
+    def rewrite(self, details: grpc.ClientCallDetails, streaming: bool) -> grpc.ClientCallDetails:
+        raise NotImplementedError
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self.rewrite(details, False), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self.rewrite(details, True), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self.rewrite(details, True), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self.rewrite(details, True), request_iterator)
+
+
+class _DefaultDeadline(_RewriteCallDetails):
     """Gives every call a deadline when the caller set none."""
 
     def __init__(self, unary: float, stream: float) -> None:
         self.unary, self.stream = unary, stream
 
-    @staticmethod
-    def _with_timeout(details: grpc.ClientCallDetails, timeout: float) -> grpc.ClientCallDetails:
+    def rewrite(self, details: grpc.ClientCallDetails, streaming: bool) -> grpc.ClientCallDetails:
         if details.timeout is not None:
             return details
-        return _CallDetails(
-            details.method, timeout, details.metadata, details.credentials, details.wait_for_ready, details.compression
-        )
+        return _CallDetails(details, timeout=self.stream if streaming else self.unary)
 
-    def intercept_unary_unary(self, continuation, details, request):
-        return continuation(self._with_timeout(details, self.unary), request)
 
-    def intercept_unary_stream(self, continuation, details, request):
-        return continuation(self._with_timeout(details, self.stream), request)
+class _BearerToken(_RewriteCallDetails):
+    """Adds ``authorization: Bearer <token>`` to every call (plaintext channels to a token-protected server)."""
 
-    def intercept_stream_unary(self, continuation, details, request_iterator):
-        return continuation(self._with_timeout(details, self.stream), request_iterator)
+    def __init__(self, token: str) -> None:
+        self.header = ("authorization", f"Bearer {token}")
 
-    def intercept_stream_stream(self, continuation, details, request_iterator):
-        return continuation(self._with_timeout(details, self.stream), request_iterator)
+    def rewrite(self, details: grpc.ClientCallDetails, streaming: bool) -> grpc.ClientCallDetails:
+        return _CallDetails(details, metadata=[*(details.metadata or ()), self.header])
 
 
 class _CallDetails(grpc.ClientCallDetails):
-    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression) -> None:
-        self.method, self.timeout, self.metadata = method, timeout, metadata
-        self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
+    def __init__(self, base: grpc.ClientCallDetails, **changes: Any) -> None:
+        for field in ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"):
+            setattr(self, field, changes.get(field, getattr(base, field, None)))
 
 
 def connect(
@@ -83,15 +97,30 @@ def connect(
     max_message_bytes: int = 64 * MiB,
     timeout: float = DEFAULT_TIMEOUT,
     stream_timeout: float = STREAM_TIMEOUT,
+    token: str | None = None,
+    tls_ca: Path | None = None,
 ) -> grpc.Channel:
-    """An insecure channel to ``address`` with zsc's limits, retry policy and default deadlines."""
+    """A channel to ``address`` with zsc's limits, retry policy and default deadlines.
+
+    ``token`` (default: ZSC_AUTH_TOKEN) is sent as a bearer token; TLS is used when ``tls_ca`` (default: ZSC_TLS_CA)
+    is set or ZSC_TLS=1, else the channel is plaintext (loopback and trusted networks).
+    """
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.enable_retries", 1),
         ("grpc.service_config", service_config()),
     ]
+    token = token if token is not None else os.environ.get("ZSC_AUTH_TOKEN") or None
+    ca = tls_ca or (Path(os.environ["ZSC_TLS_CA"]) if os.environ.get("ZSC_TLS_CA") else None)
+    if ca is not None or os.environ.get("ZSC_TLS") == "1":
+        from zsc.runtime.security import secure_client_credentials
+
+        channel = grpc.secure_channel(address, secure_client_credentials(ca, token), options=options)
+        return grpc.intercept_channel(channel, _DefaultDeadline(timeout, stream_timeout))
     channel = grpc.insecure_channel(address, options=options)
+    if token:  # plaintext: call credentials need TLS, so the token rides as metadata
+        return grpc.intercept_channel(channel, _DefaultDeadline(timeout, stream_timeout), _BearerToken(token))
     return grpc.intercept_channel(channel, _DefaultDeadline(timeout, stream_timeout))
 
 

@@ -22,6 +22,7 @@ from zsc.profiles import Profile, get_profile
 from zsc.runtime.diagnostics import DiagnosticsServicer
 from zsc.runtime.interceptors import ErrorMappingInterceptor
 from zsc.runtime.operations import OperationManager, OperationsServicer
+from zsc.runtime.security import BearerTokenInterceptor, TlsFiles
 
 log = logging.getLogger("zsc.server")
 
@@ -41,6 +42,18 @@ class ServerConfig:
     max_concurrent_operations: int = 2
     rpc_workers: int = 16
     grace_seconds: float = 10.0
+    auth_token: str | None = None  # bearer token every call must carry (health checks excepted)
+    tls: TlsFiles | None = None
+    allow_insecure_remote: bool = False  # bind a non-loopback host without auth (explicit --insecure)
+
+    def check_exposure(self) -> None:
+        """A service reachable from other machines must authenticate its callers, unless told otherwise."""
+        loopback = self.host in ("127.0.0.1", "localhost", "::1", "[::1]")
+        if not loopback and not self.auth_token and not self.allow_insecure_remote:
+            raise errors.FailedPrecondition(
+                f"refusing to serve on {self.host} without authentication: set an auth token "
+                "(--auth-token-file or ZSC_AUTH_TOKEN), or pass --insecure if the network is trusted"
+            )
 
 
 class Service(Protocol):
@@ -83,6 +96,7 @@ class ZscServer:
     def __init__(self, service_name: str, config: ServerConfig) -> None:
         if service_name not in SERVICE_MODULES:
             raise errors.NotFound(f"unknown service {service_name!r}; one of {', '.join(SERVICE_MODULES)}")
+        config.check_exposure()
         self.name = service_name
         self.config = config
         self.runtime = ServiceRuntime(
@@ -100,7 +114,9 @@ class ZscServer:
         ]
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.rpc_workers, thread_name_prefix=f"{service_name}-rpc"),
-            interceptors=[ErrorMappingInterceptor()],
+            # Authentication runs first, so an unauthenticated caller learns nothing from validation errors.
+            interceptors=[*([BearerTokenInterceptor(config.auth_token)] if config.auth_token else []),
+                          ErrorMappingInterceptor()],
             options=options,
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -123,7 +139,10 @@ class ZscServer:
 
     def start(self) -> int:
         address = f"{self.config.host}:{self.config.port}"
-        self.port = self.server.add_insecure_port(address)
+        if self.config.tls is not None:
+            self.port = self.server.add_secure_port(address, self.config.tls.server_credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise errors.ResourceExhausted(f"could not bind {address}")
         self.server.start()

@@ -172,9 +172,25 @@ def test_cli_zeroshot_over_100_cifar10_images(tmp_path: Path, isolated_mlflow: P
     env = {**os.environ, "ZSC_MLFLOW_DIR": str(tmp_path / "mlflow")}
     env.pop("ZSC_CLASSIFICATION_ADDRESS", None)
     out = subprocess.run(
-        [sys.executable, "-m", "zsc.cli.main", "zeroshot", "--method", "clip", "--profile", "tiny",
-         "--data", str(CIFAR10_TEST), "--limit", "100"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "zsc.cli.main",
+            "zeroshot",
+            "--method",
+            "clip",
+            "--profile",
+            "tiny",
+            "--data",
+            str(CIFAR10_TEST),
+            "--limit",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
     assert "top-1 accuracy:" in out.stdout and "over 100 images" in out.stdout
@@ -186,7 +202,10 @@ def test_cli_zeroshot_over_100_cifar10_images(tmp_path: Path, isolated_mlflow: P
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "zsc.cli.main", "zeroshot", "--data", "/etc", "--profile", "tiny"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
         env={**os.environ, "ZSC_MLFLOW_DIR": str(tmp_path / "mlflow")},
     )
     assert out.returncode == 1

@@ -169,7 +169,10 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
     """A unary call that is running when SIGTERM arrives still completes; then the process exits 0."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "zsc.cli.main", "serve", "classification", "--port", "0", "--data-root", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         line = proc.stdout.readline()

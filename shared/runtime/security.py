@@ -1,0 +1,93 @@
+"""Optional transport security and bearer-token authentication for zsc services and clients.
+
+Servers: TLS from a certificate and key (and a client CA for mutual TLS); a bearer token checked on every call
+except gRPC health checks, which load balancers and `zsc health` make without credentials. Clients: the same token
+from ``ZSC_AUTH_TOKEN`` and a CA bundle from ``ZSC_TLS_CA``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+UNAUTHENTICATED_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # set: clients must present a certificate signed by it
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        for path in (self.cert, self.key, self.client_ca):
+            if path is not None and not path.is_file():
+                raise FileNotFoundError(f"TLS file {path} does not exist")
+        pair = [(self.key.read_bytes(), self.cert.read_bytes())]
+        ca = self.client_ca.read_bytes() if self.client_ca else None
+        return grpc.ssl_server_credentials(pair, root_certificates=ca, require_client_auth=ca is not None)
+
+
+def read_token(value: str | None = None, path: Path | None = None) -> str | None:
+    """The bearer token from a file (preferred: it keeps the secret out of `ps`), a value, or ZSC_AUTH_TOKEN."""
+    if path is not None:
+        token = path.read_text().strip()
+    else:
+        token = value if value is not None else os.environ.get("ZSC_AUTH_TOKEN", "")
+    if token and len(token) < 16:
+        raise ValueError("the auth token must be at least 16 characters")
+    return token or None
+
+
+class BearerTokenInterceptor(grpc.ServerInterceptor):
+    """Answers UNAUTHENTICATED unless the call carries `authorization: Bearer <token>`."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        if handler_call_details.method in UNAUTHENTICATED_METHODS:
+            return continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        given = str(metadata.get("authorization", "")).encode()
+        if hmac.compare_digest(given, self._expected):
+            return continuation(handler_call_details)
+        return _deny(continuation(handler_call_details))
+
+
+def _deny(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+    if handler is None:
+        return None
+
+    def abort(request: Any, context: grpc.ServicerContext) -> None:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+
+    if handler.unary_unary:
+        return handler._replace(unary_unary=abort)
+    if handler.unary_stream:
+        return handler._replace(unary_stream=abort)
+    if handler.stream_unary:
+        return handler._replace(stream_unary=abort)
+    return handler._replace(stream_stream=abort)
+
+
+class _BearerMetadata(grpc.AuthMetadataPlugin):
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def __call__(self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback) -> None:
+        callback(self._metadata, None)
+
+
+def secure_client_credentials(ca: Path | None, token: str | None) -> grpc.ChannelCredentials:
+    """TLS credentials (system roots when ``ca`` is None), with the bearer token as call credentials."""
+    creds = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes() if ca else None)
+    if token:
+        creds = grpc.composite_channel_credentials(creds, grpc.metadata_call_credentials(_BearerMetadata(token)))
+    return creds

@@ -1,0 +1,117 @@
+"""Authentication and exposure rules: bearer tokens, TLS, and no unauthenticated non-loopback bind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from zsc.common.v1 import common_pb2, common_pb2_grpc
+from zsc.errors import FailedPrecondition
+from zsc.runtime.client import connect
+from zsc.runtime.security import TlsFiles
+from zsc.runtime.server import ServerConfig, ZscServer
+
+pytestmark = pytest.mark.service
+TOKEN = "s3cret-token-for-tests-only"
+
+
+def _list_ops(channel: grpc.Channel) -> None:
+    common_pb2_grpc.OperationsStub(channel).ListOperations(common_pb2.ListOperationsRequest(), timeout=10)
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory: pytest.TempPathFactory):
+    server = ZscServer("recovery", ServerConfig(data_roots=[tmp_path_factory.mktemp("d")], auth_token=TOKEN))
+    server.start()
+    server.wait_ready(60)
+    yield server
+    server.stop(0)
+
+
+def test_missing_or_wrong_token_is_unauthenticated(token_server) -> None:
+    for token in ("", "wrong-token-of-enough-length"):
+        channel = connect(f"127.0.0.1:{token_server.port}", token=token)
+        with pytest.raises(grpc.RpcError) as err:
+            _list_ops(channel)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert err.value.details() == "missing or invalid bearer token"
+        channel.close()
+
+
+def test_right_token_is_accepted_and_health_needs_none(token_server) -> None:
+    channel = connect(f"127.0.0.1:{token_server.port}", token=TOKEN)
+    _list_ops(channel)
+    channel.close()
+    anonymous = connect(f"127.0.0.1:{token_server.port}", token="")
+    reply = health_pb2_grpc.HealthStub(anonymous).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    anonymous.close()
+
+
+def test_non_loopback_bind_needs_auth_or_insecure(tmp_path: Path) -> None:
+    with pytest.raises(FailedPrecondition, match="without authentication"):
+        ZscServer("recovery", ServerConfig(host="0.0.0.0", data_roots=[tmp_path]))
+    ServerConfig(host="0.0.0.0", auth_token=TOKEN).check_exposure()
+    ServerConfig(host="0.0.0.0", allow_insecure_remote=True).check_exposure()
+    out = subprocess.run(
+        [sys.executable, "-m", "zsc.cli.main", "serve", "recovery", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip().startswith("zsc: refusing to serve on 0.0.0.0 without authentication")
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@pytest.mark.skipif(subprocess.run(["which", "openssl"], capture_output=True).returncode != 0, reason="needs openssl")
+def test_tls_with_token(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    config = ServerConfig(data_roots=[tmp_path], auth_token=TOKEN, tls=TlsFiles(cert, key))
+    server = ZscServer("recovery", config)
+    port = server.start()
+    try:
+        secure = connect(f"localhost:{port}", token=TOKEN, tls_ca=cert)
+        _list_ops(secure)
+        secure.close()
+        plaintext = connect(f"localhost:{port}", token=TOKEN)
+        with pytest.raises(grpc.RpcError) as err:
+            _list_ops(plaintext)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        plaintext.close()
+    finally:
+        server.stop(0)
