@@ -91,3 +91,37 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def save_evaluation(
+    class_names: list[str],
+    per_class: list[float],
+    confusion: list[list[int]],
+    metrics: dict[str, float],
+    metrics_out: Path | None,
+    plots_dir: Path | None,
+) -> None:
+    """Write DVC-friendly outputs: a metrics JSON, per-class accuracy CSV and a per-sample (actual, predicted) CSV for
+    DVC's confusion template. Files are written atomically, so an interrupted stage leaves no partial output."""
+    import csv
+    import io
+    import json
+
+    from zsc.io import atomic_write_bytes
+
+    if metrics_out is not None:
+        payload = {**metrics, "per_class_accuracy": dict(zip(class_names, per_class, strict=True))}
+        atomic_write_bytes(metrics_out, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+    if plots_dir is not None:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["class", "accuracy"])
+        writer.writerows([name, f"{acc:.6f}"] for name, acc in zip(class_names, per_class, strict=True))
+        atomic_write_bytes(plots_dir / "per_class_accuracy.csv", buf.getvalue().encode())
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["actual", "predicted"])
+        for i, row in enumerate(confusion):
+            for j, count in enumerate(row):
+                writer.writerows([[class_names[i], class_names[j]]] * int(count))
+        atomic_write_bytes(plots_dir / "confusion.csv", buf.getvalue().encode())

@@ -9,7 +9,7 @@ from pathlib import Path
 from zsc import codec
 from zsc.classification.v1 import classification_pb2 as pb
 from zsc.classification.v1 import classification_pb2_grpc as pb_grpc
-from zsc.cli.common import CommandError, add_client_args, follow, markdown_table, open_channel
+from zsc.cli.common import CommandError, add_client_args, follow, markdown_table, open_channel, save_evaluation
 from zsc.common.v1 import common_pb2
 from zsc.runtime.client import unpack
 
@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=0)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--experiment", default="", help="MLflow experiment (default: zsc-zeroshot)")
+    p.add_argument("--metrics-out", type=Path, help="write the metrics as JSON (for DVC)")
+    p.add_argument("--plots-dir", type=Path, help="write per-class accuracy and confusion CSVs (for DVC plots)")
     add_client_args(p, "classification")
     p.set_defaults(func=cmd_zeroshot)
 
@@ -50,7 +52,23 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
             experiment=args.experiment,
         )
         op = follow(channel, stub.EvaluateZeroShot(request), f"{args.method} zero-shot")
-        print_evaluation(unpack(op, pb.EvaluationResult), op)
+        result = unpack(op, pb.EvaluationResult)
+        print_evaluation(result, op)
+        metrics = {
+            "top1": result.top1,
+            "macro_accuracy": result.macro_accuracy,
+            "n_images": result.n_images,
+            "seconds_per_image": result.seconds_per_image,
+            **dict(op.metadata.metrics),
+        }
+        save_evaluation(
+            list(result.class_names),
+            list(result.per_class_accuracy),
+            codec.decode(result.confusion).tolist(),
+            metrics,
+            args.metrics_out,
+            args.plots_dir,
+        )
     return 0
 
 
