@@ -1,11 +1,12 @@
-"""Classification service: zero-shot classification (CLIP now; the Diffusion Classifier and downstream timm models
-join as their issues land). A thin gRPC layer: validate, convert, call the core, report progress."""
+"""Classification service: zero-shot classification with CLIP and the Diffusion Classifier (downstream timm models
+join with their issue). A thin gRPC layer: validate, convert, call the core, report progress."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import grpc
+import torch
 
 from zsc import codec, tracking
 from zsc.classification.v1 import classification_pb2 as pb
@@ -18,10 +19,17 @@ from zsc.runtime.operations import JobContext
 from zsc.runtime.server import ServiceRuntime
 from zsc_services.classification.core.clip_zeroshot import ClipZeroShot
 from zsc_services.classification.core.evaluate import FolderEvaluation, evaluate_folder
-from zsc_services.classification.core.prompts import resolve_templates, validate_class_names
+from zsc_services.classification.core.prompts import validate_class_names
+from zsc_services.classification.zeroshot import (
+    METHOD_NAMES,
+    DiffusionModelCache,
+    ZeroShotMethod,
+    clip_method,
+    diffusion_method,
+)
 
 MAX_INLINE_IMAGES = 256
-METHOD_NAMES = {pb.ZERO_SHOT_METHOD_UNSPECIFIED: "clip", pb.CLIP: "clip", pb.DIFFUSION: "diffusion"}
+MAX_INLINE_DIFFUSION_IMAGES = 16  # each costs thousands of UNet passes: datasets go through EvaluateZeroShot
 
 
 class ClassificationService:
@@ -30,6 +38,7 @@ class ClassificationService:
     def __init__(self, runtime: ServiceRuntime) -> None:
         self.runtime = runtime
         self.clip: ClipZeroShot | None = None
+        self.diffusion = DiffusionModelCache(runtime.profile)
 
     def add_to_server(self, server: grpc.Server) -> None:
         pb_grpc.add_ClassificationServicer_to_server(ClassificationServicer(self), server)
@@ -40,24 +49,20 @@ class ClassificationService:
             bundle = create_clip(profile.clip, profile.torch_device(), profile.torch_dtype(), seed=profile.seed)
             self.clip = ClipZeroShot(bundle)
 
-    def clip_or_fail(self) -> ClipZeroShot:
+    def method(
+        self, method: int, class_names: tuple[str, ...], prompts: pb.PromptSpec, diffusion: pb.DiffusionOptions
+    ) -> ZeroShotMethod:
+        """The requested zero-shot method, ready for this class set (prompts encoded, schedule validated)."""
+        if method not in METHOD_NAMES:
+            raise InvalidArgument(f"unknown zero-shot method {method}")
         self.runtime.require_ready()
+        if method == pb.DIFFUSION:
+            return diffusion_method(self.diffusion.get(), class_names, diffusion, prompts)
         if self.clip is None:
             raise FailedPrecondition(
                 f"profile {self.runtime.profile.name!r} has no CLIP model, so CLIP zero-shot is unavailable"
             )
-        return self.clip
-
-    def classifier_for(self, method: int, class_names: tuple[str, ...], prompts: pb.PromptSpec):
-        """A function from a list of images to [N, C] logits, for the requested method."""
-        if method == pb.DIFFUSION:
-            raise NotImplementedError("the DIFFUSION zero-shot method is not available in this build")
-        if method not in METHOD_NAMES:
-            raise InvalidArgument(f"unknown zero-shot method {method}")
-        clip = self.clip_or_fail()
-        templates = resolve_templates(list(prompts.templates), prompts.template_set)
-        clip.text_classifier(class_names, templates)  # build (and cache) before any image work
-        return lambda images: clip.logits(images, class_names, templates), {"templates": len(templates)}
+        return clip_method(self.clip, class_names, prompts)
 
 
 class ClassificationServicer(pb_grpc.ClassificationServicer):
@@ -66,87 +71,144 @@ class ClassificationServicer(pb_grpc.ClassificationServicer):
 
     def ZeroShot(self, request: pb.ZeroShotRequest, context: grpc.ServicerContext) -> pb.ZeroShotResponse:
         class_names = validate_class_names(list(request.class_names))
+        limit = MAX_INLINE_DIFFUSION_IMAGES if request.method == pb.DIFFUSION else MAX_INLINE_IMAGES
         if not request.images:
             raise InvalidArgument("no images in the request")
-        if len(request.images) > MAX_INLINE_IMAGES:
+        if len(request.images) > limit:
             raise InvalidArgument(
-                f"{len(request.images)} inline images is over the limit of {MAX_INLINE_IMAGES}; "
+                f"{len(request.images)} inline images is over the limit of {limit}; "
                 "use EvaluateZeroShot with a dataset reference"
             )
         if request.top_k < 0:
             raise InvalidArgument("top_k must be >= 0")
-        classify, _ = self.service.classifier_for(request.method, class_names, request.prompts)
+        method = self.service.method(request.method, class_names, request.prompts, request.diffusion)
         images = [decode_image(im.data, what=f"image {i}") for i, im in enumerate(request.images)]
-        logits = classify(images).float().cpu()
-        probs = logits.softmax(dim=-1)
+        # The call's deadline and cancellation reach the core: an expired call stops computing.
+        records = method.classify(images, list(range(len(images))), lambda: not context.is_active())
         k = min(request.top_k or 5, len(class_names))
-        top = probs.topk(k, dim=-1)
+        if method.name == "clip":
+            logits = torch.tensor([r["logits"] for r in records], dtype=torch.float32)
+            probs = logits.softmax(dim=-1)
+            top = probs.topk(k, dim=-1)
+            return pb.ZeroShotResponse(
+                logits=codec.encode(logits),
+                probs=codec.encode(probs),
+                top_k=[_top_k(idx.tolist(), class_names, p.tolist()) for p, idx in zip(*top, strict=True)],
+            )
+        results = [_diffusion_result(r, class_names) for r in records]
         return pb.ZeroShotResponse(
-            logits=codec.encode(logits),
-            probs=codec.encode(probs),
-            top_k=[
-                pb.TopK(indices=idx.tolist(), labels=[class_names[j] for j in idx.tolist()], probs=p.tolist())
-                for p, idx in zip(top.values, top.indices, strict=True)
-            ],
+            top_k=[_top_k(_elimination_order(r)[:k], class_names) for r in results], diffusion=results
         )
 
     def EvaluateZeroShot(self, request: pb.EvaluateZeroShotRequest, context: grpc.ServicerContext):
-        root = resolve_uri(request.data_uri, self.service.runtime.data_roots)
-        if request.limit < 0 or request.batch_size < 0:
-            raise InvalidArgument("limit and batch_size must be >= 0")
+        roots = self.service.runtime.data_roots
+        root = resolve_uri(request.data_uri, roots)
+        if min(request.limit, request.batch_size, request.shard_start, request.shard_stop) < 0:
+            raise InvalidArgument("limit, batch_size and the shard bounds must be >= 0")
         dataset = ImageFolder.open(root, limit=request.limit)
+        stop = request.shard_stop or len(dataset)
+        if not request.shard_start < stop <= len(dataset):
+            raise InvalidArgument(f"shard [{request.shard_start}, {stop}) is not a range of the {len(dataset)} samples")
+        results_path = resolve_uri(request.results_uri, roots, must_exist=False) if request.results_uri else None
         class_names = validate_class_names(list(request.class_names) or dataset.classes)
         if len(class_names) != len(dataset.classes):
             raise InvalidArgument(
                 f"{len(class_names)} class names given for {len(dataset.classes)} class folders in {root}"
             )
-        classify, info = self.service.classifier_for(request.method, class_names, request.prompts)
-        method = METHOD_NAMES[request.method]
-        params = {
-            "method": method,
+        method = self.service.method(request.method, class_names, request.prompts, request.diffusion)
+        params: dict[str, Any] = {
+            "method": method.name,
             "profile": self.service.runtime.profile.name,
             "data_uri": str(root),
             "limit": request.limit,
-            "n_images": len(dataset),
+            "shard": f"{request.shard_start}:{stop}",
+            "n_images": stop - request.shard_start,
             "n_classes": len(class_names),
             "class_names": ",".join(class_names),
-            **info,
+            **method.params,
         }
+        batch_size = request.batch_size or (8 if method.name == "diffusion" else 64)
 
         def job(ctx: JobContext) -> pb.EvaluationResult:
-            with tracking.run(request.experiment or "zsc-zeroshot", f"{method}-zeroshot") as run:
+            with tracking.run(request.experiment or "zsc-zeroshot", f"{method.name}-zeroshot") as run:
                 ctx.set_mlflow_run(run.id)
                 run.log_params(params)
                 run.set_tags({"zsc.profile": params["profile"], "zsc.kind": "zeroshot-eval"})
                 result = evaluate_folder(
                     dataset,
-                    lambda images: classify(images).argmax(dim=-1),
-                    batch_size=request.batch_size or 64,
+                    lambda images, indices: method.classify(images, indices, ctx.should_stop),
+                    batch_size=batch_size,
+                    shard=(request.shard_start, stop),
+                    results_path=results_path,
                     on_progress=lambda done, total: ctx.progress(done, total),
                     should_stop=ctx.should_stop,
                 )
-                log_evaluation(run, result, class_names)
-                return pb.EvaluationResult(
-                    class_names=class_names,
-                    n_images=len(result.labels),
-                    top1=result.top1,
-                    macro_accuracy=result.macro,
-                    per_class_accuracy=result.per_class,
-                    confusion=codec.encode(result.confusion),
-                    mlflow_run_id=run.id,
-                    seconds_per_image=result.seconds_per_image,
-                )
+                extra = {}
+                if method.name == "diffusion":
+                    passes = [r["unet_passes"] for r in result.records]
+                    extra["unet_passes_per_image"] = sum(passes) / max(1, len(passes))
+                    ctx.progress(len(result.records), None, **extra)
+                log_evaluation(run, result, class_names, extra)
+                return evaluation_result(result, class_names, run.id)
 
         return self.service.runtime.operations.start(
-            "zsc.classification.v1.Classification/EvaluateZeroShot", job, total=len(dataset), unit="images"
+            "zsc.classification.v1.Classification/EvaluateZeroShot",
+            job,
+            total=stop - request.shard_start,
+            unit="images",
         )
 
 
-def log_evaluation(run: tracking.Run, result: FolderEvaluation, class_names: tuple[str, ...]) -> None:
+def _top_k(indices: list[int], class_names: tuple[str, ...], probs: list[float] | None = None) -> pb.TopK:
+    return pb.TopK(indices=indices, labels=[class_names[j] for j in indices], probs=probs or [])
+
+
+def _diffusion_result(record: dict[str, Any], class_names: tuple[str, ...]) -> pb.DiffusionImageResult:
+    stages = [
+        pb.StageErrors(class_indices=[int(c) for c in errors], errors=list(errors.values()))
+        for errors in record["stage_errors"]
+    ]
+    label = record["pred"]
+    return pb.DiffusionImageResult(
+        label=label,
+        class_name=class_names[label],
+        prompt=record["prompt"],
+        stages=stages,
+        unet_passes=record["unet_passes"],
+    )
+
+
+def _elimination_order(result: pb.DiffusionImageResult) -> list[int]:
+    """Classes ranked as the Diffusion Classifier ranks them: deeper stages first, lower error first within one."""
+    order: list[int] = []
+    for stage in reversed(result.stages):
+        for _, c in sorted(zip(stage.errors, stage.class_indices, strict=True)):
+            if c not in order:
+                order.append(c)
+    return order
+
+
+def evaluation_result(result: FolderEvaluation, class_names: tuple[str, ...], run_id: str) -> pb.EvaluationResult:
+    return pb.EvaluationResult(
+        class_names=class_names,
+        n_images=len(result.labels),
+        top1=result.top1,
+        macro_accuracy=result.macro,
+        per_class_accuracy=result.per_class,
+        confusion=codec.encode(result.confusion),
+        mlflow_run_id=run_id,
+        seconds_per_image=result.seconds_per_image,
+    )
+
+
+def log_evaluation(
+    run: tracking.Run, result: FolderEvaluation, class_names: tuple[str, ...], extra: dict[str, float] | None = None
+) -> None:
     """Metrics, the confusion matrix as plot and table, and per-class accuracy as plot and metrics."""
     names = list(class_names)
     run.log_metrics(
         {
+            **(extra or {}),
             "top1": result.top1,
             "macro_accuracy": result.macro,
             "seconds_per_image": result.seconds_per_image,

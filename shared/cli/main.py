@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zsc.cli import servers, zeroshot
+from zsc.cli import recovery, servers, zeroshot
 from zsc.cli.common import run_command
 
-COMMAND_MODULES = [servers, zeroshot]
+COMMAND_MODULES = [servers, zeroshot, recovery]
 
 
 def build_parser() -> argparse.ArgumentParser:

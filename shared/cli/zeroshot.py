@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import mimetypes
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 from zsc import codec
 from zsc.classification.v1 import classification_pb2 as pb
 from zsc.classification.v1 import classification_pb2_grpc as pb_grpc
 from zsc.cli.common import CommandError, add_client_args, follow, markdown_table, open_channel, save_evaluation
 from zsc.common.v1 import common_pb2
-from zsc.runtime.client import unpack
+from zsc.data import ImageFolder
+from zsc.runtime.client import service_channel, unpack
 
 METHODS = {"clip": pb.CLIP, "diffusion": pb.DIFFUSION}
 
@@ -29,51 +34,122 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=0)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--experiment", default="", help="MLflow experiment (default: zsc-zeroshot)")
+    dc = p.add_argument_group("Diffusion Classifier")
+    dc.add_argument("--preset", default="", help="paper schedule: cifar10, pets, stl10, flowers, food, aircraft, ...")
+    dc.add_argument("--stages", help='explicit schedule as "n_samples:to_keep,..." e.g. "50:5,500:1"')
+    dc.add_argument("--loss", default="", choices=["", "l1", "l2", "huber"])
+    dc.add_argument("--seed", type=int, default=0)
+    dc.add_argument("--unet-batch-size", type=int, default=0, help="UNet batch (default 64)")
+    dc.add_argument("--dtype", default="", choices=["", "float32", "float16", "bfloat16"])
+    p.add_argument("--results", type=Path, help="append per-image results to this JSONL file; a rerun resumes from it")
     p.add_argument("--metrics-out", type=Path, help="write the metrics as JSON (for DVC)")
     p.add_argument("--plots-dir", type=Path, help="write per-class accuracy and confusion CSVs (for DVC plots)")
     add_client_args(p, "classification")
     p.set_defaults(func=cmd_zeroshot)
 
 
+def _diffusion_options(args: argparse.Namespace) -> pb.DiffusionOptions:
+    stages = []
+    for part in (args.stages or "").split(","):
+        if part.strip():
+            n, _, keep = part.partition(":")
+            stages.append(pb.DiffusionStage(n_samples=int(n), to_keep=int(keep)))
+    return pb.DiffusionOptions(
+        preset=args.preset,
+        stages=stages,
+        loss=args.loss,
+        seed=args.seed,
+        batch_size=args.unet_batch_size,
+        dtype=args.dtype,
+    )
+
+
 def cmd_zeroshot(args: argparse.Namespace) -> int:
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else []
     prompts = pb.PromptSpec(templates=args.templates, template_set=args.template_set)
-    with open_channel(args, "classification", [args.data or ""]) as channel:
-        stub = pb_grpc.ClassificationStub(channel)
-        if args.image:
-            return _classify_images(stub, args, classes, prompts)
-        request = pb.EvaluateZeroShotRequest(
-            method=METHODS[args.method],
-            data_uri=str(Path(args.data).resolve()),
-            class_names=classes,
-            prompts=prompts,
-            limit=args.limit,
-            batch_size=args.batch_size,
-            experiment=args.experiment,
-        )
-        op = follow(channel, stub.EvaluateZeroShot(request), f"{args.method} zero-shot")
-        result = unpack(op, pb.EvaluationResult)
-        print_evaluation(result, op)
-        metrics = {
-            "top1": result.top1,
-            "macro_accuracy": result.macro_accuracy,
-            "n_images": result.n_images,
-            "seconds_per_image": result.seconds_per_image,
-            **dict(op.metadata.metrics),
-        }
-        save_evaluation(
-            list(result.class_names),
-            list(result.per_class_accuracy),
-            codec.decode(result.confusion).tolist(),
-            metrics,
-            args.metrics_out,
-            args.plots_dir,
-        )
+    diffusion = _diffusion_options(args) if args.method == "diffusion" else None
+    if args.image:
+        with open_channel(args, "classification") as channel:
+            return _classify_images(pb_grpc.ClassificationStub(channel), args, classes, prompts, diffusion)
+    data = Path(args.data).resolve()
+    request = pb.EvaluateZeroShotRequest(
+        method=METHODS[args.method],
+        data_uri=str(data),
+        class_names=classes,
+        prompts=prompts,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        experiment=args.experiment,
+        diffusion=diffusion,
+    )
+    addresses = [a for a in (args.address or "").split(",") if a]
+    start = time.perf_counter()
+    if len(addresses) > 1:
+        results = _evaluate_sharded(addresses, request, args)
+    else:
+        if args.results:
+            request.results_uri = str(args.results.resolve())
+        with open_channel(args, "classification", [data, args.results.parent if args.results else ""]) as channel:
+            op = follow(channel, pb_grpc.ClassificationStub(channel).EvaluateZeroShot(request), f"{args.method}")
+            results = [(unpack(op, pb.EvaluationResult), dict(op.metadata.metrics))]
+    names, per_class, confusion, metrics = merge_results(results, time.perf_counter() - start)
+    print_evaluation(names, per_class, confusion, metrics, [r.mlflow_run_id for r, _ in results])
+    save_evaluation(names, per_class, confusion.tolist(), metrics, args.metrics_out, args.plots_dir)
     return 0
 
 
+def _evaluate_sharded(
+    addresses: list[str], request: pb.EvaluateZeroShotRequest, args: argparse.Namespace
+) -> list[tuple[pb.EvaluationResult, dict[str, float]]]:
+    """Split the samples into one contiguous range per replica and evaluate the ranges concurrently."""
+    try:
+        n = len(ImageFolder.open(Path(request.data_uri), limit=request.limit))
+    except Exception as err:
+        raise CommandError(f"sharding over replicas needs the dataset visible here too: {err}") from err
+    bounds = [round(i * n / len(addresses)) for i in range(len(addresses) + 1)]
+
+    def run(i: int) -> tuple[pb.EvaluationResult, dict[str, float]]:
+        shard = pb.EvaluateZeroShotRequest()
+        shard.CopyFrom(request)
+        shard.shard_start, shard.shard_stop = bounds[i], bounds[i + 1]
+        if args.results:
+            shard.results_uri = str(args.results.resolve()) + f".shard{i}of{len(addresses)}"
+        with service_channel("classification", addresses[i]) as channel:
+            op = pb_grpc.ClassificationStub(channel).EvaluateZeroShot(shard)
+            op = follow(channel, op, f"{args.method} shard {i + 1}/{len(addresses)} @ {addresses[i]}")
+            return unpack(op, pb.EvaluationResult), dict(op.metadata.metrics)
+
+    with ThreadPoolExecutor(len(addresses)) as pool:
+        return list(pool.map(run, range(len(addresses))))
+
+
+def merge_results(
+    results: list[tuple[pb.EvaluationResult, dict[str, float]]], seconds: float
+) -> tuple[list[str], list[float], np.ndarray, dict[str, float]]:
+    """One report from the shards of several replicas: confusion matrices add up exactly."""
+    names = list(results[0][0].class_names)
+    confusion = sum(codec.decode(r.confusion) for r, _ in results)
+    support = confusion.sum(axis=1)
+    per_class = [float(confusion[i, i] / support[i]) if support[i] else 0.0 for i in range(len(names))]
+    n = int(confusion.sum())
+    metrics = {
+        "top1": float(np.trace(confusion) / max(1, n)),
+        "macro_accuracy": float(np.mean([a for a, s in zip(per_class, support, strict=True) if s])),
+        "n_images": n,
+        "seconds_per_image": seconds / max(1, n),
+    }
+    passes = [m["unet_passes_per_image"] * r.n_images for r, m in results if "unet_passes_per_image" in m]
+    if passes:
+        metrics["unet_passes_per_image"] = sum(passes) / n
+    return names, per_class, confusion, metrics
+
+
 def _classify_images(
-    stub: pb_grpc.ClassificationStub, args: argparse.Namespace, classes: list[str], prompts: pb.PromptSpec
+    stub: pb_grpc.ClassificationStub,
+    args: argparse.Namespace,
+    classes: list[str],
+    prompts: pb.PromptSpec,
+    diffusion: pb.DiffusionOptions | None,
 ) -> int:
     if not classes:
         raise CommandError("--image needs --classes")
@@ -85,32 +161,37 @@ def _classify_images(
         images.append(common_pb2.Image(data=path.read_bytes(), mime=mime))
     reply = stub.ZeroShot(
         pb.ZeroShotRequest(
-            method=METHODS[args.method], class_names=classes, prompts=prompts, images=images, top_k=args.top_k
+            method=METHODS[args.method],
+            class_names=classes,
+            prompts=prompts,
+            images=images,
+            top_k=args.top_k,
+            diffusion=diffusion,
         )
     )
-    for path, top in zip(args.image, reply.top_k, strict=True):
-        ranked = ", ".join(f"{label} {p:.3f}" for label, p in zip(top.labels, top.probs, strict=True))
-        print(f"{path}: {ranked}")
+    for i, (path, top) in enumerate(zip(args.image, reply.top_k, strict=True)):
+        if reply.diffusion:
+            result = reply.diffusion[i]
+            print(f"{path}: {result.class_name} (ranking {', '.join(top.labels)}; {result.unet_passes} UNet passes)")
+        else:
+            ranked = ", ".join(f"{label} {p:.3f}" for label, p in zip(top.labels, top.probs, strict=True))
+            print(f"{path}: {ranked}")
     return 0
 
 
-def print_evaluation(result: pb.EvaluationResult, op: common_pb2.Operation) -> None:
-    names = list(result.class_names)
-    confusion = codec.decode(result.confusion)
+def print_evaluation(
+    names: list[str], per_class: list[float], confusion: np.ndarray, metrics: dict[str, float], runs: list[str]
+) -> None:
     print(
-        f"top-1 accuracy: {result.top1:.4f} over {result.n_images} images "
-        f"(macro {result.macro_accuracy:.4f}; {result.seconds_per_image:.3f} s/image)"
+        f"top-1 accuracy: {metrics['top1']:.4f} over {metrics['n_images']} images "
+        f"(macro {metrics['macro_accuracy']:.4f}; {metrics['seconds_per_image']:.3f} s/image)"
     )
-    for key in ("unet_passes_per_image",):
-        if key in op.metadata.metrics:
-            print(f"{key.replace('_', ' ')}: {op.metadata.metrics[key]:.0f}")
+    if "unet_passes_per_image" in metrics:
+        print(f"UNet passes per image: {metrics['unet_passes_per_image']:.0f}")
     print()
-    print(
-        markdown_table(["class", "accuracy"], [[n, a] for n, a in zip(names, result.per_class_accuracy, strict=True)])
-    )
+    print(markdown_table(["class", "accuracy"], [[n, a] for n, a in zip(names, per_class, strict=True)]))
     print()
     print("confusion matrix (rows = true, columns = predicted):")
-    print(
-        markdown_table(["true \\ pred", *names], [[n, *map(int, row)] for n, row in zip(names, confusion, strict=True)])
-    )
-    print(f"\nMLflow run: {result.mlflow_run_id}")
+    rows = [[n, *map(int, row)] for n, row in zip(names, confusion, strict=True)]
+    print(markdown_table(["true \\ pred", *names], rows))
+    print(f"\nMLflow run{'s' if len(runs) > 1 else ''}: {', '.join(runs)}")

@@ -25,19 +25,75 @@ class PromptSpec(_message.Message):
     template_set: str
     def __init__(self, templates: _Optional[_Iterable[str]] = ..., template_set: _Optional[str] = ...) -> None: ...
 
+class DiffusionStage(_message.Message):
+    __slots__ = ("n_samples", "to_keep")
+    N_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    TO_KEEP_FIELD_NUMBER: _ClassVar[int]
+    n_samples: int
+    to_keep: int
+    def __init__(self, n_samples: _Optional[int] = ..., to_keep: _Optional[int] = ...) -> None: ...
+
+class ClassPrompts(_message.Message):
+    __slots__ = ("prompts",)
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    prompts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, prompts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DiffusionOptions(_message.Message):
+    __slots__ = ("preset", "stages", "loss", "seed", "batch_size", "dtype", "class_prompts")
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    CLASS_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    preset: str
+    stages: _containers.RepeatedCompositeFieldContainer[DiffusionStage]
+    loss: str
+    seed: int
+    batch_size: int
+    dtype: str
+    class_prompts: _containers.RepeatedCompositeFieldContainer[ClassPrompts]
+    def __init__(self, preset: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[DiffusionStage, _Mapping]]] = ..., loss: _Optional[str] = ..., seed: _Optional[int] = ..., batch_size: _Optional[int] = ..., dtype: _Optional[str] = ..., class_prompts: _Optional[_Iterable[_Union[ClassPrompts, _Mapping]]] = ...) -> None: ...
+
 class ZeroShotRequest(_message.Message):
-    __slots__ = ("method", "class_names", "prompts", "images", "top_k")
+    __slots__ = ("method", "class_names", "prompts", "images", "top_k", "diffusion")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    DIFFUSION_FIELD_NUMBER: _ClassVar[int]
     method: ZeroShotMethod
     class_names: _containers.RepeatedScalarFieldContainer[str]
     prompts: PromptSpec
     images: _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]
     top_k: int
-    def __init__(self, method: _Optional[_Union[ZeroShotMethod, str]] = ..., class_names: _Optional[_Iterable[str]] = ..., prompts: _Optional[_Union[PromptSpec, _Mapping]] = ..., images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    diffusion: DiffusionOptions
+    def __init__(self, method: _Optional[_Union[ZeroShotMethod, str]] = ..., class_names: _Optional[_Iterable[str]] = ..., prompts: _Optional[_Union[PromptSpec, _Mapping]] = ..., images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., top_k: _Optional[int] = ..., diffusion: _Optional[_Union[DiffusionOptions, _Mapping]] = ...) -> None: ...
+
+class StageErrors(_message.Message):
+    __slots__ = ("class_indices", "errors")
+    CLASS_INDICES_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    class_indices: _containers.RepeatedScalarFieldContainer[int]
+    errors: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, class_indices: _Optional[_Iterable[int]] = ..., errors: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class DiffusionImageResult(_message.Message):
+    __slots__ = ("label", "class_name", "prompt", "stages", "unet_passes")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    UNET_PASSES_FIELD_NUMBER: _ClassVar[int]
+    label: int
+    class_name: str
+    prompt: str
+    stages: _containers.RepeatedCompositeFieldContainer[StageErrors]
+    unet_passes: int
+    def __init__(self, label: _Optional[int] = ..., class_name: _Optional[str] = ..., prompt: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageErrors, _Mapping]]] = ..., unet_passes: _Optional[int] = ...) -> None: ...
 
 class TopK(_message.Message):
     __slots__ = ("indices", "labels", "probs")
@@ -50,17 +106,19 @@ class TopK(_message.Message):
     def __init__(self, indices: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[str]] = ..., probs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ZeroShotResponse(_message.Message):
-    __slots__ = ("logits", "probs", "top_k")
+    __slots__ = ("logits", "probs", "top_k", "diffusion")
     LOGITS_FIELD_NUMBER: _ClassVar[int]
     PROBS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    DIFFUSION_FIELD_NUMBER: _ClassVar[int]
     logits: _common_pb2.Tensor
     probs: _common_pb2.Tensor
     top_k: _containers.RepeatedCompositeFieldContainer[TopK]
-    def __init__(self, logits: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., probs: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ...) -> None: ...
+    diffusion: _containers.RepeatedCompositeFieldContainer[DiffusionImageResult]
+    def __init__(self, logits: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., probs: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ..., diffusion: _Optional[_Iterable[_Union[DiffusionImageResult, _Mapping]]] = ...) -> None: ...
 
 class EvaluateZeroShotRequest(_message.Message):
-    __slots__ = ("method", "data_uri", "class_names", "prompts", "limit", "batch_size", "experiment")
+    __slots__ = ("method", "data_uri", "class_names", "prompts", "limit", "batch_size", "experiment", "diffusion", "shard_start", "shard_stop", "results_uri")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     DATA_URI_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +126,10 @@ class EvaluateZeroShotRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    DIFFUSION_FIELD_NUMBER: _ClassVar[int]
+    SHARD_START_FIELD_NUMBER: _ClassVar[int]
+    SHARD_STOP_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_URI_FIELD_NUMBER: _ClassVar[int]
     method: ZeroShotMethod
     data_uri: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
@@ -75,7 +137,11 @@ class EvaluateZeroShotRequest(_message.Message):
     limit: int
     batch_size: int
     experiment: str
-    def __init__(self, method: _Optional[_Union[ZeroShotMethod, str]] = ..., data_uri: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., prompts: _Optional[_Union[PromptSpec, _Mapping]] = ..., limit: _Optional[int] = ..., batch_size: _Optional[int] = ..., experiment: _Optional[str] = ...) -> None: ...
+    diffusion: DiffusionOptions
+    shard_start: int
+    shard_stop: int
+    results_uri: str
+    def __init__(self, method: _Optional[_Union[ZeroShotMethod, str]] = ..., data_uri: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., prompts: _Optional[_Union[PromptSpec, _Mapping]] = ..., limit: _Optional[int] = ..., batch_size: _Optional[int] = ..., experiment: _Optional[str] = ..., diffusion: _Optional[_Union[DiffusionOptions, _Mapping]] = ..., shard_start: _Optional[int] = ..., shard_stop: _Optional[int] = ..., results_uri: _Optional[str] = ...) -> None: ...
 
 class EvaluationResult(_message.Message):
     __slots__ = ("class_names", "n_images", "top1", "macro_accuracy", "per_class_accuracy", "confusion", "mlflow_run_id", "seconds_per_image")

@@ -1,0 +1,171 @@
+"""Benchmark: the batched Diffusion Classifier core against the literal reference loop, same model, images and noise.
+
+    python bench/diffusion_classifier.py                      # cifar10 preset, 10 classes, 4 CIFAR-10 test images
+    python bench/diffusion_classifier.py --limit 2 --preset pets --batch-size 128
+
+Prints UNet passes per image, seconds per image for both, the speed-up and whether the predictions are identical.
+Timings are wall-clock; on a shared machine run it when the cores are idle, or use --repeats and read the best.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
+
+from zsc.models.diffusion import create_sd_components
+from zsc_services.classification.core.diffusion_classifier import (
+    PRESETS,
+    DiffusionClassifier,
+    DiffusionClassifierOptions,
+    build_prompts,
+    draw_noise,
+    preprocess_images,
+    stage_grid_indices,
+    unet_passes,
+)
+from zsc_services.classification.core.diffusion_reference import reference_classify
+
+CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-test"
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def load_images(root: Path, limit: int) -> tuple[list[torch.Tensor], list[int]]:
+    """The first test image of each class in turn (class 0, 1, 2, ...), so a small limit still spans classes."""
+    images, labels = [], []
+    for i in range(limit):
+        label = i % len(CIFAR10_CLASSES)
+        path = root / CIFAR10_CLASSES[label] / f"{i // len(CIFAR10_CLASSES):04d}.jpg"
+        images.append(pil_to_tensor(Image.open(path).convert("RGB")))
+        labels.append(label)
+    return images, labels
+
+
+@torch.inference_mode()
+def unet_call_seconds(parts, batch: int, text: torch.Tensor, reps: int = 10) -> float:
+    """Best wall time of one UNet call at ``batch`` (random latents, one prompt)."""
+    config = parts.unet.config
+    x = torch.randn(batch, config.in_channels, config.sample_size, config.sample_size, dtype=parts.dtype)
+    t = torch.randint(0, 1000, (batch,))
+    cond = text[:1].expand(batch, -1, -1)
+    parts.unet(x, t, encoder_hidden_states=cond)
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        parts.unet(x, t, encoder_hidden_states=cond)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def reference_calls(stages: tuple[tuple[int, int], ...], n_candidates: int, batch: int) -> int:
+    """UNet calls per image of the literal loop: per stage and prompt, ceil(new timesteps / batch)."""
+    n_max = stages[-1][0]
+    seen: set[int] = set()
+    calls, alive = 0, n_candidates
+    for n, keep in stages:
+        new = set(stage_grid_indices(n, n_max)) - seen
+        seen |= new
+        calls += alive * -(-len(new) // batch)
+        alive = keep
+    return calls
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cifar10", choices=sorted(PRESETS))
+    parser.add_argument("--limit", type=int, default=4, help="number of CIFAR-10 test images")
+    parser.add_argument("--batch-size", type=int, default=None, help="core UNet batch (default: the options' default)")
+    parser.add_argument("--image-chunk", type=int, default=None, help="images the core evaluates together")
+    parser.add_argument("--ref-batch-size", type=int, default=32, help="reference batch over timesteps (authors: 32)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate core/reference runs; report the best")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", type=Path, default=CIFAR10)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    overrides: dict[str, int] = {"seed": args.seed}
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    if args.image_chunk:
+        overrides["image_chunk"] = args.image_chunk
+    options = DiffusionClassifierOptions.from_preset(args.preset, **overrides)
+    try:
+        passes = unet_passes(options.stages, len(CIFAR10_CLASSES))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    parts = create_sd_components("tiny:zsc-tiny-sd")
+    images, labels = load_images(args.data, args.limit)
+    classifier = DiffusionClassifier(parts)
+    prompts = [p for class_prompts in build_prompts(CIFAR10_CLASSES, options.templates) for p in class_prompts]
+    pixels = preprocess_images(images, parts.native_resolution)
+    n_noise = options.stages[-1][0]
+    latent_shape = (parts.unet.config.in_channels, parts.unet.config.sample_size, parts.unet.config.sample_size)
+
+    # Warm both paths up (oneDNN primitives, allocator) on one image and a short schedule.
+    warm = DiffusionClassifierOptions(stages=((2, 1),), templates=options.templates, batch_size=options.batch_size)
+    classifier.classify(images[:1], CIFAR10_CLASSES, warm)
+    reference_classify(parts, pixels[0], prompts, warm.stages, warm.loss, draw_noise(0, 0, 2, latent_shape))
+
+    core_times, ref_times = [], []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        results = classifier.classify(images, CIFAR10_CLASSES, options)
+        core_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        references = [
+            reference_classify(
+                parts,
+                pixels[i],
+                prompts,
+                options.stages,
+                options.loss,
+                draw_noise(options.seed, i, n_noise, latent_shape),
+                batch_size=args.ref_batch_size,
+            )
+            for i in range(len(images))
+        ]
+        ref_times.append(time.perf_counter() - start)
+
+    core_s, ref_s = min(core_times) / len(images), min(ref_times) / len(images)
+    prompt_class = [c for c in range(len(CIFAR10_CLASSES)) for _ in options.templates]
+    core_pred = [r.label for r in results]
+    ref_pred = [prompt_class[r.best_prompt] for r in references]
+    same_stages, max_diff = True, 0.0
+    for result, reference in zip(results, references, strict=True):
+        for core_stage, ref_stage in zip(result.class_errors, reference.class_errors(prompt_class), strict=True):
+            same_stages &= core_stage.keys() == ref_stage.keys()
+            shared = core_stage.keys() & ref_stage.keys()
+            max_diff = max([max_diff] + [abs(core_stage[c] - ref_stage[c]) for c in shared])
+    print(f"preset {args.preset}: stages {list(options.stages)}, loss {options.loss}, {len(CIFAR10_CLASSES)} classes")
+    print(f"images {len(images)}, torch threads {torch.get_num_threads()}, core batch {options.batch_size}")
+    print(f"UNet passes per image: closed form {passes}, core {results[0].unet_passes}, ", end="")
+    print(f"reference {references[0].unet_passes}")
+    print(f"core      {core_s:8.3f} s/image   ({core_s / passes * 1e3:.3f} ms/pass)")
+    print(f"reference {ref_s:8.3f} s/image   ({ref_s / passes * 1e3:.3f} ms/pass, batch {args.ref_batch_size})")
+    print(f"speed-up  {ref_s / core_s:8.2f}x")
+    # Amdahl: the literal loop's only waste a batched core can remove here is its per-call cost.
+    one = unet_call_seconds(parts, 1, classifier.encode_prompts(prompts))
+    full = unet_call_seconds(parts, args.ref_batch_size, classifier.encode_prompts(prompts))
+    per_sample = (full - one) / (args.ref_batch_size - 1)
+    calls = reference_calls(options.stages, len(prompts), args.ref_batch_size)
+    print(
+        f"UNet call: {one * 1e3:.2f} ms at batch 1, {full * 1e3:.2f} ms at batch {args.ref_batch_size} "
+        f"-> {per_sample * 1e3:.3f} ms per sample; reference makes {calls} calls per image"
+    )
+    print(f"bound if every per-call cost vanished: {ref_s / (passes * per_sample):.2f}x")
+    print(f"predictions identical: {core_pred == ref_pred}  (core {core_pred}, reference {ref_pred}, labels {labels})")
+    print(f"same classes reach each stage: {same_stages}; max |core - reference| class error: {max_diff:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
