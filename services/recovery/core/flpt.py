@@ -1,0 +1,245 @@
+"""DFZSL step 2: FLPT, feature-language prompt tuning (Tang et al., AAAI 2024).
+
+Virtual base features x (from vMF recovery) and CLIP's text encoder are pulled together:
+
+- 4 shared learnable context tokens ctx [n_ctx, W], initialized from the token embeddings of "a photo of a", go in
+  front of every class name in the frozen text encoder (the shared :class:`zsc.models.prompt_learner.PromptLearner`);
+- an MLP maps the **mean context token** to a residual r in feature space, and every feature becomes
+  x' = x + residual_scale * r (residual_scale 0.005 by default);
+- the loss is cross-entropy over the base classes of logit_scale * cos(x', text(ctx, class)).
+
+How the mean context token feeds the MLP: m = ctx.mean(dim=0) is one vector of the token width W; the MLP is
+Linear(W, 4W) -> QuickGELU -> Linear(4W, D), so r = MLP(m) has the feature dimension D. W is the token embedding
+width and D the text projection's output; they differ in general (the tiny profile: W=64, D=32) and coincide for
+CLIP ViT-B/16 (512) and ViT-L/14 (768), where the MLP is exactly the paper's D -> 4D -> D. The hidden width
+follows the MLP's input (4W), as in the authors' code. The first layer starts N(0, 0.02) with zero bias; the last
+layer starts at zero, so r = 0 and x' = x at step 0. The authors' code instead runs the MLP on every context token
+and averages the outputs; zsc follows the method as published (the MLP of the mean token).
+
+The residual depends only on ctx, so it is one shared shift of every feature; the aligned features are x + s*r, not
+re-normalized (the loss normalizes, as the authors do). Text features come out L2-normalized for the base *and*
+novel classes. Pure PyTorch: no gRPC, MLflow or progress-bar imports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import QuickGELU
+from torch import nn
+
+from zsc.models.prompt_learner import DEFAULT_CTX_INIT, PromptLearner, text_tower
+
+from .recover import RecoveryCancelled
+
+__all__ = ["AlignResult", "FlptConfig", "FlptModel", "align_features"]
+
+# Classes per text-encoder call when encoding all classes at the end: bounds the [chunk, L, W] activations.
+_TEXT_CHUNK = 256
+
+
+@dataclass
+class FlptConfig:
+    """FLPT settings; defaults are the paper's (AdamW lr 3e-3, batch 4, 1 epoch, residual scale 0.005)."""
+
+    ctx_init: str = DEFAULT_CTX_INIT  # the phrase whose token embeddings start the context (its token count = n_ctx)
+    residual_scale: float = 0.005  # x' = x + residual_scale * r
+    lr: float = 3e-3
+    weight_decay: float = 0.01  # AdamW's default, which the authors keep
+    batch_size: int = 4
+    epochs: int = 1
+    seed: int = 0
+    logit_scale: float | None = None  # None: the CLIP model's exp(logit_scale)
+    log_every: int = 10  # steps between on_step calls (the last step always reports)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line message on any bad setting."""
+        if not isinstance(self.ctx_init, str) or not self.ctx_init.strip():
+            raise ValueError("ctx_init must be a non-empty phrase")
+        for name in ("residual_scale", "weight_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be finite and > 0, got {self.lr}")
+        if self.logit_scale is not None and not (math.isfinite(self.logit_scale) and self.logit_scale > 0):
+            raise ValueError(f"logit_scale must be finite and > 0, got {self.logit_scale}")
+        for name in ("batch_size", "log_every"):
+            value = getattr(self, name)
+            if int(value) != value or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if int(self.epochs) != self.epochs or self.epochs < 0:
+            raise ValueError(f"epochs must be a non-negative integer, got {self.epochs}")
+        if int(self.seed) != self.seed or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
+
+
+class FlptModel(nn.Module):
+    """The learnable part of FLPT: the shared context (a PromptLearner) and the context-to-residual MLP."""
+
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        ctx_init: str = DEFAULT_CTX_INIT,
+        residual_scale: float = 0.005,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.prompt = PromptLearner(clip_model, tokenizer, ctx_init=ctx_init)
+        width, dim = self.prompt.width, self.prompt.output_dim
+        device = self.prompt.ctx.device
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width, device=device),
+            QuickGELU(),
+            nn.Linear(4 * width, dim, device=device),
+        )
+        with torch.no_grad():
+            nn.init.normal_(self.mlp[0].weight, std=0.02, generator=generator)
+            nn.init.zeros_(self.mlp[0].bias)
+            nn.init.zeros_(self.mlp[2].weight)  # r = 0 at the start: training begins from the unaligned features
+            nn.init.zeros_(self.mlp[2].bias)
+        self.residual_scale = float(residual_scale)
+
+    def residual(self) -> torch.Tensor:
+        """r = MLP(mean of the context tokens), shape [D]."""
+        return self.mlp(self.prompt.ctx.mean(dim=0))
+
+    def align(self, features: torch.Tensor) -> torch.Tensor:
+        """x' = x + residual_scale * r for features [N, D]."""
+        return features + self.residual_scale * self.residual().to(features.dtype)
+
+    def text_features(self, class_names: Sequence[str]) -> torch.Tensor:
+        """L2-normalized [C, D] text features of the prompts with the current context."""
+        return self.prompt(class_names)
+
+
+@dataclass
+class AlignResult:
+    """What FLPT produces. Tensors are detached float32 CPU copies."""
+
+    features: torch.Tensor  # [N, D] aligned features x + s*r, same row order as the input
+    labels: torch.Tensor  # [N] int64, the input labels (indices into base_names)
+    class_names: list[str]  # base names, then novel names
+    text_features: torch.Tensor  # [len(class_names), D] aligned, L2-normalized
+    residual: torch.Tensor  # [D] the final r (before scaling)
+    ctx: torch.Tensor  # [n_ctx, W] the learned context
+    logit_scale: float
+    loss_curve: list[float] = field(default_factory=list)  # training loss at every step
+    final_loss: float = math.nan  # loss at the last step (nan when no step ran)
+    steps_run: int = 0
+
+
+def _check_inputs(
+    features: torch.Tensor, labels: torch.Tensor, base_names: Sequence[str], novel_names: Sequence[str], dim: int
+) -> None:
+    if not isinstance(features, torch.Tensor) or features.ndim != 2 or not features.is_floating_point():
+        raise ValueError("features must be a floating [N, D] tensor")
+    if features.shape[0] < 1:
+        raise ValueError("features is empty; FLPT needs at least one base feature")
+    if features.shape[1] != dim:
+        raise ValueError(f"features have D={features.shape[1]} but the CLIP text encoder outputs D={dim}")
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError("features contain NaN or Inf")
+    if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError("labels must be a 1-D integer tensor")
+    if labels.shape[0] != features.shape[0]:
+        raise ValueError(f"features has {features.shape[0]} rows but labels has {labels.shape[0]}")
+    names = [*base_names, *novel_names]
+    if not base_names:
+        raise ValueError("FLPT needs at least one base class")
+    if not all(isinstance(n, str) and n.strip() for n in names):
+        raise ValueError("class names must be non-empty strings")
+    if len(set(names)) != len(names):
+        raise ValueError("class names must be unique across base and novel classes")
+    if int(labels.min()) < 0 or int(labels.max()) >= len(base_names):
+        raise ValueError(f"labels must index the {len(base_names)} base classes")
+
+
+def align_features(
+    clip_model: nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    base_names: Sequence[str],
+    novel_names: Sequence[str] = (),
+    config: FlptConfig | None = None,
+    *,
+    on_step: Callable[[int, int, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> AlignResult:
+    """Run FLPT on virtual base features; return aligned features and aligned text features of all classes.
+
+    Args:
+        clip_model: an open_clip CLIP; its text tower stays frozen (bit-identical) and runs on its own device.
+        tokenizer: the model's tokenizer.
+        features: [N, D] virtual base features; labels: [N] indices into ``base_names``.
+        base_names: the classes of the cross-entropy; novel_names: classes that only get aligned text features.
+        config: settings; FlptConfig() when None.
+        on_step: on_step(step, total, loss) every ``log_every`` steps and at the last one.
+        should_stop: polled before every step; RecoveryCancelled is raised when it returns True.
+
+    Raises ValueError (one line) on bad input. Deterministic for a given seed on a given device.
+    """
+    cfg = config if config is not None else FlptConfig()
+    cfg.validate()
+    base_names, novel_names = list(base_names), list(novel_names)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    device = text_tower(clip_model).token_embedding.weight.device
+    init_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    model = FlptModel(clip_model, tokenizer, cfg.ctx_init, cfg.residual_scale, generator=init_gen)
+    _check_inputs(features, labels, base_names, novel_names, model.prompt.output_dim)
+
+    x_all = features.detach().to(device=device, dtype=torch.float32)
+    y_all = labels.detach().to(device=device, dtype=torch.int64)
+    scale = float(cfg.logit_scale) if cfg.logit_scale is not None else float(clip_model.logit_scale.detach().exp())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    count = x_all.shape[0]
+    per_epoch = math.ceil(count / cfg.batch_size)
+    total = per_epoch * cfg.epochs
+    losses = torch.empty(total, dtype=torch.float32, device=device)
+    step = 0
+    for _ in range(cfg.epochs):
+        order = torch.randperm(count, generator=gen).to(device)  # seeded shuffle (the authors' loader did not shuffle)
+        for batch in order.split(cfg.batch_size):
+            if should_stop is not None and should_stop():
+                raise RecoveryCancelled(f"alignment cancelled after {step} of {total} steps")
+            text = model.text_features(base_names)  # only base classes enter the loss, so only they are encoded
+            x = F.normalize(model.align(x_all[batch]), dim=-1)
+            loss = F.cross_entropy(scale * x @ text.T, y_all[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses[step] = loss.detach()
+            step += 1
+            if on_step is not None and (step % cfg.log_every == 0 or step == total):
+                on_step(step, total, float(losses[step - 1]))
+
+    names = base_names + novel_names
+    with torch.no_grad():
+        text_all = torch.cat(
+            [model.text_features(names[i : i + _TEXT_CHUNK]) for i in range(0, len(names), _TEXT_CHUNK)]
+        )
+        residual = model.residual().float()
+        aligned = model.align(x_all)
+    curve = losses.tolist()
+    return AlignResult(
+        features=aligned.to("cpu", torch.float32),
+        labels=y_all.to("cpu"),
+        class_names=names,
+        text_features=text_all.to("cpu", torch.float32),
+        residual=residual.to("cpu"),
+        ctx=model.prompt.ctx.detach().to("cpu", torch.float32, copy=True),
+        logit_scale=scale,
+        loss_curve=curve,
+        final_loss=curve[-1] if curve else math.nan,
+        steps_run=step,
+    )

@@ -1,0 +1,172 @@
+"""`zsc recover` (DFZSL vMF recovery of virtual base features) and `zsc align` (FLPT prompt tuning)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from zsc import codec
+from zsc.cli.common import CommandError, add_client_args, follow, markdown_table, open_channel
+from zsc.common.v1 import common_pb2
+from zsc.recovery.v1 import recovery_pb2 as pb
+from zsc.recovery.v1 import recovery_pb2_grpc as pb_grpc
+from zsc.runtime.client import unpack
+
+METRICS = {"cosine": pb.COSINE, "linear": pb.LINEAR}
+POLICIES = {"angular": pb.ANGULAR, "fixed": pb.FIXED}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("recover", help="DFZSL: recover virtual base-class features from a classifier (vMF)")
+    p.add_argument("--teacher", required=True, type=Path, help='safetensors with "weight" [S, D] (and "bias" [S])')
+    p.add_argument("--classes", required=True, help="base class names, comma-separated or @FILE (one per line)")
+    p.add_argument(
+        "--text-features",
+        type=Path,
+        help='safetensors with "text_features" [S, D] (a zsc feature set works) or a single tensor; '
+        "default: the service's CLIP encodes the class names",
+    )
+    p.add_argument("--template", default="", help='prompt for encoding class names (default "a photo of a {}.")')
+    p.add_argument("--out", required=True, type=Path, help="features file to write (safetensors)")
+    p.add_argument(
+        "--metric", choices=sorted(METRICS), default="cosine", help="how the teacher scores (default cosine)"
+    )
+    p.add_argument("--temperature", type=float, help="teacher logits are divided by it (default 1)")
+    p.add_argument("--kappa-policy", choices=sorted(POLICIES), default="angular")
+    p.add_argument("--theta", type=float, help="angular policy: kappa multiplier (default 1.0)")
+    p.add_argument("--kappa", type=float, default=0.0, help="fixed policy: the concentration (> 0)")
+    p.add_argument("--num", type=int, help="final samples per class before the trusted filter (default 100)")
+    p.add_argument("--nsample", type=int, help="samples per class per step (default 50)")
+    p.add_argument("--epochs", type=int, help="optimizer steps (default 1000)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 3e-3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-trusted", action="store_true", help="keep every sample, not only the teacher-agreeing ones")
+    p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-recovery)")
+    add_client_args(p, "recovery")
+    p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser("align", help="DFZSL FLPT: prompt-tune CLIP on virtual features; aligned features + text")
+    p.add_argument("--features", required=True, type=Path, help="virtual features file (from `zsc recover`)")
+    p.add_argument("--classes", required=True, help="all class names, base and novel: comma-separated or @FILE")
+    p.add_argument("--out", required=True, type=Path, help="aligned features file to write")
+    p.add_argument("--epochs", type=int, help="default 1")
+    p.add_argument("--batch-size", type=int, help="default 4")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default 3e-3)")
+    p.add_argument("--residual-scale", type=float, help="x' = x + scale * r (default 0.005)")
+    p.add_argument("--ctx-init", default="", help='context init phrase (default "a photo of a")')
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-recovery)")
+    add_client_args(p, "recovery")
+    p.set_defaults(func=cmd_align)
+
+
+def parse_classes(value: str) -> list[str]:
+    """Comma-separated names, or @FILE with one name per line (blank lines ignored)."""
+    if value.startswith("@"):
+        path = Path(value[1:])
+        if not path.is_file():
+            raise CommandError(f"no such class-name file: {path}")
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    else:
+        names = [n.strip() for n in value.split(",")]
+    names = [n for n in names if n]
+    if not names:
+        raise CommandError("--classes names no class")
+    return names
+
+
+def load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CommandError(f"no such {what} file: {path}")
+    try:
+        return load_file(path)
+    except Exception as err:  # safetensors has its own error type for a malformed header
+        raise CommandError(f"cannot read {what} file {path}: {type(err).__name__}: {err}") from None
+
+
+def pick(tensors: dict[str, torch.Tensor], key: str, path: Path) -> torch.Tensor:
+    if key in tensors:
+        return tensors[key]
+    if len(tensors) == 1:
+        return next(iter(tensors.values()))
+    raise CommandError(f'{path} has no tensor named "{key}" (it has {", ".join(sorted(tensors)) or "none"})')
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    names = parse_classes(args.classes)
+    tensors = load_tensors(args.teacher, "teacher")
+    if "weight" not in tensors:
+        raise CommandError(f'{args.teacher} has no tensor named "weight"')
+    teacher = pb.Teacher(weight=codec.encode(tensors["weight"].float()), metric=METRICS[args.metric])
+    if "bias" in tensors:
+        teacher.bias.CopyFrom(codec.encode(tensors["bias"].float()))
+    if args.temperature is not None:
+        teacher.temperature = args.temperature
+    request = pb.RecoverRequest(
+        teacher=teacher,
+        class_names=names,
+        prompt_template=args.template,
+        kappa_policy=POLICIES[args.kappa_policy],
+        kappa=args.kappa,
+        seed=args.seed,
+        output_uri=str(args.out.resolve()),
+        experiment=args.experiment,
+    )
+    if args.text_features is not None:
+        text = pick(load_tensors(args.text_features, "text features"), "text_features", args.text_features)
+        request.text_features.CopyFrom(codec.encode(text.float()))
+    for field in ("theta", "num", "nsample", "epochs", "lr"):
+        value = getattr(args, field)
+        if value is not None:
+            setattr(request, field, value)
+    if args.no_trusted:
+        request.trusted = False
+    with open_channel(args, "recovery", [args.out]) as channel:
+        op = follow(channel, pb_grpc.RecoveryStub(channel).Recover(request), "vMF recovery")
+    print_recovery(unpack(op, pb.RecoverResult), op)
+    return 0
+
+
+def print_recovery(result: pb.RecoverResult, op: common_pb2.Operation) -> None:
+    stats = result.stats
+    kept = list(stats.kept_fraction)
+    print(
+        f"recovered {result.n_features} virtual features of {len(result.class_names)} classes "
+        f"(kappa {result.kappa:.4g}, teacher agreement {stats.teacher_agreement:.4f}, "
+        f"final loss {stats.final_loss:.4g}, best step {stats.best_step})"
+    )
+    print()
+    print("trusted fraction per class:")
+    print(markdown_table(["class", "kept fraction"], [[n, k] for n, k in zip(result.class_names, kept, strict=True)]))
+    print(f"\nfeatures: {result.features_uri}")
+    print(f"MLflow run: {stats.mlflow_run_id}")
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    names = parse_classes(args.classes)
+    settings = pb.FlptSettings(ctx_init=args.ctx_init, seed=args.seed)
+    for field in ("epochs", "batch_size", "lr", "residual_scale"):
+        value = getattr(args, field)
+        if value is not None:
+            setattr(settings, field, value)
+    request = pb.AlignRequest(
+        features_uri=str(args.features.resolve()),
+        class_names=names,
+        output_uri=str(args.out.resolve()),
+        settings=settings,
+        experiment=args.experiment,
+    )
+    with open_channel(args, "recovery", [args.features, args.out]) as channel:
+        op = follow(channel, pb_grpc.RecoveryStub(channel).Align(request), "FLPT alignment")
+    result = unpack(op, pb.AlignResult)
+    print(
+        f"aligned {result.n_features} features over {result.steps_run} steps (final loss {result.final_loss:.4g}); "
+        f"text features for {result.n_base} base + {result.n_novel} novel classes"
+    )
+    print(f"\nfeatures: {result.features_uri}")
+    print(f"MLflow run: {result.mlflow_run_id}")
+    return 0
