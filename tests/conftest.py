@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+
+# pytest-xdist runs one worker per core: one intra-op thread each keeps the tiny models from oversubscribing the
+# machine, where threads waiting on each other cost more than they compute. Child processes inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 from collections.abc import Iterator
 from pathlib import Path
 
