@@ -191,12 +191,7 @@ def synthesize(
     already written stay and the manifest lists them.
     """
     root = Path(out_dir)
-    plan = request.plan(max_images_per_class)
-    jobs = (shard or Shard()).select(plan)
-    generator = ImageGenerator(parts, request.generation)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
-        raise InvalidArgument(f"batch size must be a positive integer, got {batch_size!r}")
-    header = _header(request, generator, batch_size or DEFAULT_BATCH_SIZE)
+    plan, jobs, generator, header = _prepare(request, parts, shard, batch_size, max_images_per_class)
     grid = _claim(root, header, batch_size)
 
     _remove_stale_temps(root, jobs)
@@ -239,16 +234,40 @@ def synthesize(
     return SynthesisResult(str(root), len(jobs), generated, skipped, computed, cancelled, seconds, grid)
 
 
+def preflight(
+    request: SynthesisRequest,
+    parts: SDComponents,
+    out_dir: str | os.PathLike[str],
+    *,
+    shard: Shard | None = None,
+    batch_size: int | None = None,
+    max_images_per_class: int = MAX_IMAGES_PER_CLASS,
+) -> list[Job]:
+    """Every check ``synthesize`` makes before its first write, without writing anything; returns the jobs it would
+    run. A service calls it to refuse a bad request at once rather than fail the operation later."""
+    _, jobs, _, header = _prepare(request, parts, shard, batch_size, max_images_per_class)
+    _check_dir(Path(out_dir), header, batch_size)
+    return jobs
+
+
 def split_shards(request: SynthesisRequest, replicas: int, batch_size: int = DEFAULT_BATCH_SIZE) -> list[Shard]:
-    """Index ranges over all classes for ``replicas`` workers, cut on the chunk grid so no chunk is done twice."""
+    """Shards for at most ``replicas`` workers, cut on the chunk grid so no chunk is done twice: index ranges over all
+    classes, and, when a class has fewer chunks than there are replicas, groups of classes as well."""
     if replicas <= 0:
         raise InvalidArgument(f"replicas must be positive, got {replicas}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise InvalidArgument(f"batch size must be a positive integer, got {batch_size!r}")
     n_chunks = math.ceil(request.images_per_class / batch_size)
-    bounds = sorted({round(r * n_chunks / replicas) for r in range(replicas + 1)})
-    return [
-        Shard(None, lo * batch_size, min(hi * batch_size, request.images_per_class))
-        for lo, hi in itertools.pairwise(bounds)
-    ]
+    parts = min(n_chunks, replicas)
+    bounds = [round(r * n_chunks / parts) for r in range(parts + 1)]
+    n = request.images_per_class
+    ranges = [(lo * batch_size, min(hi * batch_size, n)) for lo, hi in itertools.pairwise(bounds)]
+    groups = min(len(request.classes), replicas // parts)
+    if groups <= 1:
+        return [Shard(None, lo, hi) for lo, hi in ranges]
+    names = [c.name for c in request.classes]
+    cuts = [round(g * len(names) / groups) for g in range(groups + 1)]
+    return [Shard(tuple(names[a:b]), lo, hi) for a, b in itertools.pairwise(cuts) for lo, hi in ranges]
 
 
 def manifest_record(job: Job, header: dict[str, Any]) -> dict[str, Any]:
@@ -325,8 +344,17 @@ def write_png(path: Path, image: Image.Image) -> None:
         image.save(fh, format="PNG")
 
 
-def contact_sheet(root: str | os.PathLike[str], per_class: int = 8) -> Image.Image:
-    """A grid with one row per class (name on the left) of its first ``per_class`` images, in manifest order."""
+def contact_sheet(
+    root: str | os.PathLike[str],
+    per_class: int = 8,
+    *,
+    classes: Sequence[str] | None = None,
+    cell: int | None = None,
+) -> Image.Image:
+    """A grid with one row per class (name on the left) of its first ``per_class`` images, in manifest order.
+
+    ``classes`` picks the rows (default: all); ``cell`` resizes the cells to at most that many pixels a side, so a
+    sheet of large images stays small."""
     root = Path(root)
     files: dict[str, list[str]] = {}
     if (root / MANIFEST).is_file():
@@ -335,12 +363,16 @@ def contact_sheet(root: str | os.PathLike[str], per_class: int = 8) -> Image.Ima
     else:
         for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             files[class_dir.name] = [f"{class_dir.name}/{p.name}" for p in sorted(class_dir.glob("*.png"))]
-    rows = {name: paths[:per_class] for name, paths in files.items() if paths}
+    wanted = files if classes is None else {name: files.get(name, []) for name in classes}
+    rows = {name: paths[:per_class] for name, paths in wanted.items() if paths}
     if not rows:
         raise FailedPrecondition(f"no images under {root}")
     first = next(iter(rows.values()))[0]
     with Image.open(root / first) as im:
         cell_w, cell_h = im.size
+    if cell is not None and max(cell_w, cell_h) > cell:
+        scale = cell / max(cell_w, cell_h)
+        cell_w, cell_h = max(1, round(cell_w * scale)), max(1, round(cell_h * scale))
     font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = int(max(probe.textlength(name, font=font) for name in rows)) + 8
@@ -369,17 +401,33 @@ def _header(request: SynthesisRequest, generator: ImageGenerator, batch_size: in
     }
 
 
-def _claim(root: Path, header: dict[str, Any], batch_size: int | None) -> int:
-    """Create or check ``request.json``; returns the chunk grid size that this directory uses."""
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / REQUEST
-    if not path.exists():
-        strangers = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+def _prepare(
+    request: SynthesisRequest,
+    parts: SDComponents,
+    shard: Shard | None,
+    batch_size: int | None,
+    max_images_per_class: int,
+) -> tuple[list[Job], list[Job], ImageGenerator, dict[str, Any]]:
+    """The plan, this run's jobs, the generator and the directory header, all validated."""
+    plan = request.plan(max_images_per_class)
+    jobs = (shard or Shard()).select(plan)
+    generator = ImageGenerator(parts, request.generation)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
+        raise InvalidArgument(f"batch size must be a positive integer, got {batch_size!r}")
+    return plan, jobs, generator, _header(request, generator, batch_size or DEFAULT_BATCH_SIZE)
+
+
+def _check_dir(root: Path, header: dict[str, Any], batch_size: int | None) -> int | None:
+    """Read-only: raise unless ``root`` can take this request; returns its stored grid, or None for a new dataset."""
+    if root.exists() and not root.is_dir():
+        raise FailedPrecondition(f"{root} exists and is not a directory")
+    if not (root / REQUEST).exists():
+        strangers = sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
         if strangers:
             raise FailedPrecondition(
                 f"{root} is not empty and holds no {REQUEST} (found {strangers[:3]}); use an empty dir"
             )
-        _create_exclusive(path, _header_bytes(header))
+        return None
     existing = read_header(root)
     if existing.get("format") != FORMAT:
         raise FailedPrecondition(f"{root} holds a dataset of format {existing.get('format')!r}, not {FORMAT!r}")
@@ -398,6 +446,17 @@ def _claim(root: Path, header: dict[str, Any], batch_size: int | None) -> int:
             f"{root} was generated with batch size {grid}; batch shape changes the floating-point results, so "
             f"resume with batch size {grid} (or leave it unset) instead of {batch_size}"
         )
+    return grid
+
+
+def _claim(root: Path, header: dict[str, Any], batch_size: int | None) -> int:
+    """Create or check ``request.json``; returns the chunk grid size that this directory uses."""
+    if _check_dir(root, header, batch_size) is None:
+        root.mkdir(parents=True, exist_ok=True)
+        _create_exclusive(root / REQUEST, _header_bytes(header))
+    # checked again: a concurrent replica may have published its request.json first
+    grid = _check_dir(root, header, batch_size)
+    assert grid is not None
     header["batch_size"] = grid
     return grid
 

@@ -1,0 +1,250 @@
+"""`zsc synthesize`: a synthetic ImageFolder + manifest.jsonl from class names, on one or several synthesis replicas.
+
+Several replicas (``--address`` repeated or comma-separated) each take a shard of the plan, cut on the chunk grid by
+``writer.split_shards``, and write into the same directory, so the result is byte for byte what one replica writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from zsc.cli.common import CommandError, follow, open_channel
+from zsc.common.v1 import common_pb2, common_pb2_grpc
+from zsc.runtime import client
+from zsc.synthesis.v1 import synthesis_pb2 as pb
+from zsc.synthesis.v1 import synthesis_pb2_grpc as pb_grpc
+
+SERVICE = "synthesis"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synthesize", help="generate a synthetic training set from class names (bag of tricks)")
+    p.add_argument(
+        "--classes",
+        required=True,
+        help="comma-separated class names, or @FILE with one class per line: NAME or NAME: DESCRIPTION",
+    )
+    p.add_argument(
+        "--describe",
+        action="append",
+        default=[],
+        metavar="NAME=TEXT",
+        help='prompt text for an ambiguous class name, e.g. crane="crane, a bird" (repeatable)',
+    )
+    p.add_argument("--per-class", type=int, required=True, help="images per class")
+    p.add_argument(
+        "--tricks",
+        default="class_prompt",
+        help="class_prompt | multidomain, optionally with random_guidance | fixed_guidance, joined by ',' "
+        "(e.g. multidomain,random_guidance); 'merged'; or an explicit merge 'TRICKS=SHARE;TRICKS=SHARE' "
+        "(shares default to equal). Default: class_prompt",
+    )
+    p.add_argument("--resolution", type=int, default=0, help="target size in pixels (default: the model's native)")
+    p.add_argument("--out", required=True, type=Path, help="output directory (new, empty, or an earlier run's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=0, help="denoising steps (default 40)")
+    p.add_argument("--scheduler", default="", metavar="ddim|dpm++|ddpm|euler", help="sampler (default ddim)")
+    p.add_argument("--domains", nargs="+", default=[], help="custom domains for multidomain (default: the paper's ten)")
+    p.add_argument("--domain-set", default="", help="a named domain set instead of --domains (e.g. paper)")
+    p.add_argument(
+        "--template", default="", help="multidomain template: multidomain, satellite, or text with {class} and {domain}"
+    )
+    p.add_argument("--guidance-range", nargs=2, type=float, metavar=("LO", "HI"), help="random guidance (default 1 5)")
+    p.add_argument("--guidance", type=float, help="fixed guidance scale (default 7.5)")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--native-resolution", type=int, default=0, help="generation resolution (default: the model's)")
+    p.add_argument("--downsample", default="", metavar="lanczos|bicubic|bilinear", help="default lanczos")
+    p.add_argument(
+        "--batch-size", type=int, default=0, help="images per UNet batch (default: the directory's, or 8 when new)"
+    )
+    p.add_argument("--experiment", default="", help="MLflow experiment (default: zsc-synthesis)")
+    p.add_argument(
+        "--address",
+        action="append",
+        default=[],
+        help="host:port of a synthesis replica; repeat or comma-separate to shard over several (default: "
+        "$ZSC_SYNTHESIS_ADDRESS; with neither, zsc starts one on an ephemeral loopback port for this command)",
+    )
+    p.add_argument("--profile", default="tiny", help="model profile for a service zsc starts itself")
+    p.set_defaults(func=cmd_synthesize)
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    out = args.out.expanduser().resolve()
+    request = pb.GenerateDatasetRequest(
+        classes=parse_classes(args.classes, args.describe),
+        images_per_class=args.per_class,
+        tricks=parse_tricks(args),
+        resolution=args.resolution,
+        output_uri=str(out),
+        seed=args.seed,
+        generation=pb.GenerationSettings(
+            steps=args.steps,
+            scheduler=args.scheduler,
+            native_resolution=args.native_resolution,
+            negative_prompt=args.negative_prompt,
+            downsample=args.downsample,
+        ),
+        batch_size=args.batch_size,
+        experiment=args.experiment,
+    )
+    addresses = split_addresses(args.address or [client.address_from_env(SERVICE) or ""])
+    if len(addresses) <= 1:
+        single = argparse.Namespace(address=addresses[0] if addresses else None, profile=args.profile)
+        with open_channel(single, SERVICE, [out]) as channel:
+            op = follow(channel, pb_grpc.SynthesisStub(channel).GenerateDataset(request), "synthesize")
+        results = [client.unpack(op, pb.GenerateDatasetResult)]
+    else:
+        results = run_sharded(request, addresses, args.profile)
+    print_summary(results, out)
+    return 0
+
+
+def parse_classes(value: str, describe: list[str]) -> list[pb.ClassSpec]:
+    """Class specs from "a,b,c" or "@file" (NAME or NAME: DESCRIPTION per line), plus --describe NAME=TEXT."""
+    descriptions: dict[str, str] = {}
+    if value.startswith("@"):
+        path = Path(value[1:]).expanduser()
+        if not path.is_file():
+            raise CommandError(f"no such class file: {path}")
+        names = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, _, description = line.partition(":")
+            names.append(name.strip())
+            if description.strip():
+                descriptions[name.strip()] = description.strip()
+    else:
+        names = [c.strip() for c in value.split(",") if c.strip()]
+    for item in describe:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise CommandError(f"--describe takes NAME=TEXT, got {item!r}")
+        if name.strip() not in names:
+            raise CommandError(f"--describe names {name.strip()!r}, which is not in --classes")
+        descriptions[name.strip()] = text.strip()
+    return [pb.ClassSpec(name=n, description=descriptions.get(n, "")) for n in names]
+
+
+def parse_tricks(args: argparse.Namespace) -> pb.TrickSpec:
+    """--tricks and its knobs; "A;B=0.3" style values become an explicit merge with shares."""
+    spec = pb.TrickSpec(domains=args.domains, domain_set=args.domain_set, template=args.template)
+    if ";" in args.tricks:
+        components = [c.strip() for c in args.tricks.split(";") if c.strip()]
+        with_share = ["=" in c for c in components]
+        if any(with_share) and not all(with_share):
+            raise CommandError(f"give a share to every merged trick or to none: {args.tricks!r}")
+        for component in components:
+            tricks, _, share = component.rpartition("=") if "=" in component else (component, "", "")
+            try:
+                value = float(share) if share else 1.0 / len(components)
+            except ValueError:
+                raise CommandError(f"share {share!r} in --tricks is not a number") from None
+            spec.merge.append(pb.TrickShare(tricks=tricks.strip(), share=value))
+    else:
+        spec.tricks = args.tricks
+    if args.guidance is not None:
+        spec.guidance_scale = args.guidance
+    if args.guidance_range is not None:
+        spec.guidance_range.lo, spec.guidance_range.hi = args.guidance_range
+    return spec
+
+
+def split_addresses(values: list[str]) -> list[str]:
+    return [a.strip() for v in values for a in v.split(",") if a.strip()]
+
+
+def run_sharded(
+    request: pb.GenerateDatasetRequest, addresses: list[str], profile: str
+) -> list[pb.GenerateDatasetResult]:
+    """One shard per replica, run concurrently, each followed by its own progress bar; then one manifest rewrite."""
+    # the core decides the chunk grid and rebuilds the manifest, so replicas and one server agree to the byte
+    from zsc_services.synthesis.core import writer
+
+    out = Path(request.output_uri)
+    grid = request.batch_size or _stored_batch_size(out) or writer.DEFAULT_BATCH_SIZE
+    # the split depends only on the class names and the count, so the tricks need not be parsed here
+    plan_shape = writer.SynthesisRequest.create([c.name for c in request.classes], request.images_per_class)
+    shards = writer.split_shards(plan_shape, len(addresses), grid)
+    started: dict[int, tuple[grpc.Channel, common_pb2.Operation]] = {}
+    lock = threading.Lock()
+
+    def run(i: int, address: str, shard: writer.Shard) -> pb.GenerateDatasetResult:
+        part = pb.GenerateDatasetRequest()
+        part.CopyFrom(request)
+        part.shard.CopyFrom(pb.Shard(classes=shard.classes or [], start=shard.start, stop=shard.stop or 0))
+        with client.service_channel(SERVICE, address, profile=profile) as channel:
+            op = pb_grpc.SynthesisStub(channel).GenerateDataset(part)
+            with lock:
+                started[i] = (channel, op)
+            try:
+                op = follow(channel, op, f"shard {i + 1}/{len(shards)} {address}")
+            finally:
+                with lock:
+                    started.pop(i, None)
+        return client.unpack(op, pb.GenerateDatasetResult)
+
+    with futures.ThreadPoolExecutor(len(shards), thread_name_prefix="zsc-shard") as pool:
+        pending = [pool.submit(run, i, a, s) for i, (a, s) in enumerate(zip(addresses, shards, strict=False))]
+        try:
+            done, _ = futures.wait(pending, return_when=futures.FIRST_EXCEPTION)
+            failed = next((f for f in done if f.exception() is not None), None)
+            if failed is not None:
+                _cancel(started, lock)  # one shard failed: the dataset cannot be complete, so stop the others
+                raise failed.exception()
+        except KeyboardInterrupt:
+            _cancel(started, lock)
+            raise CommandError("cancelled the synthesis on every replica") from None
+        results = [f.result() for f in pending]
+    if (out / writer.REQUEST).is_file():
+        writer.write_manifest(out)  # each replica's last rewrite may predate another replica's last image
+    else:
+        print(f"note: {out} is not visible here; its manifest lists what the last replica to finish saw")
+    return results
+
+
+def _stored_batch_size(out: Path) -> int:
+    """The batch grid an existing output directory was started with (0 when new or not visible here)."""
+    from zsc.errors import FailedPrecondition
+    from zsc_services.synthesis.core import writer
+
+    try:
+        return int(writer.read_header(out)["batch_size"])
+    except (FailedPrecondition, OSError, ValueError, KeyError, TypeError):
+        return 0  # new, unreadable or not ours: the service says what is wrong, if anything
+
+
+def _cancel(started: dict[int, tuple[grpc.Channel, common_pb2.Operation]], lock: threading.Lock) -> None:
+    with lock:
+        running = list(started.values())
+    for channel, op in running:
+        with contextlib.suppress(grpc.RpcError):  # that replica is gone: nothing left to stop there
+            common_pb2_grpc.OperationsStub(channel).CancelOperation(common_pb2.CancelOperationRequest(name=op.name))
+
+
+def print_summary(results: list[pb.GenerateDatasetResult], out: Path) -> None:
+    total = sum(r.total for r in results)
+    generated = sum(r.generated for r in results)
+    skipped = sum(r.skipped for r in results)
+    seconds = max((r.seconds for r in results), default=0.0)
+    if generated == 0 and skipped == total:
+        print(f"nothing to do: all {total} images already exist in {out} (skipped {skipped}, generated 0)")
+    else:
+        rate = generated / seconds if seconds > 0 else 0.0
+        print(f"generated {generated} images, skipped {skipped} already present, {total} in all ({rate:.2f} images/s)")
+    manifest = out / "manifest.jsonl"
+    if manifest.is_file():
+        lines = sum(1 for line in manifest.read_text(encoding="utf-8").splitlines() if line)
+        print(f"dataset: {out} (manifest: {manifest}, {lines} records)")
+    else:
+        print(f"dataset: {out}")
+    runs = ", ".join(r.mlflow_run_id for r in results)
+    print(f"MLflow run{'s' if len(results) > 1 else ''}: {runs}")
