@@ -1,0 +1,131 @@
+"""f-CLSWGAN (Xian et al., CVPR 2018): a conditional WGAN-GP with a classification loss on generated features.
+
+G(z, a) and D(x, a) are one-hidden-layer MLPs (:mod:`.common`). Per generator step the critic takes
+``critic_iters`` (5) WGAN-GP steps (lambda ``gp_weight`` = 10); the generator minimizes -D(G(z, a), a) plus
+``cls_weight`` times the cross-entropy of a frozen classifier pre-trained on the training (base) features. That
+classifier is the cosine classifier of :mod:`.gzsl` fit on the training classes only, without logit adjustment.
+The original generator ends in a ReLU for non-negative ResNet features; here the output is L2-normalized by
+default (``normalize_output``) because zsc's features are CLIP features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zsc.features import FeatureSet
+
+from .common import (
+    AdversarialTrainer,
+    ConditionalCritic,
+    ConditionalGenerator,
+    EpochHook,
+    GeneratorConfig,
+    GeneratorTrainResult,
+    StopHook,
+    TrainingData,
+    fit_generator,
+    make_adam,
+    seeded_init,
+)
+from .gzsl import CosineClassifier, GZSLConfig, fit_gzsl_classifier
+
+__all__ = ["CLSWGANConfig", "build_generator", "train_clswgan"]
+
+
+@dataclass
+class CLSWGANConfig(GeneratorConfig):
+    """f-CLSWGAN hyper-parameters (the authors' defaults; hidden 1024 suits 512-D CLIP features)."""
+
+    epochs: int = 50
+    lr: float = 1e-4
+    cls_weight: float = 0.01
+    cls_epochs: int = 20
+    cls_lr: float = 1e-3
+    cls_temperature: float = 0.01
+    normalize_output: bool = True
+
+    def check(self) -> None:
+        super().check()
+        if self.cls_epochs < 1 or self.cls_temperature <= 0:
+            raise ValueError(
+                f"need cls_epochs >= 1 and cls_temperature > 0, got {self.cls_epochs}, {self.cls_temperature}"
+            )
+
+
+def build_generator(config: CLSWGANConfig, feature_dim: int, text_dim: int) -> ConditionalGenerator:
+    """An untrained generator of the right shape; load a trained ``state_dict`` into it."""
+    with seeded_init(config.seed):
+        return ConditionalGenerator(
+            config.resolved_noise_dim(text_dim), text_dim, config.hidden_dim, feature_dim, config.normalize_output
+        )
+
+
+class _CLSWGANTrainer(AdversarialTrainer):
+    loss_names = ("loss_d", "wasserstein", "loss_g", "loss_cls")
+
+    def __init__(self, data: TrainingData, config: CLSWGANConfig) -> None:
+        super().__init__(data, config)
+        self.cfg = config
+        self.noise_draws = config.critic_iters + 1
+        device = data.features.device
+        self.generator = build_generator(config, data.feature_dim, data.text_dim).to(device)
+        with seeded_init(config.seed + 1):
+            self.critic = ConditionalCritic(data.feature_dim, data.text_dim, config.hidden_dim).to(device)
+        self.sampler = self.generator
+        self.opt_g = make_adam(self.generator, config.lr, self.betas)
+        self.opt_d = make_adam(self.critic, config.lr, self.betas)
+        self.classifier = self._pretrain_classifier()
+
+    def _pretrain_classifier(self) -> CosineClassifier:
+        cfg = GZSLConfig(
+            seed=self.cfg.seed,
+            epochs=self.cfg.cls_epochs,
+            lr=self.cfg.cls_lr,
+            temperature=self.cfg.cls_temperature,
+            logit_adjustment=False,
+        )
+        k = self.data.num_classes
+        clf = fit_gzsl_classifier(self.data.features, self.data.labels, self.data.class_text, range(k), cfg).classifier
+        return clf.requires_grad_(False).eval()
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "critic": self.critic, "classifier": self.classifier}
+
+    def step(self, index: Tensor, noise: Tensor, alpha: Tensor, pass_index: int) -> dict[str, Tensor]:
+        k = self.cfg.critic_iters
+        real, labels, cond = self.batches(index)
+        with torch.no_grad():  # G is fixed during the critic iterations: all their fakes in one pass
+            fakes = self.generator(noise[:k].flatten(0, 1), cond[:k].flatten(0, 1)).view(k, *real.shape[1:])
+        for j in range(k):
+            loss_d, wasserstein = self.critic_update(self.critic, self.opt_d, real[j], fakes[j], cond[j], alpha[j])
+
+        self.critic.requires_grad_(False)  # no critic weight gradients during the generator step
+        fake = self.generator(noise[k], cond[k])
+        adv = -self.critic(fake, cond[k]).mean()
+        cls = F.cross_entropy(self.classifier(fake), labels[k])
+        loss_g = adv + self.cfg.cls_weight * cls
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        self.critic.requires_grad_(True)
+        return {"loss_d": loss_d, "wasserstein": wasserstein, "loss_g": loss_g.detach(), "loss_cls": cls.detach()}
+
+
+def train_clswgan(
+    data: FeatureSet,
+    config: CLSWGANConfig,
+    *,
+    on_epoch: EpochHook | None = None,
+    should_stop: StopHook | None = None,
+    device: str | torch.device | None = None,
+) -> GeneratorTrainResult:
+    """Train f-CLSWGAN on every class with samples in ``data`` (conditioning on their text features).
+
+    Returns the generator (use it with :func:`.common.generate`), the critic and the frozen classifier, per-epoch
+    losses, and a deep-copied generator ``state_dict``. See :mod:`.common` for selection and seeding.
+    """
+    return fit_generator(data, config, _CLSWGANTrainer, on_epoch=on_epoch, should_stop=should_stop, device=device)
