@@ -10,22 +10,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
+
+from zsc.io import atomic_write_bytes
 
 __all__ = ["FORMAT", "FeatureSet", "content_hash"]
 
 #: Value of the ``zsc.format`` header key; bump the suffix on an incompatible change.
 FORMAT = "zsc.featureset/1"
-_KEY_FORMAT = "zsc.format"
-_KEY_CLASS_NAMES = "zsc.class_names"
-_KEY_METADATA = "zsc.metadata"
+_KEY_HEADER = "zsc.featureset"
+_KEY_FORMAT = "format"
+_KEY_CLASS_NAMES = "class_names"
+_KEY_METADATA = "metadata"
 _TENSORS = ("features", "labels", "text_features")
 
 
@@ -96,39 +98,33 @@ class FeatureSet:
             "labels": self.labels.detach().cpu().contiguous(),
             "text_features": self.text_features.detach().cpu().contiguous(),
         }
+        # One header key: safetensors writes its metadata map in arbitrary key order, and a single key keeps the
+        # file byte-identical across saves of the same data (so content hashes and DVC see no false changes).
         header = {
-            _KEY_FORMAT: FORMAT,
-            _KEY_CLASS_NAMES: json.dumps(self.class_names),
-            _KEY_METADATA: json.dumps(self.metadata, sort_keys=True),
+            _KEY_HEADER: json.dumps(
+                {_KEY_FORMAT: FORMAT, _KEY_CLASS_NAMES: self.class_names, _KEY_METADATA: self.metadata},
+                sort_keys=True,
+            )
         }
-        # A unique name in the same directory (os.replace is atomic only within one filesystem); not mkstemp,
-        # whose 0600 mode would survive the rename.
-        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-        try:
-            save_file(tensors, tmp, metadata=header)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, save(tensors, metadata=header))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> FeatureSet:
         """Read a file written by :meth:`save` and validate it."""
         with safe_open(os.fspath(path), framework="pt", device=str(device)) as fh:
-            header = fh.metadata() or {}
+            try:
+                header = json.loads((fh.metadata() or {}).get(_KEY_HEADER, "{}"))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: bad feature-set header ({exc})") from None
             if header.get(_KEY_FORMAT) != FORMAT:
                 raise ValueError(f"{path}: not a zsc feature set (format {header.get(_KEY_FORMAT)!r}, want {FORMAT!r})")
             missing = [k for k in _TENSORS if k not in fh.keys()]  # noqa: SIM118 (safe_open is not a Mapping)
             if missing:
                 raise ValueError(f"{path}: missing tensors {missing}")
             tensors = {k: fh.get_tensor(k) for k in _TENSORS}
-        try:
-            class_names = json.loads(header[_KEY_CLASS_NAMES])
-            metadata = json.loads(header.get(_KEY_METADATA, "{}"))
-        except (KeyError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: bad feature-set header ({exc})") from None
+        if _KEY_CLASS_NAMES not in header:
+            raise ValueError(f"{path}: bad feature-set header (no class names)")
+        class_names, metadata = header[_KEY_CLASS_NAMES], header.get(_KEY_METADATA, {})
         fs = cls(
             features=tensors["features"],
             labels=tensors["labels"],

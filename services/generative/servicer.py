@@ -1,26 +1,779 @@
-"""Generative service. It serves health, reflection, Operations and Diagnostics; its own RPCs land with its issue,
-and nothing here pretends to work before it does."""
+"""Generative service: DFZSL steps 3-4 (methods.md §3) over gRPC.
+
+TrainGenerator learns a conditional feature generator (TF-VAEGAN or f-CLSWGAN) on base-class features, GenerateFeatures
+(or StreamFeatures) synthesizes features of any class from its text feature, TrainGZSL fits the logit-adjusted cosine
+classifier over base + synthesized features, and EvaluateGZSL scores it (S/U/H and B/N/HM).
+
+A thin layer over the pure cores in ``core/``: every request is validated and converted on the RPC thread (bad input
+gets INVALID_ARGUMENT and an unknown model NOT_FOUND before any job starts), the work runs as an Operation with
+progress and cancel, runs are logged to MLflow, and generators and classifiers are registered with lineage tags
+(``models.py`` stores them). Model selection happens only on held-out training data inside the cores; no RPC
+accepts test features for it.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import hashlib
+import math
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import grpc
+import torch
+from google.protobuf import message as pb_message
 
+from zsc import codec, tracking
+from zsc.data import resolve_uri
+from zsc.errors import Cancelled, InvalidArgument
+from zsc.evaluation import base_to_new_metrics, confusion_matrix, gzsl_metrics, per_class_accuracy
+from zsc.features import FeatureSet, content_hash
+from zsc.generative.v1 import generative_pb2 as pb
+from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
+from zsc.runtime.operations import JobContext
 from zsc.runtime.server import ServiceRuntime
+from zsc_services.generative import models
+from zsc_services.generative.core.common import GeneratorConfig, TrainingCancelled, generate
+from zsc_services.generative.core.gzsl import GZSLConfig, fit_gzsl_classifier
+
+SERVICE = "zsc.generative.v1.Generative"
+TRAIN_GENERATOR_KIND = f"{SERVICE}/TrainGenerator"
+GENERATE_KIND = f"{SERVICE}/GenerateFeatures"
+TRAIN_GZSL_KIND = f"{SERVICE}/TrainGZSL"
+EVALUATE_KIND = f"{SERVICE}/EvaluateGZSL"
+EXPERIMENT = "zsc-generative"
+GZSL_MODEL_NAME = "zsc-gzsl"
+# zsc.registry's review reads test results from model-version tags with this prefix.
+TEST_TAG_PREFIX = "real_test."
+KIND_NAMES = {pb.TFVAEGAN: "tfvaegan", pb.CLSWGAN: "clswgan"}
+KIND_ENUMS = {v: k for k, v in KIND_NAMES.items()}
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+MAX_CLASSES = 100_000
+MAX_NAME_CHARS = 256
+MAX_PER_CLASS = 1_000_000
+# Largest features tensor GenerateFeatures/StreamFeatures builds in memory (K classes x per_class x D float32).
+MAX_OUTPUT_BYTES = 4 << 30
+MAX_PER_CLASS_METRICS = 1000  # per-class accuracies logged as MLflow metrics; more go to the table artifact only
+
+# Request field -> core config field, and the bounds no run can exceed (the cores check the lower ones).
+SELECTION_FIELDS = {
+    "every": "select_every",
+    "holdout_fraction": "select_holdout_fraction",
+    "val_fraction": "select_val_fraction",
+    "n_per_class": "select_n_per_class",
+    "classifier_epochs": "select_classifier_epochs",
+    "classifier_lr": "select_classifier_lr",
+    "refit": "select_refit",
+}
+INT_LIMITS = {
+    "epochs": 100_000,
+    "batch_size": 1_000_000,
+    "hidden_dim": 16_384,
+    "noise_dim": 16_384,
+    "critic_iters": 100,
+    "select_every": 100_000,
+    "select_n_per_class": 100_000,
+    "select_classifier_epochs": 100_000,
+    "cls_epochs": 100_000,
+    "feedback_loop": 100,
+}
+POSITIVE = {"lr", "cls_lr", "feedback_lr", "decoder_lr", "select_classifier_lr", "cls_temperature", "temperature"}
+NON_NEGATIVE = {
+    "gp_weight",
+    "cls_weight",
+    "recon_weight",
+    "adv_weight",
+    "kl_weight",
+    "feedback_weight",
+    "generation_feedback_weight",
+    "weight_decay",
+}
+UNIT_INTERVAL = {"beta1", "beta2"}  # [0, 1)
 
 
 class GenerativeService:
-    grpc_services: ClassVar[list[str]] = []
+    grpc_services: ClassVar[list[str]] = [SERVICE]
 
     def __init__(self, runtime: ServiceRuntime) -> None:
         self.runtime = runtime
+        self.models = models.ModelCache()
 
     def add_to_server(self, server: grpc.Server) -> None:
-        """No service-specific RPCs yet."""
+        pb_grpc.add_GenerativeServicer_to_server(GenerativeServicer(self), server)
 
     def load(self) -> None:
-        """No models to load yet."""
+        """Nothing to preload: generators and classifiers are built per request or loaded from MLflow on use."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.profile.torch_device()
+
+    def load_generator(self, reference: str) -> tuple[models.ModelRef, models.LoadedGenerator]:
+        ref = models.resolve(reference)
+        return ref, self.models.get(
+            ref, "generator", lambda folder: models.read_generator(folder, reference, self.device)
+        )
+
+    def load_classifier(self, reference: str) -> tuple[models.ModelRef, models.LoadedClassifier]:
+        ref = models.resolve(reference)
+        return ref, self.models.get(
+            ref, "classifier", lambda folder: models.read_classifier(folder, reference, self.device)
+        )
+
+
+@dataclass
+class GenerationPlan:
+    """A validated GenerateFeatures/StreamFeatures request."""
+
+    ref: models.ModelRef
+    generator: models.LoadedGenerator
+    class_names: tuple[str, ...]
+    text: torch.Tensor  # [K, D_t]
+    per_class: int
+    seed: int
+
+
+class GenerativeServicer(pb_grpc.GenerativeServicer):
+    def __init__(self, service: GenerativeService) -> None:
+        self.service = service
+
+    # --- TrainGenerator --------------------------------------------------------------------------------------------
+    def TrainGenerator(self, request: pb.TrainGeneratorRequest, context: grpc.ServicerContext):
+        svc = self.service
+        svc.runtime.require_ready()
+        if request.kind not in KIND_NAMES:
+            what = "is unset" if request.kind == pb.GENERATOR_KIND_UNSPECIFIED else f"{request.kind} is unknown"
+            raise InvalidArgument(f"generator kind {what}; expected TFVAEGAN or CLSWGAN")
+        kind = models.KINDS[KIND_NAMES[request.kind]]
+        method = request.WhichOneof("method_settings")
+        if method is not None and method != kind.name:
+            raise InvalidArgument(f"{method} settings were given for a {kind.name.upper()} generator")
+        seed = check_seed(request.seed)
+        path, data = read_features(request.features_uri, "features_uri", svc.runtime.data_roots)
+        text_source = "file"
+        text_digest = ""
+        if request.HasField("text_features"):
+            text = decode_matrix(request.text_features, "text_features")
+            if text.shape[0] != data.num_classes:
+                raise InvalidArgument(
+                    f"text_features has {text.shape[0]} rows but the features file lists {data.num_classes} classes; "
+                    "send one row per class of the file, in its order"
+                )
+            data.text_features = text
+            text_source, text_digest = "inline", hashlib.sha256(request.text_features.data).hexdigest()
+        if len(data) == 0:
+            raise InvalidArgument(f"features file {path.name} has no samples to train on")
+        trained = [data.class_names[i] for i in data.labels.unique(sorted=True).tolist()]
+        config = generator_config(kind, request, seed)
+        if config.select_every > 0 and len(trained) < 2:
+            raise InvalidArgument(
+                f"selection holds out pseudo-novel classes and needs at least 2 trained classes; "
+                f"features file {path.name} has samples of {len(trained)}"
+            )
+        model_name = models.check_model_name(request.registered_model_name or f"zsc-generator-{kind.name}")
+        features_hash = content_hash(path)
+        profile = svc.runtime.profile.name
+        lineage = {
+            "zsc.kind": f"generator-{kind.name}",
+            "zsc.profile": profile,
+            "zsc.seed": str(seed),
+            "zsc.git_commit": tracking.git_commit(),
+            "zsc.dataset.uri": str(path),
+            "zsc.dataset.hash": f"sha256:{features_hash}",
+            "zsc.text_source": text_source,
+            **upstream_tags(data, "zsc.recovery"),
+            **({"zsc.text.hash": f"sha256:{text_digest}"} if text_digest else {}),
+        }
+        params = {
+            "kind": kind.name,
+            **config.to_dict(),
+            "features_uri": str(path),
+            "n_features": len(data),
+            "feature_dim": data.dim,
+            "text_dim": data.text_dim,
+            "n_classes": data.num_classes,
+            "n_trained_classes": len(trained),
+            "profile": profile,
+            "registered_model_name": model_name,
+        }
+        selecting = config.select_every > 0
+        total = config.epochs * (2 if selecting and config.select_refit else 1)
+
+        def job(ctx: JobContext) -> pb.TrainGeneratorResult:
+            with tracking.run(request.experiment or EXPERIMENT, f"train-generator-{kind.name}", lineage) as run:
+                ctx.set_mlflow_run(run.id)
+                run.log_params(params)
+                steps = {"select": 0, "train": 0}
+
+                def on_epoch(done: int, total: int, metrics: dict[str, float]) -> None:
+                    # Selection epochs and the returned run's epochs each count from 1 in MLflow.
+                    phase = "select" if any(k.startswith("select_") for k in metrics) else "train"
+                    steps[phase] += 1
+                    run.log_metrics(finite(metrics), step=steps[phase])
+                    ctx.progress(done, total, **finite(metrics))
+
+                try:
+                    result = kind.train(data, config, on_epoch=on_epoch, should_stop=ctx.should_stop, device=svc.device)
+                except TrainingCancelled as err:
+                    raise Cancelled(str(err)) from err
+                final = dict(result.history[-1]) if result.history else {}
+                if result.selection_history:
+                    best = result.selection_history[result.best_epoch - 1]
+                    final.update({k: v for k, v in best.items() if k in ("select_S", "select_U", "select_H")})
+                run.log_metrics(finite({"best_epoch": result.best_epoch, **{f"best_{k}": v for k, v in final.items()}}))
+                with tempfile.TemporaryDirectory(prefix="zsc-generator-") as tmp:
+                    models.write_generator(
+                        Path(tmp),
+                        kind=kind.name,
+                        config=config,
+                        state_dict=result.state_dict,
+                        feature_dim=result.feature_dim,
+                        text_dim=result.text_dim,
+                        class_names=data.class_names,
+                        text_features=data.text_features,
+                        trained_classes=trained,
+                    )
+                    ctx.check_cancelled()  # a cancelled job registers nothing
+                    version = models.register_folder(run, Path(tmp), "generator", model_name, lineage)
+                return pb.TrainGeneratorResult(
+                    model=version_message(version),
+                    kind=KIND_ENUMS[kind.name],
+                    feature_dim=result.feature_dim,
+                    text_dim=result.text_dim,
+                    class_names=data.class_names,
+                    trained_classes=trained,
+                    epochs_run=len(result.selection_history) + len(result.history),
+                    best_epoch=result.best_epoch,
+                    final_metrics=finite(final),
+                    features_sha256=features_hash,
+                )
+
+        return svc.runtime.operations.start(TRAIN_GENERATOR_KIND, job, total=total, unit="epochs")
+
+    # --- GenerateFeatures / StreamFeatures -------------------------------------------------------------------------
+    def _plan(self, request: pb.GenerateFeaturesRequest) -> GenerationPlan:
+        svc = self.service
+        svc.runtime.require_ready()
+        if request.per_class < 1 or request.per_class > MAX_PER_CLASS:
+            raise InvalidArgument(f"per_class must lie in [1, {MAX_PER_CLASS}], got {request.per_class}")
+        seed = check_seed(request.seed)
+        names = check_class_names(request.class_names, "class_names")
+        ref, gen = svc.load_generator(request.generator)
+        if request.HasField("text_features"):
+            text = decode_matrix(request.text_features, "text_features")
+            if text.shape[1] != gen.text_dim:
+                raise InvalidArgument(
+                    f"text_features have D_t={text.shape[1]} but generator {ref.model_uri} conditions on "
+                    f"D_t={gen.text_dim}: a generator trains on text features of any width and generates only from "
+                    "text features of that width"
+                )
+            if text.shape[0] != len(names):
+                raise InvalidArgument(f"text_features has {text.shape[0]} rows for {len(names)} class_names")
+        else:
+            text = gen.text_of(names, ref.model_uri)
+        nbytes = len(names) * request.per_class * gen.feature_dim * 4
+        if nbytes > MAX_OUTPUT_BYTES:
+            raise InvalidArgument(
+                f"{len(names)} classes x {request.per_class} features x D={gen.feature_dim} needs "
+                f"{nbytes / 2**30:.1f} GiB, over the limit of {MAX_OUTPUT_BYTES / 2**30:.0f} GiB; split the request"
+            )
+        return GenerationPlan(ref, gen, names, text, int(request.per_class), seed)
+
+    def _synthesize(self, plan: GenerationPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = generate(plan.generator.module, plan.text.to(self.service.device), plan.per_class, plan.seed)
+        return x.float().cpu(), y.cpu()
+
+    def GenerateFeatures(self, request: pb.GenerateFeaturesRequest, context: grpc.ServicerContext):
+        svc = self.service
+        plan = self._plan(request)
+        out = output_path(request.output_uri, svc.runtime.data_roots)
+        ref, gen = plan.ref, plan.generator
+        metadata = {
+            "zsc.kind": "generated-features",
+            "generator_model_uri": ref.model_uri,
+            "generator_run_id": ref.run_id,
+            "generator_kind": gen.kind,
+            "per_class": str(plan.per_class),
+            "seed": str(plan.seed),
+            "profile": svc.runtime.profile.name,
+        }
+
+        def job(ctx: JobContext) -> pb.GenerateFeaturesResult:
+            ctx.progress(0, message=f"synthesizing {plan.per_class} features for each of {len(plan.class_names)}")
+            x, y = self._synthesize(plan)
+            features = FeatureSet(x, y, list(plan.class_names), plan.text.float().cpu(), metadata)
+            save_features(features, out, ctx)
+            ctx.progress(len(plan.class_names))
+            return pb.GenerateFeaturesResult(
+                features_uri=str(out),
+                class_names=plan.class_names,
+                n_features=len(y),
+                feature_dim=gen.feature_dim,
+                generator=ref_message(ref),
+                features_sha256=content_hash(out),
+            )
+
+        return svc.runtime.operations.start(GENERATE_KIND, job, total=len(plan.class_names), unit="classes")
+
+    def StreamFeatures(self, request: pb.GenerateFeaturesRequest, context: grpc.ServicerContext) -> Iterator:
+        if request.output_uri:
+            raise InvalidArgument("StreamFeatures streams the features back and writes no file; leave output_uri empty")
+        plan = self._plan(request)
+        x, _ = self._synthesize(plan)
+        for i, chunk in enumerate(codec.encode_chunks(x)):
+            if not context.is_active():  # the client went away: stop encoding
+                return
+            if i == 0:
+                yield pb.FeatureChunk(class_names=plan.class_names, per_class=plan.per_class, features=chunk)
+            else:
+                yield pb.FeatureChunk(features=chunk)
+
+    # --- TrainGZSL -------------------------------------------------------------------------------------------------
+    def TrainGZSL(self, request: pb.TrainGZSLRequest, context: grpc.ServicerContext):
+        svc = self.service
+        svc.runtime.require_ready()
+        roots = svc.runtime.data_roots
+        seed = check_seed(request.seed)
+        base_path, base = read_features(request.base_features_uri, "base_features_uri", roots)
+        if len(base) == 0:
+            raise InvalidArgument(f"base features file {base_path.name} has no samples")
+        if request.class_names or request.HasField("text_features"):
+            if not request.class_names or not request.HasField("text_features"):
+                raise InvalidArgument("give class_names and text_features together, or neither to use the base file's")
+            names = check_class_names(request.class_names, "class_names")
+            text = decode_matrix(request.text_features, "text_features")
+            if text.shape[0] != len(names):
+                raise InvalidArgument(f"text_features has {text.shape[0]} rows for {len(names)} class_names")
+            source = "the class_names of the request"
+        else:
+            names, text = tuple(base.class_names), base.text_features
+            source = f"the classes of base file {base_path.name}"
+        position = {n: i for i, n in enumerate(names)}
+        base_y = relabel(base, position, lambda n: f"base class {n!r} has samples but is not among {source}")
+        features, labels = [base.features], [base_y]
+        seen = sorted(set(base_y.tolist()))
+        novel_path: Path | None = None
+        novel: FeatureSet | None = None
+        if request.novel_features_uri:
+            novel_path, novel = read_features(request.novel_features_uri, "novel_features_uri", roots)
+            if novel.dim != base.dim:
+                raise InvalidArgument(
+                    f"the base features have D={base.dim} but the novel features have D={novel.dim}; both must be "
+                    "image features of one space (text features may have any D_t, features may not)"
+                )
+            novel_y = relabel(
+                novel,
+                position,
+                lambda n: (
+                    f"novel class {n!r} has no text feature: it is not among {source}; send class_names and "
+                    "text_features of every class"
+                ),
+            )
+            features.append(novel.features)
+            labels.append(novel_y)
+        config = gzsl_config(request.settings, seed)
+        model_name = models.check_model_name(request.registered_model_name or GZSL_MODEL_NAME)
+        seen_set = set(seen)
+        novel_idx = [i for i in range(len(names)) if i not in seen_set]
+        n_novel = len(novel) if novel is not None else 0
+        profile = svc.runtime.profile.name
+        lineage = {
+            "zsc.kind": "gzsl",
+            "zsc.profile": profile,
+            "zsc.seed": str(seed),
+            "zsc.git_commit": tracking.git_commit(),
+            "zsc.dataset.uri": str(base_path),
+            "zsc.dataset.hash": f"sha256:{content_hash(base_path)}",
+            **upstream_tags(base, "zsc.recovery"),
+        }
+        if novel is not None and novel_path is not None:
+            lineage["zsc.novel.uri"] = str(novel_path)
+            lineage["zsc.novel.hash"] = f"sha256:{content_hash(novel_path)}"
+            for key in ("generator_model_uri", "generator_run_id"):
+                if novel.metadata.get(key):
+                    lineage[f"zsc.{key.replace('_', '.', 1)}"] = novel.metadata[key]
+        if request.HasField("text_features"):
+            lineage["zsc.text.hash"] = f"sha256:{hashlib.sha256(request.text_features.data).hexdigest()}"
+        params = {
+            **config.to_dict(),
+            "base_features_uri": str(base_path),
+            "novel_features_uri": str(novel_path or ""),
+            "n_base": len(base),
+            "n_novel": n_novel,
+            "n_classes": len(names),
+            "n_seen": len(seen),
+            "feature_dim": base.dim,
+            "text_dim": int(text.shape[1]),
+            "profile": profile,
+            "registered_model_name": model_name,
+        }
+
+        def job(ctx: JobContext) -> pb.TrainGZSLResult:
+            with tracking.run(request.experiment or EXPERIMENT, "train-gzsl", lineage) as run:
+                ctx.set_mlflow_run(run.id)
+                run.log_params(params)
+
+                def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
+                    run.log_metrics(finite(metrics), step=epoch)
+                    ctx.progress(epoch, total, **finite(metrics))
+
+                x, y = torch.cat(features), torch.cat(labels)
+                try:
+                    result = fit_gzsl_classifier(
+                        x,
+                        y,
+                        text,
+                        seen,
+                        config,
+                        on_epoch=on_epoch,
+                        should_stop=ctx.should_stop,
+                        device=svc.device,
+                    )
+                except TrainingCancelled as err:
+                    raise Cancelled(str(err)) from err
+                # Accuracy on the training features (base real, novel synthesized): a sanity check, not a selection.
+                pred = result.classifier.predict(x).cpu()
+                train_fit = gzsl_metrics(y, pred, seen, novel_idx) if novel_idx else None
+                final_loss = result.history[-1]["loss"]
+                summary = {"final_loss": final_loss}
+                if train_fit is not None:
+                    summary.update({"train_S": train_fit.seen, "train_U_synthetic": train_fit.unseen})
+                run.log_metrics(finite(summary))
+                with tempfile.TemporaryDirectory(prefix="zsc-gzsl-") as tmp:
+                    models.write_classifier(
+                        Path(tmp),
+                        config=config,
+                        state_dict=result.state_dict,
+                        class_names=names,
+                        seen=seen,
+                        text_dim=int(text.shape[1]),
+                    )
+                    ctx.check_cancelled()
+                    version = models.register_folder(run, Path(tmp), "classifier", model_name, lineage)
+                return pb.TrainGZSLResult(
+                    model=version_message(version),
+                    class_names=names,
+                    seen_indices=seen,
+                    novel_indices=novel_idx,
+                    n_base=len(base),
+                    n_novel=n_novel,
+                    feature_dim=base.dim,
+                    final_loss=final_loss,
+                )
+
+        return svc.runtime.operations.start(TRAIN_GZSL_KIND, job, total=config.epochs, unit="epochs")
+
+    # --- EvaluateGZSL ----------------------------------------------------------------------------------------------
+    def EvaluateGZSL(self, request: pb.EvaluateGZSLRequest, context: grpc.ServicerContext):
+        svc = self.service
+        svc.runtime.require_ready()
+        ref, clf = svc.load_classifier(request.classifier)
+        path, test = read_features(request.test_features_uri, "test_features_uri", svc.runtime.data_roots)
+        if len(test) == 0:
+            raise InvalidArgument(f"test features file {path.name} has no samples")
+        if test.dim != clf.feature_dim:
+            raise InvalidArgument(
+                f"the test features have D={test.dim} but classifier {ref.model_uri} scores D={clf.feature_dim}"
+            )
+        names = clf.class_names
+        position = {n: i for i, n in enumerate(names)}
+        y = relabel(test, position, lambda n: f"test class {n!r} is not one of the {len(names)} classifier classes")
+        unseen = split_unseen(request, names, clf.seen)
+        unseen_set = set(unseen)
+        seen = [i for i in range(len(names)) if i not in unseen_set]
+        if not seen:
+            raise InvalidArgument("the split leaves no seen class; name only the unseen classes")
+        gamma = clf.config.calibration_gamma
+        if request.HasField("calibration_gamma"):
+            if not math.isfinite(request.calibration_gamma):
+                raise InvalidArgument(f"calibration_gamma must be finite, got {request.calibration_gamma}")
+            gamma = request.calibration_gamma
+        test_hash = content_hash(path)
+        tags = {
+            "zsc.kind": "gzsl-eval",
+            "zsc.profile": svc.runtime.profile.name,
+            "zsc.model_uri": ref.model_uri,
+            "zsc.dataset.uri": str(path),
+            "zsc.dataset.hash": f"sha256:{test_hash}",
+        }
+
+        def job(ctx: JobContext) -> pb.EvaluateGZSLResult:
+            with tracking.run(request.experiment or EXPERIMENT, "evaluate-gzsl", tags) as run:
+                ctx.set_mlflow_run(run.id)
+                ctx.progress(0, message=f"scoring {len(test)} test features")
+                scores = clf.model.scores(test.features.to(svc.device), gamma).cpu()
+                pred = scores.argmax(dim=1)
+                gz = gzsl_metrics(y, pred, seen, unseen)
+                bn = base_to_new_metrics(scores, y, seen, unseen)
+                per_class = per_class_accuracy(y, pred, len(names))
+                support = torch.bincount(y, minlength=len(names))
+                metrics = {"S": gz.seen, "U": gz.unseen, "H": gz.harmonic, "B": bn.base, "N": bn.new, "HM": bn.harmonic}
+                run.log_params(
+                    {
+                        "classifier": ref.model_uri,
+                        "test_features_uri": str(path),
+                        "n_samples": len(test),
+                        "calibration_gamma": gamma,
+                        "unseen_classes": ",".join(names[i] for i in unseen)[:6000],
+                    }
+                )
+                run.log_metrics(metrics)
+                log_per_class(run, names, per_class.tolist(), support.tolist())
+                log_figures(run, names, per_class.tolist(), confusion_matrix(y, pred, len(names)))
+                if ref.version:  # zsc registry review and promote gates read these version tags
+                    version_tags = {f"{TEST_TAG_PREFIX}{k}": f"{v:.6f}" for k, v in metrics.items()}
+                    version_tags.update(
+                        {f"{TEST_TAG_PREFIX}run_id": run.id, f"{TEST_TAG_PREFIX}hash": f"sha256:{test_hash}"}
+                    )
+                    for key, value in version_tags.items():
+                        run.client.set_model_version_tag(ref.name, ref.version, key, value)
+                ctx.progress(1)
+                return pb.EvaluateGZSLResult(
+                    gzsl=pb.GZSLMetrics(seen=gz.seen, unseen=gz.unseen, harmonic=gz.harmonic),
+                    base_to_new=pb.BaseNewMetrics(base=bn.base, new=bn.new, harmonic=bn.harmonic),
+                    class_names=names,
+                    per_class_accuracy=per_class.tolist(),
+                    support=support.tolist(),
+                    seen_indices=seen,
+                    unseen_indices=unseen,
+                    n_samples=len(test),
+                    classifier=ref_message(ref),
+                    mlflow_run_id=run.id,
+                )
+
+        return svc.runtime.operations.start(EVALUATE_KIND, job, total=1, unit="evaluations")
+
+
+# --- request checks ------------------------------------------------------------------------------------------------
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def check_seed(seed: int) -> int:
+    if seed < 0:
+        raise InvalidArgument(f"seed must be >= 0, got {seed}")
+    return int(seed)
+
+
+def check_class_names(values: Sequence[str], field: str) -> tuple[str, ...]:
+    """Non-empty, unique, non-blank class names of sane length and count."""
+    names = tuple(values)
+    if not names:
+        raise InvalidArgument(f"{field} is empty")
+    if len(names) > MAX_CLASSES:
+        raise InvalidArgument(f"{len(names)} class names is over the limit of {MAX_CLASSES}")
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if not name.strip():
+            raise InvalidArgument(f"{field}[{i}] is empty")
+        if len(name) > MAX_NAME_CHARS:
+            raise InvalidArgument(f"{field}[{i}] is longer than {MAX_NAME_CHARS} characters")
+        if name in seen:
+            raise InvalidArgument(f"class {name!r} appears twice in {field}")
+        seen.add(name)
+    return names
+
+
+def decode_matrix(msg: Any, name: str) -> torch.Tensor:
+    """A finite float [rows >= 1, cols >= 1] tensor, widened to float32."""
+    x = codec.decode(msg, "torch", dtypes=FLOAT_DTYPES, rank=2, name=name).float()
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise InvalidArgument(f"{name} has shape {list(x.shape)}; it needs at least one row and one column")
+    return x
+
+
+def read_features(uri: str, field: str, roots: list[Path]) -> tuple[Path, FeatureSet]:
+    """Load and validate a features file inside the data roots (NotFound when it does not exist)."""
+    if not uri:
+        raise InvalidArgument(f"{field} is empty")
+    path = resolve_uri(uri, roots)
+    if not path.is_file():
+        raise InvalidArgument(f"{field} {uri!r} is not a file")
+    try:
+        data = FeatureSet.load(path)
+    except (ValueError, OSError) as err:
+        raise InvalidArgument(f"{field} {path.name}: {first_line(err).replace(str(path) + ': ', '')}") from err
+    except Exception as err:  # safetensors raises its own error type on a corrupt header
+        raise InvalidArgument(f"cannot read {field} {path.name}: {type(err).__name__}") from err
+    if data.dim == 0 or data.text_dim == 0:
+        raise InvalidArgument(f"{field} {path.name} has D={data.dim} and D_t={data.text_dim}; both must be >= 1")
+    return path, data
+
+
+def relabel(data: FeatureSet, position: dict[str, int], missing: Any) -> torch.Tensor:
+    """The file's labels as indices into ``position`` (by class name); ``missing(name)`` words the error."""
+    present = data.labels.unique(sorted=True).tolist()
+    remap = torch.full((data.num_classes,), -1, dtype=torch.int64)
+    for i in present:
+        name = data.class_names[i]
+        if name not in position:
+            raise InvalidArgument(missing(name))
+        remap[i] = position[name]
+    return remap[data.labels]
+
+
+def split_unseen(request: pb.EvaluateGZSLRequest, names: list[str], trained_seen: list[int]) -> list[int]:
+    """Unseen class indices by name or index (not both); neither: the classes the classifier had no base data of."""
+    if request.unseen_classes and request.unseen_indices:
+        raise InvalidArgument("give unseen_classes or unseen_indices, not both")
+    position = {n: i for i, n in enumerate(names)}
+    if request.unseen_classes:
+        unseen = []
+        for name in request.unseen_classes:
+            if name not in position:
+                raise InvalidArgument(f"unseen class {name!r} is not one of the {len(names)} classifier classes")
+            unseen.append(position[name])
+    elif request.unseen_indices:
+        unseen = list(request.unseen_indices)
+        bad = [i for i in unseen if not 0 <= i < len(names)]
+        if bad:
+            raise InvalidArgument(f"unseen index {bad[0]} is outside [0, {len(names)})")
+    else:
+        known = set(trained_seen)
+        unseen = [i for i in range(len(names)) if i not in known]
+    if len(set(unseen)) != len(unseen):
+        raise InvalidArgument("the unseen classes list a class twice")
+    if not unseen:
+        raise InvalidArgument("the split has no unseen class; name the unseen classes")
+    return sorted(unseen)
+
+
+def _settings(msg: pb_message.Message, rename: dict[str, str] | None = None) -> dict[str, Any]:
+    """The fields set in ``msg`` (proto3 optional), renamed to core config fields, checked against the limits."""
+    out: dict[str, Any] = {}
+    for field, value in msg.ListFields():
+        key = (rename or {}).get(field.name, field.name)
+        where = f"{msg.DESCRIPTOR.name}.{field.name}"
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise InvalidArgument(f"{where} must be finite, got {value}")
+            if key in POSITIVE and value <= 0:
+                raise InvalidArgument(f"{where} must be > 0, got {value}")
+            if key in NON_NEGATIVE and value < 0:
+                raise InvalidArgument(f"{where} must be >= 0, got {value}")
+            if key in UNIT_INTERVAL and not 0 <= value < 1:
+                raise InvalidArgument(f"{where} must lie in [0, 1), got {value}")
+        elif isinstance(value, int) and not isinstance(value, bool) and value > INT_LIMITS.get(key, 1 << 30):
+            raise InvalidArgument(f"{where}={value} is over the limit of {INT_LIMITS.get(key, 1 << 30)}")
+        out[key] = value
+    return out
+
+
+def generator_config(kind: models.GeneratorKind, request: pb.TrainGeneratorRequest, seed: int) -> GeneratorConfig:
+    """The core config of ``kind``: unset fields keep its defaults (methods.md's for TF-VAEGAN)."""
+    kwargs = _settings(request.settings)
+    if kwargs.get("noise_dim") == 0:
+        kwargs["noise_dim"] = None  # 0 = the text-feature width
+    kwargs.update(_settings(request.selection, SELECTION_FIELDS))
+    method = request.WhichOneof("method_settings")
+    if method is not None:
+        kwargs.update(_settings(getattr(request, method)))
+    try:
+        config = kind.config_cls(seed=seed, **kwargs)
+        config.check()
+    except (TypeError, ValueError) as err:
+        raise InvalidArgument(f"bad {kind.name} settings: {first_line(err)}") from err
+    return config
+
+
+def gzsl_config(settings: pb.GZSLSettings, seed: int) -> GZSLConfig:
+    """GZSLConfig from the request; unset fields keep DFZSL's defaults."""
+    try:
+        config = GZSLConfig(seed=seed, **_settings(settings))
+        config.check()
+    except (TypeError, ValueError) as err:
+        raise InvalidArgument(f"bad GZSL settings: {first_line(err)}") from err
+    return config
+
+
+def output_path(uri: str, roots: list[Path]) -> Path:
+    if not uri:
+        raise InvalidArgument("output_uri is empty")
+    path = resolve_uri(uri, roots, must_exist=False)
+    if path.is_dir():
+        raise InvalidArgument(f"output_uri {uri!r} is a directory; name the features file")
+    return path
+
+
+def upstream_tags(data: FeatureSet, prefix: str) -> dict[str, str]:
+    """Lineage of a features file from its metadata: the MLflow run that wrote it (e.g. a recovery run)."""
+    tags = {}
+    if data.metadata.get("mlflow_run_id"):
+        tags[f"{prefix}_run_id"] = data.metadata["mlflow_run_id"]
+    if data.metadata.get("zsc.kind"):
+        tags[f"{prefix}_kind"] = data.metadata["zsc.kind"]
+    return tags
+
+
+# --- outputs -------------------------------------------------------------------------------------------------------
+def finite(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+
+
+def version_message(version: models.RegisteredVersion) -> pb.ModelVersion:
+    return pb.ModelVersion(
+        name=version.name,
+        version=version.version,
+        run_id=version.run_id,
+        model_uri=version.model_uri,
+        artifact_uri=version.artifact_uri,
+    )
+
+
+def ref_message(ref: models.ModelRef) -> pb.ModelVersion:
+    return pb.ModelVersion(
+        name=ref.name,
+        version=ref.version,
+        run_id=ref.run_id,
+        model_uri=ref.model_uri,
+        artifact_uri=f"runs:/{ref.run_id}/{ref.run_path}" if ref.run_path else ref.source,
+    )
+
+
+def save_features(features: FeatureSet, path: Path, ctx: JobContext) -> None:
+    """Write atomically; a job cancelled around the write leaves no file behind."""
+    ctx.check_cancelled()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    features.save(path)
+    if ctx.should_stop():
+        path.unlink(missing_ok=True)
+        ctx.check_cancelled()
+
+
+def metric_key(prefix: str, name: str, index: int) -> str:
+    safe = re.sub(r"[^\w.\- ]+", "_", name).strip(" .") or f"class_{index}"
+    return f"{prefix}/{safe}"
+
+
+def log_per_class(run: tracking.Run, names: list[str], accuracy: list[float], support: list[int]) -> None:
+    """Per-class accuracy as a table artifact, and as ``acc/<class>`` metrics up to MAX_PER_CLASS_METRICS classes."""
+    run.log_table({"class": names, "accuracy": accuracy, "support": support}, "per_class_accuracy.json")
+    if len(names) <= MAX_PER_CLASS_METRICS:
+        metrics: dict[str, float] = {}
+        for i, (name, acc) in enumerate(zip(names, accuracy, strict=True)):
+            key = metric_key("acc", name, i)
+            metrics[key if key not in metrics else f"{key}_{i}"] = acc
+        run.log_metrics(finite(metrics))
+
+
+def log_figures(run: tracking.Run, names: list[str], accuracy: list[float], confusion: torch.Tensor) -> None:
+    """The plots zsc registry review shows beside the metrics."""
+    import matplotlib.pyplot as plt
+
+    from zsc import plots
+
+    for fig, artifact in (
+        (plots.per_class_figure(accuracy, names, "GZSL per-class accuracy"), "per_class_accuracy.png"),
+        (plots.confusion_figure(confusion.numpy(), names, "GZSL confusion matrix"), "confusion_matrix.png"),
+    ):
+        try:
+            run.log_figure(fig, artifact)
+        finally:
+            plt.close(fig)
 
 
 def create_service(runtime: ServiceRuntime) -> GenerativeService:

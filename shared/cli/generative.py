@@ -1,0 +1,312 @@
+"""`zsc train-generator`, `zsc generate-features`, `zsc train-gzsl` and `zsc evaluate-gzsl` (DFZSL steps 3-4)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from zsc import codec
+from zsc.cli.common import CommandError, add_client_args, follow, markdown_table, open_channel
+from zsc.generative.v1 import generative_pb2 as pb
+from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
+from zsc.runtime.client import unpack
+
+KINDS = {"tfvaegan": pb.TFVAEGAN, "clswgan": pb.CLSWGAN}
+# CLI option -> (request sub-message, field); only options the user gave are set, the rest keep the defaults.
+GENERATOR_OPTIONS = {
+    "epochs": ("settings", "epochs"),
+    "batch_size": ("settings", "batch_size"),
+    "lr": ("settings", "lr"),
+    "hidden_dim": ("settings", "hidden_dim"),
+    "noise_dim": ("settings", "noise_dim"),
+    "critic_iters": ("settings", "critic_iters"),
+    "gp_weight": ("settings", "gp_weight"),
+    "select_every": ("selection", "every"),
+    "select_holdout_fraction": ("selection", "holdout_fraction"),
+    "select_val_fraction": ("selection", "val_fraction"),
+    "select_n_per_class": ("selection", "n_per_class"),
+    "select_classifier_epochs": ("selection", "classifier_epochs"),
+}
+GZSL_OPTIONS = ("epochs", "lr", "batch_size", "weight_decay", "temperature", "logit_adjustment_tau")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-generator", help="DFZSL step 3: train a feature generator on base features (MLflow)")
+    p.add_argument("--features", required=True, type=Path, help="features file (base samples, text of all classes)")
+    p.add_argument("--kind", required=True, choices=sorted(KINDS))
+    p.add_argument(
+        "--text-features",
+        type=Path,
+        help='safetensors with "text_features" [C, D_t], one row per class of --features (default: the file\'s own)',
+    )
+    g = p.add_argument_group("settings (unset: methods.md defaults of the kind)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--hidden-dim", type=int)
+    g.add_argument("--noise-dim", type=int, help="0 = the text-feature width")
+    g.add_argument("--critic-iters", type=int)
+    g.add_argument("--gp-weight", type=float)
+    s = p.add_argument_group("selection on held-out training classes (never test data)")
+    s.add_argument("--select-every", type=int, help="score every N epochs (default 0: no selection)")
+    s.add_argument("--select-holdout-fraction", type=float, help="pseudo-novel class fraction (default 0.2)")
+    s.add_argument("--select-val-fraction", type=float, help="held-out sample fraction (default 0.2)")
+    s.add_argument("--select-n-per-class", type=int, help="synthesized per pseudo-novel class (default 200)")
+    s.add_argument("--select-classifier-epochs", type=int, help="quick classifier epochs (default 10)")
+    s.add_argument("--no-select-refit", action="store_true", help="return the selected state, do not refit")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="", help="registered model name (default zsc-generator-<kind>)")
+    p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-generative)")
+    add_client_args(p, "generative")
+    p.set_defaults(func=cmd_train_generator)
+
+    p = sub.add_parser("generate-features", help="synthesize features of classes with a trained generator")
+    p.add_argument("--generator", required=True, help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/generator")
+    p.add_argument(
+        "--classes",
+        help="class names, comma-separated or @FILE: classes the generator knows, or the rows of --text-features",
+    )
+    p.add_argument(
+        "--text-features",
+        type=Path,
+        help="a zsc features file (its classes, or those of --classes) or a safetensors text_features tensor",
+    )
+    p.add_argument("--per-class", required=True, type=int, help="features per class (DFZSL: 1800)")
+    p.add_argument("--out", required=True, type=Path, help="features file to write")
+    p.add_argument("--seed", type=int, default=0)
+    add_client_args(p, "generative")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train-gzsl", help="DFZSL step 4: train the GZSL classifier on base + synthesized features")
+    p.add_argument("--base", required=True, type=Path, help="base features file (its classes with samples are seen)")
+    p.add_argument("--novel", type=Path, help="synthesized novel features (from generate-features)")
+    p.add_argument(
+        "--text-features",
+        type=Path,
+        help="all classes' text features: a zsc features file, or a tensor with --classes (default: --base's)",
+    )
+    p.add_argument("--classes", help="names of the --text-features rows, comma-separated or @FILE")
+    g = p.add_argument_group("settings (unset: DFZSL defaults)")
+    g.add_argument("--epochs", type=int, help="default 100")
+    g.add_argument("--lr", type=float, help="default 5e-5")
+    g.add_argument("--batch-size", type=int, help="default 256")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--temperature", type=float, help="default 0.01")
+    g.add_argument("--logit-adjustment-tau", type=float, help="default 1")
+    g.add_argument("--no-logit-adjustment", action="store_true")
+    g.add_argument("--calibration-gamma", type=float, help="calibrated stacking (default 0: off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="", help="registered model name (default zsc-gzsl)")
+    p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-generative)")
+    add_client_args(p, "generative")
+    p.set_defaults(func=cmd_train_gzsl)
+
+    p = sub.add_parser("evaluate-gzsl", help="GZSL S/U/H and base-to-new B/N/HM of a classifier on test features")
+    p.add_argument(
+        "--classifier", required=True, help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/classifier"
+    )
+    p.add_argument("--test", required=True, type=Path, help="labelled test features file")
+    p.add_argument("--unseen", help="unseen classes, comma-separated or @FILE (default: the classifier's own split)")
+    p.add_argument("--calibration-gamma", type=float, help="override the classifier's calibrated stacking")
+    p.add_argument("--metrics-out", type=Path, help="write the metrics as JSON (for DVC)")
+    p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-generative)")
+    add_client_args(p, "generative")
+    p.set_defaults(func=cmd_evaluate)
+
+
+# --- helpers -------------------------------------------------------------------------------------------------------
+def parse_names(value: str, option: str) -> list[str]:
+    """Comma-separated names, or @FILE with one name per line (blank lines ignored)."""
+    if value.startswith("@"):
+        path = Path(value[1:])
+        if not path.is_file():
+            raise CommandError(f"no such class-name file: {path}")
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    else:
+        names = [n.strip() for n in value.split(",")]
+    names = [n for n in names if n]
+    if not names:
+        raise CommandError(f"{option} names no class")
+    return names
+
+
+def read_text_features(path: Path, classes: list[str] | None) -> tuple[list[str], torch.Tensor]:
+    """(names, [K, D_t]) from a zsc features file (its classes, or the ``classes`` among them) or a plain tensor
+    file, whose rows ``classes`` must name."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from zsc.features import FeatureSet
+
+    if not path.is_file():
+        raise CommandError(f"no such text-features file: {path}")
+    try:
+        data = FeatureSet.load(path)
+    except ValueError:
+        data = None  # not a zsc feature set: a plain tensor file
+    except SafetensorError as err:
+        raise CommandError(f"cannot read text-features file {path}: {err}") from None
+    if data is not None:
+        if classes is None:
+            return list(data.class_names), data.text_features
+        index = {n: i for i, n in enumerate(data.class_names)}
+        missing = [c for c in classes if c not in index]
+        if missing:
+            raise CommandError(f"class {missing[0]!r} is not in {path}")
+        return classes, data.text_features[[index[c] for c in classes]]
+    tensors = load_file(path)
+    text = tensors.get("text_features", next(iter(tensors.values())) if len(tensors) == 1 else None)
+    if text is None:
+        raise CommandError(f'{path} has no tensor named "text_features"')
+    if classes is None:
+        raise CommandError(f"{path} holds no class names; name its rows with --classes")
+    if text.ndim != 2 or text.shape[0] != len(classes):
+        raise CommandError(f"{path} holds text features of shape {list(text.shape)} for {len(classes)} classes")
+    return classes, text
+
+
+def set_fields(message: object, values: dict[str, object]) -> None:
+    for field, value in values.items():
+        if value is not None:
+            setattr(message, field, value)
+
+
+def print_model(label: str, model: pb.ModelVersion) -> None:
+    print(f"{label}: {model.model_uri} (run {model.run_id}, files {model.artifact_uri})")
+
+
+# --- commands ------------------------------------------------------------------------------------------------------
+def cmd_train_generator(args: argparse.Namespace) -> int:
+    request = pb.TrainGeneratorRequest(
+        features_uri=str(args.features.resolve()),
+        kind=KINDS[args.kind],
+        seed=args.seed,
+        registered_model_name=args.name,
+        experiment=args.experiment,
+    )
+    for option, (part, field) in GENERATOR_OPTIONS.items():
+        value = getattr(args, option)
+        if value is not None:
+            setattr(getattr(request, part), field, value)
+    if args.no_select_refit:
+        request.selection.refit = False
+    if args.text_features is not None:
+        _, text = read_text_features(args.text_features, None)
+        request.text_features.CopyFrom(codec.encode(text.float()))
+    with open_channel(args, "generative", [args.features]) as channel:
+        stub = pb_grpc.GenerativeStub(channel)
+        op = follow(channel, stub.TrainGenerator(request), f"training {args.kind}")
+    result = unpack(op, pb.TrainGeneratorResult)
+    print(
+        f"trained {args.kind} on {len(result.trained_classes)} of {len(result.class_names)} classes "
+        f"(D={result.feature_dim}, D_t={result.text_dim}; {result.epochs_run} epochs, best epoch {result.best_epoch})"
+    )
+    if result.final_metrics:
+        print(markdown_table(["metric", "value"], [[k, v] for k, v in sorted(result.final_metrics.items())]))
+    print_model("generator", result.model)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    classes = parse_names(args.classes, "--classes") if args.classes else None
+    request = pb.GenerateFeaturesRequest(
+        generator=args.generator, per_class=args.per_class, seed=args.seed, output_uri=str(args.out.resolve())
+    )
+    paths: list[Path] = [args.out]
+    if args.text_features is not None:
+        names, text = read_text_features(args.text_features, classes)
+        request.class_names.extend(names)
+        request.text_features.CopyFrom(codec.encode(text.float()))
+        paths.append(args.text_features)
+    elif classes is not None:
+        request.class_names.extend(classes)
+    else:
+        raise CommandError("name the classes with --classes, or give --text-features")
+    with open_channel(args, "generative", paths) as channel:
+        op = follow(channel, pb_grpc.GenerativeStub(channel).GenerateFeatures(request), "synthesizing")
+    result = unpack(op, pb.GenerateFeaturesResult)
+    print(
+        f"synthesized {result.n_features} features (D={result.feature_dim}) of {len(result.class_names)} classes "
+        f"with {result.generator.model_uri}"
+    )
+    print(f"features: {result.features_uri}")
+    return 0
+
+
+def cmd_train_gzsl(args: argparse.Namespace) -> int:
+    request = pb.TrainGZSLRequest(
+        base_features_uri=str(args.base.resolve()),
+        novel_features_uri=str(args.novel.resolve()) if args.novel else "",
+        seed=args.seed,
+        registered_model_name=args.name,
+        experiment=args.experiment,
+    )
+    set_fields(request.settings, {o: getattr(args, o) for o in (*GZSL_OPTIONS, "calibration_gamma")})
+    if args.no_logit_adjustment:
+        request.settings.logit_adjustment = False
+    paths = [args.base, *([args.novel] if args.novel else [])]
+    if args.text_features is not None:
+        classes = parse_names(args.classes, "--classes") if args.classes else None
+        names, text = read_text_features(args.text_features, classes)
+        request.class_names.extend(names)
+        request.text_features.CopyFrom(codec.encode(text.float()))
+    elif args.classes:
+        raise CommandError("--classes names the rows of --text-features; give both")
+    with open_channel(args, "generative", paths) as channel:
+        op = follow(channel, pb_grpc.GenerativeStub(channel).TrainGZSL(request), "training GZSL classifier")
+    result = unpack(op, pb.TrainGZSLResult)
+    print(
+        f"trained a GZSL classifier over {len(result.class_names)} classes ({len(result.seen_indices)} seen, "
+        f"{len(result.novel_indices)} novel) on {result.n_base} base + {result.n_novel} synthesized features "
+        f"(final loss {result.final_loss:.4g})"
+    )
+    print_model("classifier", result.model)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    request = pb.EvaluateGZSLRequest(
+        classifier=args.classifier, test_features_uri=str(args.test.resolve()), experiment=args.experiment
+    )
+    if args.unseen:
+        request.unseen_classes.extend(parse_names(args.unseen, "--unseen"))
+    if args.calibration_gamma is not None:
+        request.calibration_gamma = args.calibration_gamma
+    with open_channel(args, "generative", [args.test]) as channel:
+        op = follow(channel, pb_grpc.GenerativeStub(channel).EvaluateGZSL(request), "evaluating")
+    result = unpack(op, pb.EvaluateGZSLResult)
+    gz, bn = result.gzsl, result.base_to_new
+    print(f"GZSL: S {gz.seen:.4f}  U {gz.unseen:.4f}  H {gz.harmonic:.4f}")
+    print(f"base-to-new: B {bn.base:.4f}  N {bn.new:.4f}  HM {bn.harmonic:.4f}")
+    unseen = set(result.unseen_indices)
+    rows = [
+        [name, "unseen" if i in unseen else "seen", acc if math.isfinite(acc) else "-", n]
+        for i, (name, acc, n) in enumerate(
+            zip(result.class_names, result.per_class_accuracy, result.support, strict=True)
+        )
+    ]
+    print()
+    print(markdown_table(["class", "split", "accuracy", "samples"], rows))
+    print(f"\nclassifier: {result.classifier.model_uri}  MLflow run: {result.mlflow_run_id}")
+    if args.metrics_out is not None:
+        from zsc.io import atomic_write_bytes
+
+        payload = {
+            "S": gz.seen,
+            "U": gz.unseen,
+            "H": gz.harmonic,
+            "B": bn.base,
+            "N": bn.new,
+            "HM": bn.harmonic,
+            # JSON has no NaN: a class without test samples has no accuracy.
+            "per_class_accuracy": {
+                n: (a if math.isfinite(a) else None)
+                for n, a in zip(result.class_names, result.per_class_accuracy, strict=True)
+            },
+        }
+        atomic_write_bytes(args.metrics_out, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+    return 0
