@@ -11,6 +11,7 @@ import torch
 from zsc import codec, tracking
 from zsc.classification.v1 import classification_pb2 as pb
 from zsc.classification.v1 import classification_pb2_grpc as pb_grpc
+from zsc.classification.v1 import downstream_pb2_grpc
 from zsc.data import ImageFolder, decode_image, resolve_uri
 from zsc.errors import FailedPrecondition, InvalidArgument
 from zsc.models.clip import create_clip
@@ -20,6 +21,8 @@ from zsc.runtime.server import ServiceRuntime
 from zsc_services.classification.core.clip_zeroshot import ClipZeroShot
 from zsc_services.classification.core.evaluate import FolderEvaluation, evaluate_folder
 from zsc_services.classification.core.prompts import validate_class_names
+from zsc_services.classification.downstream_servicer import DownstreamServicer
+from zsc_services.classification.features_servicer import add_features_to_server
 from zsc_services.classification.zeroshot import (
     METHOD_NAMES,
     DiffusionModelCache,
@@ -33,7 +36,11 @@ MAX_INLINE_DIFFUSION_IMAGES = 16  # each costs thousands of UNet passes: dataset
 
 
 class ClassificationService:
-    grpc_services: ClassVar[list[str]] = ["zsc.classification.v1.Classification"]
+    grpc_services: ClassVar[list[str]] = [
+        "zsc.classification.v1.Classification",
+        "zsc.classification.v1.Downstream",
+        "zsc.classification.v1.Features",
+    ]
 
     def __init__(self, runtime: ServiceRuntime) -> None:
         self.runtime = runtime
@@ -42,6 +49,8 @@ class ClassificationService:
 
     def add_to_server(self, server: grpc.Server) -> None:
         pb_grpc.add_ClassificationServicer_to_server(ClassificationServicer(self), server)
+        downstream_pb2_grpc.add_DownstreamServicer_to_server(DownstreamServicer(self.runtime), server)
+        add_features_to_server(self, server)
 
     def load(self) -> None:
         profile = self.runtime.profile

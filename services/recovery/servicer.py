@@ -33,6 +33,7 @@ from zsc_services.recovery.core.flpt import FlptConfig, align_features
 from zsc_services.recovery.core.recover import (
     RecoveryCancelled,
     RecoveryConfig,
+    Teacher,
     VmfRecovery,
     teacher_from_weights,
 )
@@ -118,19 +119,25 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
             text = codec.decode(
                 request.text_features, "torch", dtypes=FLOAT_DTYPES, rank=2, name="text_features"
             ).float()
-            if text.shape[1] != dim:
-                raise InvalidArgument(f"the teacher has D={dim} but the text features have D={text.shape[1]}")
+            from_teacher = request.init_from_teacher
+            if text.shape[1] != dim and not from_teacher:  # another space: recovering there must be asked for
+                raise InvalidArgument(
+                    f"the teacher has D={dim} but the text features have D={text.shape[1]}; "
+                    "set init_from_teacher to recover in the teacher's space"
+                )
             if text.shape[0] != rows:
                 raise InvalidArgument(f"the text features have {text.shape[0]} rows for {rows} base classes")
             digest.update(request.text_features.data)
             text_source = "inline"
             # Cheap (a teacher probe and the angular kappa), so its errors reach the caller as INVALID_ARGUMENT.
-            recovery = VmfRecovery(teacher, text.to(device), config)
+            recovery = new_recovery(teacher, weight.to(device), text.to(device), config, from_teacher)
         else:
             clip = svc.clip_or_fail("send text_features, or use a profile with CLIP to encode the class names")
-            if clip.embed_dim != dim:
+            from_teacher = request.init_from_teacher
+            if clip.embed_dim != dim and not from_teacher:
                 raise InvalidArgument(
-                    f"the teacher has D={dim} but the CLIP model {clip.ref} encodes D={clip.embed_dim}"
+                    f"the teacher has D={dim} but the CLIP model {clip.ref} encodes D={clip.embed_dim}; "
+                    "set init_from_teacher to recover in the teacher's space"
                 )
             template = check_template(request.prompt_template or DEFAULT_TEMPLATE)
             text_source = f"clip {clip.ref}: {template}"
@@ -151,6 +158,7 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
             "n_classes": rows,
             "dim": dim,
             "text_source": text_source,
+            "init": "teacher" if from_teacher else "text",
             "profile": svc.runtime.profile.name,
             "output_uri": str(out),
             "class_names": ",".join(names),
@@ -170,7 +178,7 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
                 if rec is None:
                     ctx.progress(0, message=f"encoding {rows} class names")
                     base_text = svc.encode_class_names(names, template)
-                    rec = VmfRecovery(teacher, base_text, config)
+                    rec = new_recovery(teacher, weight.to(device), base_text, config, from_teacher)
                 ctx.progress(0, message="recovering", kappa=rec.kappa)
                 try:
                     result = rec.fit(
@@ -430,6 +438,22 @@ def recovery_config(request: pb.RecoverRequest) -> RecoveryConfig:
         if request.HasField(field):
             kwargs[field] = getattr(request, field)
     return RecoveryConfig(**kwargs)
+
+
+def new_recovery(
+    teacher: Teacher, weight: torch.Tensor, text: torch.Tensor, config: RecoveryConfig, from_teacher: bool
+) -> VmfRecovery:
+    """The recovery loop, with mu starting at the text features or, ``from_teacher``, at the teacher's rows.
+
+    From the teacher is DFZSL's ``prototype: weight`` option: it is the only init in the teacher's space when the
+    text features live elsewhere (any D). The core reads its ``text_features`` argument only to initialize mu and
+    to compute the angular kappa from the init, so the normalized teacher rows stand in for it there; the real text
+    features still go into the output file.
+    """
+    if not from_teacher:
+        return VmfRecovery(teacher, text, config)
+    prototypes = F.normalize(weight.float(), dim=1)
+    return VmfRecovery(teacher, prototypes, config, init=prototypes)
 
 
 def flpt_config(settings: pb.FlptSettings) -> FlptConfig:

@@ -37,6 +37,9 @@ class Profile:
     device: str = "auto"
     dtype: str = "auto"
     extra: dict[str, str] = field(default_factory=dict)
+    # Feature extractors for ExtractFeatures when they are not CLIP's towers (zsc.models.lite); None: use CLIP's.
+    image_encoder: str | None = None
+    text_encoder: str | None = None
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -103,5 +106,22 @@ register_profile(
         text_to_image="CompVis/stable-diffusion-v1-4",
         diffusion_classifier="stabilityai/stable-diffusion-2-base",
         downstream_arch="resnet50",
+    )
+)
+register_profile(
+    Profile(
+        name="lite",
+        description="Small real pretrained models from PyPI, offline on CPU: EfficientNet-Lite0 (ImageNet) image "
+        "features (pooled pre-logits, 1280-d) and MiniLM-L6 sentence features (384-d). The two spaces are not "
+        "aligned and there is no CLIP, so CLIP zero-shot, FLPT Align and SHIP's prompts answer FAILED_PRECONDITION; "
+        "feature extraction and DFZSL with init_from_teacher work.",
+        clip=None,
+        text_to_image=None,
+        diffusion_classifier=None,
+        downstream_arch="resnet18",
+        image_encoder="efficientnet-lite0:pypi",
+        text_encoder="minilm:pypi",
+        device="auto",
+        dtype="float32",
     )
 )

@@ -39,7 +39,7 @@ class Teacher(_message.Message):
     def __init__(self, weight: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., metric: _Optional[_Union[TeacherMetric, str]] = ..., bias: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., temperature: _Optional[float] = ...) -> None: ...
 
 class RecoverRequest(_message.Message):
-    __slots__ = ("teacher", "class_names", "text_features", "prompt_template", "kappa_policy", "theta", "kappa", "num", "nsample", "epochs", "lr", "weight_decay", "seed", "trusted", "output_uri", "experiment")
+    __slots__ = ("teacher", "class_names", "text_features", "prompt_template", "kappa_policy", "theta", "kappa", "num", "nsample", "epochs", "lr", "weight_decay", "seed", "trusted", "output_uri", "experiment", "init_from_teacher")
     TEACHER_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     TEXT_FEATURES_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class RecoverRequest(_message.Message):
     TRUSTED_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_URI_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    INIT_FROM_TEACHER_FIELD_NUMBER: _ClassVar[int]
     teacher: Teacher
     class_names: _containers.RepeatedScalarFieldContainer[str]
     text_features: _common_pb2.Tensor
@@ -72,7 +73,8 @@ class RecoverRequest(_message.Message):
     trusted: bool
     output_uri: str
     experiment: str
-    def __init__(self, teacher: _Optional[_Union[Teacher, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ..., text_features: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., prompt_template: _Optional[str] = ..., kappa_policy: _Optional[_Union[KappaPolicy, str]] = ..., theta: _Optional[float] = ..., kappa: _Optional[float] = ..., num: _Optional[int] = ..., nsample: _Optional[int] = ..., epochs: _Optional[int] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., trusted: _Optional[bool] = ..., output_uri: _Optional[str] = ..., experiment: _Optional[str] = ...) -> None: ...
+    init_from_teacher: bool
+    def __init__(self, teacher: _Optional[_Union[Teacher, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ..., text_features: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., prompt_template: _Optional[str] = ..., kappa_policy: _Optional[_Union[KappaPolicy, str]] = ..., theta: _Optional[float] = ..., kappa: _Optional[float] = ..., num: _Optional[int] = ..., nsample: _Optional[int] = ..., epochs: _Optional[int] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., trusted: _Optional[bool] = ..., output_uri: _Optional[str] = ..., experiment: _Optional[str] = ..., init_from_teacher: _Optional[bool] = ...) -> None: ...
 
 class RecoveryStats(_message.Message):
     __slots__ = ("kept_fraction", "teacher_agreement", "final_loss", "mlflow_run_id", "best_step", "best_val_loss", "steps_run")

@@ -1,0 +1,134 @@
+"""`zsc train-classifier`, `zsc evaluate` and `zsc predict`: downstream timm classifiers over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import mimetypes
+from pathlib import Path
+
+from zsc import codec
+from zsc.classification.v1 import downstream_pb2 as pb
+from zsc.classification.v1 import downstream_pb2_grpc as pb_grpc
+from zsc.cli.common import CommandError, add_client_args, follow, markdown_table, open_channel
+from zsc.common.v1 import common_pb2
+from zsc.runtime.client import unpack
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-classifier",
+        help="train a timm classifier on a synthetic ImageFolder, select it on held-out synthetic data, register it",
+    )
+    p.add_argument("--data", required=True, help="training ImageFolder (<root>/<class>/<image>), e.g. synthetic")
+    p.add_argument("--arch", default="", help="any timm model name (default: the profile's downstream architecture)")
+    p.add_argument("--epochs", type=int, default=0, help="default 50")
+    p.add_argument("--batch-size", type=int, default=0, help="default 64")
+    p.add_argument("--lr", type=float, default=0.0, help="AdamW learning rate (default 1e-4)")
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 0.9)")
+    p.add_argument("--val-fraction", type=float, default=None, help="held-out share of each class (default 0.1)")
+    p.add_argument("--seed", type=int, default=None, help="default: the profile's seed")
+    p.add_argument("--image-size", type=int, default=0, help="square training resolution (default: the data's)")
+    p.add_argument("--name", default="", help="registered model name (default zsc-downstream-<arch>)")
+    p.add_argument("--pretrained", action="store_true", help="start from timm's cached pretrained weights")
+    p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-downstream)")
+    add_client_args(p, "classification")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a registered downstream model on a real ImageFolder")
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model")
+    p.add_argument("--data", required=True, help="real test ImageFolder with the model's class folders")
+    p.add_argument("--limit", type=int, default=0, help="evaluate at most N images, spread over the classes")
+    p.add_argument("--batch-size", type=int, default=0)
+    p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-downstream)")
+    add_client_args(p, "classification")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k labels of a few images from a registered downstream model")
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--top-k", type=int, default=5)
+    add_client_args(p, "classification")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    request = pb.TrainClassifierRequest(
+        data_uri=str(Path(args.data).resolve()),
+        arch=args.arch,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        registered_model_name=args.name,
+        pretrained=args.pretrained,
+        image_size=args.image_size,
+        experiment=args.experiment,
+    )
+    # Optional fields: only set what the user gave, so the server's defaults apply otherwise.
+    if args.weight_decay is not None:
+        request.weight_decay = args.weight_decay
+    if args.val_fraction is not None:
+        request.val_fraction = args.val_fraction
+    if args.seed is not None:
+        request.seed = args.seed
+    with open_channel(args, "classification", [args.data]) as channel:
+        stub = pb_grpc.DownstreamStub(channel)
+        op = follow(channel, stub.TrainClassifier(request), f"train {args.arch or 'classifier'}")
+    result = unpack(op, pb.TrainClassifierResult)
+    print(f"registered {result.model_uri} ({result.arch}, {len(result.class_names)} classes, {result.image_size}px)")
+    print(
+        f"best epoch {result.best_epoch}: synthetic validation accuracy {result.best_val_accuracy:.4f} "
+        f"(loss {result.best_val_loss:.4f}) on {result.n_val} held-out images; trained on {result.n_train}"
+    )
+    print(f"throughput: {result.train_images_per_second:.1f} training images/s; {result.seconds:.1f} s in all")
+    print(f"dataset: {result.dataset_hash}")
+    print(f"MLflow run: {result.mlflow_run_id}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    request = pb.EvaluateModelRequest(
+        model_uri=args.model,
+        data_uri=str(Path(args.data).resolve()),
+        limit=args.limit,
+        batch_size=args.batch_size,
+        experiment=args.experiment,
+    )
+    with open_channel(args, "classification", [args.data]) as channel:
+        op = follow(channel, pb_grpc.DownstreamStub(channel).Evaluate(request), "evaluate")
+    result = unpack(op, pb.ModelEvaluation)
+    names = list(result.class_names)
+    confusion = codec.decode(result.confusion)
+    print(
+        f"top-1 accuracy: {result.top1:.4f} over {result.n_images} images "
+        f"(macro {result.macro_accuracy:.4f}; {result.seconds_per_image * 1e3:.2f} ms/image)"
+    )
+    print()
+    print(
+        markdown_table(["class", "accuracy"], [[n, a] for n, a in zip(names, result.per_class_accuracy, strict=True)])
+    )
+    print()
+    print("confusion matrix (rows = true, columns = predicted):")
+    print(
+        markdown_table(["true \\ pred", *names], [[n, *map(int, row)] for n, row in zip(names, confusion, strict=True)])
+    )
+    if result.model_version:
+        print(f"\ntagged {result.registered_model_name} version {result.model_version} with real_test.* metrics")
+    print(f"MLflow run: {result.mlflow_run_id}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    images = []
+    for path in args.images:
+        if not path.is_file():
+            raise CommandError(f"no such image: {path}")
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        images.append(common_pb2.Image(data=path.read_bytes(), mime=mime))
+    with open_channel(args, "classification") as channel:
+        reply = pb_grpc.DownstreamStub(channel).Predict(
+            pb.PredictRequest(model_uri=args.model, images=images, top_k=args.top_k)
+        )
+    for path, ranked in zip(args.images, reply.predictions, strict=True):
+        print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in zip(ranked.labels, ranked.probs, strict=True)))
+    print(f"model: {reply.registered_model_name} version {reply.model_version}" if reply.model_version else "")
+    return 0

@@ -1,0 +1,68 @@
+"""`zsc extract-features`: image features, labels, class names and class text features of an ImageFolder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from zsc.classification.v1 import features_pb2 as pb
+from zsc.classification.v1 import features_pb2_grpc as pb_grpc
+from zsc.cli.common import add_client_args, follow, open_channel
+from zsc.runtime.client import unpack
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract-features",
+        help="extract image features + class text features of an ImageFolder into a feature set (safetensors)",
+        description="Under --profile lite: EfficientNet-Lite0 pooled pre-logits (1280-d) and MiniLM-L6 text features "
+        "(384-d), two spaces that are not aligned. Under profiles with CLIP: CLIP's image and text towers.",
+    )
+    p.add_argument("--data", required=True, type=Path, help="ImageFolder (<root>/<class>/<image>)")
+    p.add_argument("--out", required=True, type=Path, help="features file to write (safetensors)")
+    p.add_argument("--limit", type=int, default=0, help="at most N images, spread over the classes (default all)")
+    p.add_argument("--batch-size", type=int, default=0, help="images per model call (default 64)")
+    p.add_argument("--classes", help="comma-separated class names for the text features (default: the folder names)")
+    p.add_argument("--template", default="", help='prompt for the class text features (default "a photo of a {}.")')
+    p.add_argument("--image-size", type=int, default=0, help="input resolution of the lite image model (default 224)")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="feature cache directory (default: the service's, $ZSC_FEATURE_CACHE_DIR or ~/.cache/zsc/features)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="compute every feature and leave the cache alone")
+    p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-features)")
+    add_client_args(p, "classification")
+    p.set_defaults(func=cmd_extract_features)
+
+
+def cmd_extract_features(args: argparse.Namespace) -> int:
+    data, out = args.data.resolve(), args.out.resolve()
+    request = pb.ExtractFeaturesRequest(
+        data_uri=str(data),
+        output_uri=str(out),
+        limit=args.limit,
+        batch_size=args.batch_size,
+        class_names=[c.strip() for c in args.classes.split(",")] if args.classes else [],
+        prompt_template=args.template,
+        image_size=args.image_size,
+        cache_uri=str(args.cache_dir.resolve()) if args.cache_dir else "",
+        disable_cache=args.no_cache,
+        experiment=args.experiment,
+    )
+    paths: list[str | Path] = [data, out, args.cache_dir.resolve() if args.cache_dir else ""]
+    with open_channel(args, "classification", paths) as channel:
+        op = follow(channel, pb_grpc.FeaturesStub(channel).ExtractFeatures(request), "extracting features")
+    result = unpack(op, pb.ExtractFeaturesResult)
+    space = "one aligned space" if result.aligned else "separate, unaligned spaces"
+    print(
+        f"extracted {result.n_images} image features (D={result.dim}, {result.image_encoder}) and "
+        f"{len(result.class_names)} class text features (D={result.text_dim}, {result.text_encoder}; {space})"
+    )
+    print(
+        f"{result.cache_hits} from the cache, {result.computed} computed, in {result.seconds:.1f} s "
+        f"(dataset sha256 {result.dataset_sha256[:16]})"
+    )
+    print(f"features: {result.features_uri}")
+    print(f"MLflow run: {result.mlflow_run_id}")
+    return 0

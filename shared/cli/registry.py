@@ -1,0 +1,51 @@
+"""`zsc registry promote|review`: metric-gated promotion with an alias history, and a side-by-side review.
+
+Both talk to the MLflow registry directly (``MLFLOW_TRACKING_URI``, else the local store under mlflow/); no service
+is involved.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from zsc import registry
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("registry", help="promote registered model versions and review them side by side")
+    actions = p.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
+
+    q = actions.add_parser("promote", help="point an alias at a version if every --require gate passes")
+    q.add_argument("name", help="registered model name")
+    q.add_argument("--version", required=True, help="model version to promote")
+    q.add_argument("--alias", default="champion", help="alias to move (default: champion)")
+    q.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        metavar="METRIC>=X",
+        help="gate on a version tag or training-run metric, e.g. real_test.top1>=0.6 (repeatable; also > <= < ==)",
+    )
+    q.set_defaults(func=cmd_promote)
+
+    q = actions.add_parser("review", help="the versions side by side (markdown) and an HTML report with plots")
+    q.add_argument("name", help="registered model name")
+    q.add_argument("--html", type=Path, help="where to write the HTML report (default: ./<name>-review.html)")
+    q.set_defaults(func=cmd_review)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    entry = registry.promote(args.name, args.version, args.alias, args.require)
+    was = f" (was v{entry['previous']})" if entry["previous"] else ""
+    gates = f"; gates passed: {', '.join(entry['gates'])}" if entry["gates"] else ""
+    print(f"{args.name}@{args.alias} -> v{entry['version']}{was}{gates}")
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    html_path = (args.html or Path(f"{args.name}-review.html")).resolve()
+    text, written = registry.review(args.name, html_path)
+    print(text)
+    print(f"\nHTML report: {written}")
+    return 0

@@ -1,0 +1,555 @@
+"""The MLflow model registry the way zsc uses it: model URIs, pyfunc models logged without global MLflow state,
+metric-gated promotion with an alias history, and a side-by-side review of a model's versions.
+
+No function here calls ``mlflow.set_tracking_uri`` or uses the fluent run API. Logging goes through the explicit
+``MlflowClient`` of ``zsc.tracking``: the model is saved to a temporary folder with ``mlflow.pyfunc.save_model``
+(models-from-code, no pickle), uploaded as an MLflow 3 *logged model* linked to its run, and registered from there.
+Loading resolves the URI with the same client, downloads with explicit tracking and registry URIs, and loads the
+local copy. So concurrent jobs in one server never see each other's MLflow settings, and nothing leaks into the
+environment of child processes.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import json
+import math
+import operator
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from zsc import tracking
+from zsc.errors import FailedPrecondition, InvalidArgument, NotFound
+
+ALIAS_HISTORY_TAG = "zsc.alias_history"
+MAX_HISTORY_CHARS = 90_000  # MLflow allows 100k per registered-model tag; the oldest entries go first
+REAL_TEST_PREFIX = "real_test."
+EVAL_PLOTS = ("per_class_accuracy.png", "confusion_matrix.png")
+# The params a reviewer compares first; others stay in MLflow.
+KEY_PARAMS = ("arch", "epochs", "batch_size", "lr", "weight_decay", "image_size", "pretrained", "seed", "n_train")
+LINEAGE_TAGS = (
+    "zsc.dataset.uri",
+    "zsc.dataset.hash",
+    "zsc.git_commit",
+    "zsc.profile",
+    "zsc.seed",
+    "zsc.synthesis.model",
+    "zsc.synthesis.tricks",
+    "zsc.synthesis.domains",
+    "zsc.synthesis.steps",
+    "zsc.synthesis.scheduler",
+    "zsc.synthesis.guidance_min",
+    "zsc.synthesis.guidance_max",
+)
+
+# MLflow draws a tqdm bar on stderr for every artifact copy, even inside a server; zsc reports its own progress.
+# setdefault: a user who wants the bars back sets the variable, and child processes see the same choice.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+# MLflow's models-from-code loader publishes the model through a module global; serialize saves and loads.
+_MLFLOW_MODEL_LOCK = threading.Lock()
+_HISTORY_LOCK = threading.Lock()
+
+
+@contextmanager
+def mlflow_errors(what: str) -> Iterator[None]:
+    """MLflow's exceptions as zsc errors (so the RPC status and the CLI line say what is wrong)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as err:
+        message = f"{what}: {str(err).splitlines()[0] if str(err) else err.error_code}"
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise NotFound(message) from err
+        if err.error_code == "INVALID_PARAMETER_VALUE":
+            raise InvalidArgument(message) from err
+        raise
+
+
+# --- model URIs ----------------------------------------------------------------------------------------------------
+URI_FORMS = "models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>"
+_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[A-Za-z0-9_-]+)$")
+_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>[0-9]+)$")
+_RUN_URI = re.compile(r"^runs:/(?P<run>[A-Za-z0-9_-]+)/(?P<path>[A-Za-z0-9_.][A-Za-z0-9_./-]*)$")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a model URI points at now (an alias resolves at call time)."""
+
+    uri: str
+    name: str  # registered model name; "" for a run's model that no version points at
+    version: str
+    run_id: str
+    storage_uri: str  # where the model's files are (file://, s3://, ...)
+
+    @property
+    def key(self) -> str:
+        """A stable identity for caches: the version, or the files of a run's model."""
+        return f"models:/{self.name}/{self.version}" if self.version else self.storage_uri
+
+
+def resolve(uri: str, client: Any = None) -> ResolvedModel:
+    """Resolve ``models:/name@alias``, ``models:/name/3`` or ``runs:/<id>/model``; NotFound if it does not exist.
+
+    Resolution goes through zsc's client only: MLflow's own ``models:/`` artifact repository looks names up through
+    a default client (the global tracking URI), so zsc hands MLflow nothing but the storage location."""
+    from mlflow.exceptions import MlflowException
+
+    client = client or tracking.client()
+    uri = uri.strip()
+    if m := _ALIAS_URI.match(uri):
+        try:
+            mv = client.get_model_version_by_alias(m["name"], m["alias"])
+        except MlflowException as err:
+            # MLflow answers an unknown model with RESOURCE_DOES_NOT_EXIST, an unknown alias with INVALID_PARAMETER.
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise NotFound(f"model {uri!r} not found: {str(err).splitlines()[0]}") from err
+            raise
+    elif m := _VERSION_URI.match(uri):
+        with mlflow_errors(f"model {uri!r} not found"):
+            mv = client.get_model_version(m["name"], m["version"])
+    elif m := _RUN_URI.match(uri):
+        return _resolve_run_model(uri, m["run"], m["path"].strip("/"), client)
+    else:
+        raise InvalidArgument(f"model URI {uri!r} is not one of {URI_FORMS}")
+    with mlflow_errors(f"model {uri!r} not found"):
+        storage = client.get_model_version_download_uri(mv.name, str(mv.version))
+    return ResolvedModel(uri, mv.name, str(mv.version), mv.run_id or "", storage)
+
+
+def _resolve_run_model(uri: str, run_id: str, path: str, client: Any) -> ResolvedModel:
+    """``runs:/<id>/<path>``: the run's logged model named ``path`` (MLflow 3), else the run's artifact folder."""
+    with mlflow_errors(f"run of {uri!r} not found"):
+        run = client.get_run(run_id)
+    storage = f"{run.info.artifact_uri.rstrip('/')}/{path}"
+    page_token = None
+    while True:
+        page = client.search_logged_models(
+            experiment_ids=[run.info.experiment_id], filter_string=f"name = '{path}'", page_token=page_token
+        )
+        found = next((lm for lm in page if lm.source_run_id == run_id), None)
+        if found is not None:
+            storage = found.artifact_location
+            break
+        if not page.token:
+            break
+        page_token = page.token
+    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    name, version = (versions[0].name, str(versions[0].version)) if len(versions) == 1 else ("", "")
+    return ResolvedModel(uri, name, version, run_id, storage)
+
+
+def download(model: ResolvedModel, dst: Path) -> Path:
+    """Download the model's files into ``dst``; returns the local model directory."""
+    import mlflow.artifacts
+
+    try:
+        with mlflow_errors(f"model {model.uri!r} not found"):
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model.storage_uri, dst_path=str(dst))
+    except OSError as err:
+        raise NotFound(f"model {model.uri!r} has no files at {model.storage_uri}") from err
+    path = Path(local)
+    if not (path / "MLmodel").is_file():
+        raise NotFound(f"{model.uri!r} is not an MLflow model (no MLmodel file)")
+    return path
+
+
+def load_pyfunc(local_dir: Path) -> Any:
+    """``mlflow.pyfunc.load_model`` on a downloaded copy (no tracking server involved)."""
+    import mlflow.pyfunc
+
+    with _MLFLOW_MODEL_LOCK:
+        return mlflow.pyfunc.load_model(str(local_dir), suppress_warnings=True)
+
+
+def log_pyfunc_model(
+    run: tracking.Run,
+    *,
+    code_path: str,
+    artifacts: dict[str, str],
+    registered_model_name: str,
+    tags: dict[str, str],
+    pip_requirements: list[str],
+    name: str = "model",
+    model_type: str = "",
+    signature: Any = None,
+    input_example: Any = None,
+) -> Any:
+    """Log a models-from-code pyfunc model to ``run`` (as an MLflow 3 logged model) and register it.
+
+    Returns the new ModelVersion. Equivalent to ``mlflow.pyfunc.log_model(python_model=code_path,
+    artifacts=..., registered_model_name=...)``, but through an explicit client (see the module docstring)."""
+    import mlflow.pyfunc
+    from mlflow.entities import LoggedModelOutput
+    from mlflow.models import Model
+
+    client = run.client
+    experiment_id = client.get_run(run.id).info.experiment_id
+    logged = client.create_logged_model(
+        experiment_id, name=name, source_run_id=run.id, tags=tags, model_type=model_type or None
+    )
+    try:
+        client.log_outputs(run.id, [LoggedModelOutput(logged.model_id, step=0)])
+        with tempfile.TemporaryDirectory(prefix="zsc-model-") as tmp:
+            local = Path(tmp) / name
+            meta = Model(
+                artifact_path=logged.artifact_location,
+                run_id=run.id,
+                model_uuid=logged.model_id,
+                model_id=logged.model_id,
+            )
+            with _MLFLOW_MODEL_LOCK:
+                mlflow.pyfunc.save_model(
+                    path=str(local),
+                    python_model=code_path,
+                    artifacts=artifacts,
+                    pip_requirements=pip_requirements,
+                    mlflow_model=meta,
+                    signature=signature,
+                    input_example=input_example,
+                )
+            for cache in list(local.rglob("__pycache__")):  # save_model imports the code file; keep it clean
+                shutil.rmtree(cache, ignore_errors=True)
+            client.log_model_artifacts(logged.model_id, str(local))
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, "FAILED")  # never leave it PENDING
+        raise
+    client.finalize_logged_model(logged.model_id, "READY")
+    _ensure_registered_model(client, registered_model_name)
+    with mlflow_errors(f"cannot register {registered_model_name!r}"):
+        # The storage location, not "models:/<model_id>": MLflow's SQL registry resolves the latter through a
+        # default MlflowClient(), i.e. the global tracking URI, which zsc never sets.
+        return client.create_model_version(
+            registered_model_name,
+            source=logged.artifact_location,
+            run_id=run.id,
+            tags=tags,
+            model_id=logged.model_id,
+        )
+
+
+def _ensure_registered_model(client: Any, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise InvalidArgument(f"cannot create registered model {name!r}: {str(err).splitlines()[0]}") from err
+
+
+def tag_version(name: str, version: str, tags: dict[str, Any], client: Any = None) -> None:
+    client = client or tracking.client()
+    with mlflow_errors(f"model {name!r} version {version} not found"):
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, str(value))
+
+
+# --- metric-gated promotion with an alias history ------------------------------------------------------------------
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+    "==": operator.eq,
+}
+_GATE = re.compile(
+    r"^\s*(?P<metric>[A-Za-z0-9_./:-]+)\s*(?P<op>>=|<=|==|>|<)\s*(?P<value>[-+]?[0-9.]+(e[-+]?\d+)?)\s*$"
+)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """``metric >= value`` and friends; ``metric`` is a model-version tag (real_test.top1) or a run metric."""
+
+    metric: str
+    op: str
+    threshold: float
+
+    @classmethod
+    def parse(cls, text: str) -> Gate:
+        m = _GATE.match(text)
+        if m is None:
+            raise InvalidArgument(
+                f"bad gate {text!r}; write METRIC>=VALUE (also >, <=, <, ==), e.g. real_test.top1>=0.8"
+            )
+        return cls(m["metric"], m["op"], float(m["value"]))
+
+    def passes(self, value: float | None) -> bool:
+        return value is not None and math.isfinite(value) and _OPS[self.op](value, self.threshold)
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.threshold:g}"
+
+
+class PromotionRefused(FailedPrecondition):
+    """A gate failed; the alias is unchanged."""
+
+
+def version_metrics(mv: Any, client: Any = None) -> dict[str, float]:
+    """Numeric model-version tags (e.g. real_test.top1) over the training run's metrics (e.g. best_val_accuracy)."""
+    client = client or tracking.client()
+    metrics: dict[str, float] = {}
+    from mlflow.exceptions import MlflowException
+
+    if mv.run_id:
+        with contextlib.suppress(MlflowException):  # a purged run leaves the version's own tags to gate on
+            metrics.update(client.get_run(mv.run_id).data.metrics)
+    for key, value in (mv.tags or {}).items():
+        try:
+            metrics[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return metrics
+
+
+def alias_history(name: str, client: Any = None) -> list[dict[str, Any]]:
+    """The promotions recorded on the registered model, oldest first."""
+    client = client or tracking.client()
+    with mlflow_errors(f"registered model {name!r} not found"):
+        model = client.get_registered_model(name)
+    raw = (model.tags or {}).get(ALIAS_HISTORY_TAG, "[]")
+    try:
+        history = json.loads(raw)
+    except json.JSONDecodeError:
+        return []
+    return history if isinstance(history, list) else []
+
+
+def promote(
+    name: str, version: str, alias: str, require: list[str] = (), client: Any = None, now: float | None = None
+) -> dict[str, Any]:
+    """Point ``alias`` at ``version`` if every gate passes, and append the move to the alias history.
+
+    Raises PromotionRefused (alias untouched) when a gate fails or its metric is missing."""
+    client = client or tracking.client()
+    gates = [Gate.parse(r) for r in require]
+    with mlflow_errors(f"model {name!r} version {version} not found"):
+        mv = client.get_model_version(name, str(version))
+    metrics = version_metrics(mv, client)
+    failed = []
+    for gate in gates:
+        value = metrics.get(gate.metric)
+        if not gate.passes(value):
+            got = "missing" if value is None else f"{value:.4g}"
+            failed.append(f"{gate.metric} is {got}, needs {gate.op} {gate.threshold:g}")
+    if failed:
+        raise PromotionRefused(f"refused to promote {name} version {version} to @{alias}: {'; '.join(failed)}")
+    with _HISTORY_LOCK:
+        previous = _alias_target(client, name, alias)
+        with mlflow_errors(f"cannot set alias {alias!r} on {name!r}"):
+            client.set_registered_model_alias(name, alias, str(version))
+        entry = {
+            "alias": alias,
+            "version": str(version),
+            "time": datetime.fromtimestamp(now if now is not None else time.time(), timezone.utc).isoformat(),
+            "previous": previous,
+            "gates": [str(g) for g in gates],
+        }
+        history = [*alias_history(name, client), entry]
+        while len(json.dumps(history)) > MAX_HISTORY_CHARS and len(history) > 1:
+            history.pop(0)
+        client.set_registered_model_tag(name, ALIAS_HISTORY_TAG, json.dumps(history))
+    return entry
+
+
+def _alias_target(client: Any, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+# --- review --------------------------------------------------------------------------------------------------------
+@dataclass
+class VersionSummary:
+    version: str
+    aliases: list[str]
+    created: str
+    run_id: str
+    real_test: dict[str, str]
+    validation: dict[str, str]
+    params: dict[str, str]
+    lineage: dict[str, str]
+    eval_run_id: str = ""
+    plots: dict[str, bytes] = field(default_factory=dict)
+
+
+def summarize_versions(name: str, client: Any = None, with_plots: bool = False) -> list[VersionSummary]:
+    """Every version of ``name``, newest first, with what a reviewer compares."""
+    from mlflow.exceptions import MlflowException
+
+    client = client or tracking.client()
+    with mlflow_errors(f"registered model {name!r} not found"):
+        registered = client.get_registered_model(name)
+        versions = client.search_model_versions(f"name = '{name}'")
+    # The registered model carries the aliases; versions from a search come without them in some stores.
+    aliases = dict(registered.aliases or {})
+    out = []
+    for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        tags = dict(mv.tags or {})
+        params: dict[str, str] = {}
+        validation: dict[str, str] = {}
+        if mv.run_id:
+            try:
+                run = client.get_run(mv.run_id)
+                params = dict(run.data.params)
+                validation = {
+                    k: _fmt(v) for k, v in run.data.metrics.items() if k in ("best_val_accuracy", "best_epoch")
+                }
+            except MlflowException:  # a purged run: show what the version itself carries
+                pass
+        summary = VersionSummary(
+            version=str(mv.version),
+            aliases=sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),
+            created=datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            run_id=mv.run_id or "",
+            real_test={
+                k.removeprefix(REAL_TEST_PREFIX): _fmt(v)
+                for k, v in sorted(tags.items(), key=_real_test_order)
+                if k.startswith(REAL_TEST_PREFIX) and k != f"{REAL_TEST_PREFIX}run_id"
+            },
+            validation=validation,
+            params={k: params[k] for k in KEY_PARAMS if k in params},
+            lineage={k.removeprefix("zsc."): tags[k] for k in LINEAGE_TAGS if k in tags},
+            eval_run_id=tags.get(f"{REAL_TEST_PREFIX}run_id", ""),
+        )
+        if with_plots and summary.eval_run_id:
+            summary.plots = _eval_plots(client, summary.eval_run_id)
+        out.append(summary)
+    return out
+
+
+def _real_test_order(item: tuple[str, str]) -> tuple[int, str]:
+    """top1 first, then the other scores, then where and when they were measured."""
+    order = ("top1", "macro_accuracy", "n_images", "dataset", "time")
+    key = item[0].removeprefix(REAL_TEST_PREFIX)
+    return (order.index(key) if key in order else len(order), key)
+
+
+def _eval_plots(client: Any, run_id: str) -> dict[str, bytes]:
+    from mlflow.exceptions import MlflowException
+
+    plots = {}
+    with tempfile.TemporaryDirectory(prefix="zsc-review-") as tmp:
+        for artifact in EVAL_PLOTS:
+            try:
+                plots[artifact] = Path(client.download_artifacts(run_id, artifact, tmp)).read_bytes()
+            except (MlflowException, OSError):  # an evaluation without plots still gets its row in the table
+                continue
+    return plots
+
+
+def _fmt(value: Any) -> str:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return str(int(f)) if f.is_integer() and abs(f) >= 1 else f"{f:.4f}"
+
+
+def _short(key: str, value: str) -> str:
+    if key in ("dataset.hash",):
+        kind, _, digest = value.partition(":")
+        return f"{kind}:{digest[:12]}" if digest else value[:20]
+    if key == "git_commit":
+        return value[:10]
+    return value
+
+
+def review_rows(versions: list[VersionSummary]) -> tuple[list[str], list[list[str]]]:
+    """A side-by-side table: one column per version, one row per field (sections in order)."""
+    header = ["", *[f"v{v.version}" for v in versions]]
+    rows: list[list[str]] = [
+        ["aliases", *[", ".join(f"@{a}" for a in v.aliases) or "-" for v in versions]],
+        ["created (UTC)", *[v.created for v in versions]],
+    ]
+
+    def section(title: str, get: Callable[[VersionSummary], dict[str, str]], fmt=lambda k, x: x) -> None:
+        keys: list[str] = []
+        for v in versions:
+            keys += [k for k in get(v) if k not in keys]
+        for k in keys:
+            rows.append([f"{title}{k}", *[fmt(k, get(v).get(k, "-")) for v in versions]])
+
+    section("real test: ", lambda v: v.real_test)
+    section("synthetic val: ", lambda v: v.validation)
+    section("", lambda v: v.params)
+    section("lineage: ", lambda v: v.lineage, _short)
+    rows.append(["run", *[v.run_id[:12] for v in versions]])
+    return header, rows
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    def cell(x: str) -> str:
+        return str(x).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join([*lines, *("| " + " | ".join(map(cell, r)) + " |" for r in rows)])
+
+
+def review_html(name: str, versions: list[VersionSummary], history: list[dict[str, Any]]) -> str:
+    """A self-contained HTML report: the table, the alias history and each version's evaluation plots."""
+    header, rows = review_rows(versions)
+    e = html.escape
+    table = ["<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"]
+    table += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in rows]
+    table.append("</table>")
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>zsc registry review: {e(name)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:13px}"
+        "img{max-width:48%;margin:4px;border:1px solid #eee}</style></head><body>",
+        f"<h1>{e(name)}</h1>",
+        *table,
+        "<h2>Alias history</h2><ul>",
+        *[
+            f"<li>{e(str(h.get('time', '')))}: @{e(str(h.get('alias')))} → v{e(str(h.get('version')))} "
+            f"(was {e(str(h.get('previous') or 'unset'))})</li>"
+            for h in reversed(history)
+        ],
+        "</ul>",
+    ]
+    for v in versions:
+        parts.append(f"<h2 id='v{e(v.version)}'>Version {e(v.version)} {e(' '.join('@' + a for a in v.aliases))}</h2>")
+        if not v.plots:
+            parts.append("<p>No real-test evaluation logged for this version.</p>")
+        for artifact, data in v.plots.items():
+            b64 = base64.b64encode(data).decode("ascii")
+            parts.append(f"<img alt='{e(artifact)} of v{e(v.version)}' src='data:image/png;base64,{b64}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def review(name: str, html_path: Path | None = None, client: Any = None) -> tuple[str, Path | None]:
+    """The markdown table of every version and, with ``html_path``, the HTML report written there."""
+    client = client or tracking.client()
+    versions = summarize_versions(name, client, with_plots=html_path is not None)
+    if not versions:
+        raise NotFound(f"registered model {name!r} has no versions")
+    history = alias_history(name, client)
+    text = markdown(*review_rows(versions))
+    if history:
+        last = history[-1]
+        text += f"\n\nlast promotion: @{last['alias']} -> v{last['version']} at {last['time']}"
+    if html_path is not None:
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        html_path.write_text(review_html(name, versions, history), encoding="utf-8")
+    return text, html_path
