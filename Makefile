@@ -34,3 +34,6 @@ up: ## all four services on loopback, tiny profile
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache
+
+mlflow-ui: ## the MLflow UI on http://127.0.0.1:5000 over the local store
+	mlflow/server.sh

@@ -16,11 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 import torch
-
-import mlflow
 
 FORMAT = "zsc-downstream/1"
 
@@ -133,7 +132,8 @@ class DownstreamClassifier(mlflow.pyfunc.PythonModel):
         """Images (PIL or [H, W, 3] uint8) -> [N, C] class probabilities."""
         return self.logits(preprocess(images, self.config)).softmax(dim=-1)
 
-    # DataFrame is the hint MLflow neither enforces a schema for nor warns about; lists and arrays work too.
+    # DataFrame is the hint MLflow neither derives a schema from nor warns about. Through pyfunc the signature asks
+    # for a DataFrame with an ``image`` column; called directly, lists of bytes and uint8 arrays work too.
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from PIL import Image
 

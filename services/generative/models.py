@@ -388,9 +388,8 @@ def fetch(ref: ModelRef, dst: Path, client: Any = None) -> Path:
     """The local model folder of ``ref``: read in place from a local artifact store, else downloaded into ``dst``.
 
     NotFound when its files are gone."""
-    from mlflow.exceptions import MlflowException
-
     import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
 
     location = ref.source
     if not location:

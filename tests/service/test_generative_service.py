@@ -637,7 +637,7 @@ def test_cli_train_generate_train_gzsl_evaluate(
 ) -> None:
     from zsc.cli.main import main
 
-    work = data_root / "cli"
+    work = data_root / "generative-cli"
     work.mkdir()
     address = ["--address", f"127.0.0.1:{server.port}"]
     tiny_args = ["--epochs", "3", "--hidden-dim", "32", "--noise-dim", "8", "--lr", "1e-3", "--batch-size", "16"]

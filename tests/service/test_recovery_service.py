@@ -429,7 +429,7 @@ def test_cancel_align(recovered, stub, channel, data_root: Path) -> None:
 def test_cli_recover_then_align(server, data_root: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     from zsc.cli.main import main
 
-    work = data_root / "cli"
+    work = data_root / "recovery-cli"
     work.mkdir()
     text, weight = problem(seed=5)
     save_file({"weight": weight}, work / "teacher.safetensors")
