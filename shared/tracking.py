@@ -105,7 +105,13 @@ class Run:
             self.client.set_tag(self.id, k, str(v))
 
     def log_figure(self, figure: Any, path: str) -> None:
-        self.client.log_figure(self.id, figure, path)
+        """Log and close: pyplot keeps every open figure alive, which a long-running service would leak."""
+        import matplotlib.pyplot as plt
+
+        try:
+            self.client.log_figure(self.id, figure, path)
+        finally:
+            plt.close(figure)
 
     def log_dict(self, data: Any, path: str) -> None:
         self.client.log_dict(self.id, data, path)
