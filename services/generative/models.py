@@ -7,6 +7,11 @@ A saved model is a folder:
 - generators only, ``text_features.safetensors``: the text features of every class of the training file, so a
   caller can ask for features of a class by name.
 
+A SHIP_VAE generator's weights are its context tokens, encoder and generator only; it decodes through the
+service's CLIP text encoder, so its config names that CLIP (``clip``) and a fingerprint of its text tower, and
+loading it under another CLIP fails with FAILED_PRECONDITION. A fine-tuned model (``zsc-finetune/1``, from FineTune)
+is stored like a classifier (``classifier/``) and scores features without CLIP.
+
 The folder is logged to the training run (``generator/`` or ``classifier/``) and registered as a model version whose
 source is that storage location. A reference resolves through zsc's explicit MLflow client (never the global
 tracking URI): ``models:/<name>/<version>``, ``models:/<name>/latest``, ``models:/<name>@<alias>`` or
@@ -33,15 +38,20 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from zsc import tracking
-from zsc.errors import InvalidArgument, NotFound
+from zsc.errors import FailedPrecondition, InvalidArgument, NotFound
+from zsc.models.clip import ClipBundle
 from zsc_services.generative.core import clswgan, tfvaegan
 from zsc_services.generative.core.common import GeneratorConfig, GeneratorTrainResult
+from zsc_services.generative.core.finetune import FineTuneConfig, FineTunedClassifier, build_classifier
 from zsc_services.generative.core.gzsl import CosineClassifier, GZSLConfig, build_gzsl_classifier
+from zsc_services.generative.core.ship import ShipConfig, build_ship_vae, text_fingerprint
 
 __all__ = [
     "CLASSIFIER_FORMAT",
+    "FINETUNE_FORMAT",
     "GENERATOR_FORMAT",
     "KINDS",
+    "SHIP_KIND",
     "GeneratorKind",
     "LoadedClassifier",
     "LoadedGenerator",
@@ -54,11 +64,14 @@ __all__ = [
     "register_folder",
     "resolve",
     "write_classifier",
+    "write_finetuned",
     "write_generator",
 ]
 
 GENERATOR_FORMAT = "zsc-generator/1"
 CLASSIFIER_FORMAT = "zsc-gzsl/1"
+FINETUNE_FORMAT = "zsc-finetune/1"
+SHIP_KIND = "ship_vae"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 TEXT_FILE = "text_features.safetensors"
@@ -95,7 +108,7 @@ class LoadedGenerator:
     """A generator rebuilt from its folder, in eval mode, with the text features it stored."""
 
     kind: str
-    config: GeneratorConfig
+    config: GeneratorConfig | ShipConfig
     module: nn.Module
     feature_dim: int
     text_dim: int
@@ -117,21 +130,28 @@ class LoadedGenerator:
 
 @dataclass
 class LoadedClassifier:
-    """A GZSL cosine classifier rebuilt from its folder; ``seen`` are the classes it had base samples of."""
+    """A GZSL cosine classifier or a fine-tuned model rebuilt from its folder; ``seen`` are the classes it had base
+    samples of. Both score with ``model.scores(features, gamma)``."""
 
-    config: GZSLConfig
-    model: CosineClassifier
+    config: GZSLConfig | FineTuneConfig
+    model: CosineClassifier | FineTunedClassifier
     class_names: list[str]
     seen: list[int]
     feature_dim: int
     text_dim: int
+
+    @property
+    def calibration_gamma(self) -> float:
+        """The calibrated-stacking gamma it was trained with (fine-tuned models have none: 0)."""
+        return float(getattr(self.config, "calibration_gamma", 0.0))
 
 
 def _write_config(folder: Path, config: dict[str, Any]) -> None:
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _read_config(folder: Path, expected_format: str, reference: str) -> dict[str, Any]:
+def _read_config(folder: Path, expected_format: str | tuple[str, ...], reference: str) -> dict[str, Any]:
+    expected = (expected_format,) if isinstance(expected_format, str) else expected_format
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise NotFound(f"{reference} has no {CONFIG_FILE}; it is not a zsc generative model")
@@ -140,8 +160,8 @@ def _read_config(folder: Path, expected_format: str, reference: str) -> dict[str
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InvalidArgument(f"{reference}: {CONFIG_FILE} is not valid JSON ({err})") from err
     found = config.get("format") if isinstance(config, dict) else None
-    if found != expected_format:
-        raise InvalidArgument(f"{reference} is a {found or 'non-zsc'} model, not a {expected_format} model")
+    if found not in expected:
+        raise InvalidArgument(f"{reference} is a {found or 'non-zsc'} model, not a {' or '.join(expected)} model")
     return config
 
 
@@ -160,8 +180,9 @@ def write_generator(
     class_names: Sequence[str],
     text_features: Tensor,
     trained_classes: Sequence[str],
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write a generator folder (see the module docstring)."""
+    """Write a generator folder (see the module docstring); ``extra`` adds config.json keys (SHIP's CLIP)."""
     folder.mkdir(parents=True, exist_ok=True)
     save_file(_contiguous(state_dict), folder / WEIGHTS_FILE)
     save_file({"text_features": text_features.float().detach().cpu().contiguous()}, folder / TEXT_FILE)
@@ -175,38 +196,70 @@ def write_generator(
             "text_dim": int(text_dim),
             "class_names": list(class_names),
             "trained_classes": list(trained_classes),
+            **(extra or {}),
         },
     )
 
 
-def read_generator(folder: Path, reference: str, device: torch.device | str = "cpu") -> LoadedGenerator:
-    """Rebuild a generator from its folder on ``device``; InvalidArgument if the folder is not a generator."""
+def read_generator(
+    folder: Path, reference: str, device: torch.device | str = "cpu", clip: Callable[[], ClipBundle] | None = None
+) -> LoadedGenerator:
+    """Rebuild a generator from its folder on ``device``; InvalidArgument if the folder is not a generator.
+
+    ``clip`` supplies the service's CLIP for a SHIP_VAE generator (it raises FailedPrecondition without one)."""
     meta = _read_config(folder, GENERATOR_FORMAT, reference)
-    kind = KINDS.get(meta.get("kind", ""))
-    if kind is None:
+    name = meta.get("kind", "")
+    kind = KINDS.get(name)
+    if kind is None and name != SHIP_KIND:
         raise InvalidArgument(f"{reference}: unknown generator kind {meta.get('kind')!r}")
+    bundle = None
+    if name == SHIP_KIND:
+        if clip is None:
+            raise FailedPrecondition(f"{reference} is a SHIP_VAE generator and needs a CLIP text encoder")
+        bundle = clip()
     try:
-        config = kind.config_cls.from_dict(meta["config"])
         feature_dim, text_dim = int(meta["feature_dim"]), int(meta["text_dim"])
-        module = kind.build(config, feature_dim, text_dim)
+        if bundle is not None:
+            config: GeneratorConfig | ShipConfig = ShipConfig.from_dict(meta["config"])
+            _check_same_clip(meta, bundle, reference)
+            module = build_ship_vae(bundle.model, bundle.tokenizer, config, feature_dim)
+        else:
+            assert kind is not None
+            config = kind.config_cls.from_dict(meta["config"])
+            module = kind.build(config, feature_dim, text_dim)
         module.load_state_dict(load_file(folder / WEIGHTS_FILE))
         text = load_file(folder / TEXT_FILE)["text_features"].float()
         class_names = [str(n) for n in meta["class_names"]]
         trained = [str(n) for n in meta["trained_classes"]]
     except (KeyError, TypeError, ValueError, RuntimeError, OSError) as err:
         raise InvalidArgument(f"{reference}: cannot rebuild the generator ({type(err).__name__}: {err})") from err
-    if text.shape != (len(class_names), text_dim):
+    if text.shape[0] != len(class_names) or (bundle is None and text.shape[1] != text_dim):
         raise InvalidArgument(f"{reference}: stored text features {tuple(text.shape)} do not match its config")
     return LoadedGenerator(
-        kind=kind.name,
+        kind=name,
         config=config,
-        module=module.to(device).eval(),
+        module=module.to(device).eval() if bundle is None else module.eval(),
         feature_dim=feature_dim,
         text_dim=text_dim,
         class_names=class_names,
         text_features=text,
         trained_classes=trained,
     )
+
+
+def clip_identity(bundle: ClipBundle) -> dict[str, str]:
+    """What a SHIP_VAE generator records of the CLIP it decodes through."""
+    return {"clip": bundle.ref, "clip_text_fingerprint": text_fingerprint(bundle.model)}
+
+
+def _check_same_clip(meta: dict[str, Any], bundle: ClipBundle, reference: str) -> None:
+    """FailedPrecondition unless the service's CLIP text tower is the one the generator was trained with."""
+    mine = clip_identity(bundle)
+    if meta.get("clip_text_fingerprint") != mine["clip_text_fingerprint"]:
+        raise FailedPrecondition(
+            f"{reference} was trained through CLIP {meta.get('clip', '?')!r} but this service runs {bundle.ref!r} "
+            "with other text-encoder weights; serve it from a service with the same CLIP"
+        )
 
 
 def write_classifier(
@@ -234,19 +287,55 @@ def write_classifier(
     )
 
 
+def write_finetuned(
+    folder: Path,
+    *,
+    config: FineTuneConfig,
+    model: FineTunedClassifier,
+    class_names: Sequence[str],
+    seen: Sequence[int],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write a fine-tuned model folder (``zsc-finetune/1``): its state dict and what rebuilds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(_contiguous(model.state_dict()), folder / WEIGHTS_FILE)
+    _write_config(
+        folder,
+        {
+            "format": FINETUNE_FORMAT,
+            "config": config.to_dict(),
+            "model": model.meta(),
+            "feature_dim": model.feature_dim,
+            "class_names": list(class_names),
+            "seen": [int(i) for i in seen],
+            **(extra or {}),
+        },
+    )
+
+
 def read_classifier(folder: Path, reference: str, device: torch.device | str = "cpu") -> LoadedClassifier:
-    """Rebuild a GZSL classifier from its folder on ``device``; InvalidArgument if it is not one."""
-    meta = _read_config(folder, CLASSIFIER_FORMAT, reference)
+    """Rebuild a GZSL classifier or a fine-tuned model from its folder on ``device``; InvalidArgument if it is
+    neither."""
+    meta = _read_config(folder, (CLASSIFIER_FORMAT, FINETUNE_FORMAT), reference)
     try:
-        config = GZSLConfig.from_dict(meta["config"])
-        model = build_gzsl_classifier(load_file(folder / WEIGHTS_FILE), config)
+        state = load_file(folder / WEIGHTS_FILE)
         class_names = [str(n) for n in meta["class_names"]]
         seen = [int(i) for i in meta["seen"]]
-        feature_dim, text_dim = int(meta["feature_dim"]), int(meta["text_dim"])
+        feature_dim = int(meta["feature_dim"])
+        if meta["format"] == FINETUNE_FORMAT:
+            config: GZSLConfig | FineTuneConfig = FineTuneConfig.from_dict(meta["config"])
+            model: CosineClassifier | FineTunedClassifier = build_classifier(state, meta["model"])
+            text_dim = feature_dim
+            weights = model.text_weights
+        else:
+            config = GZSLConfig.from_dict(meta["config"])
+            model = build_gzsl_classifier(state, config)
+            text_dim = int(meta["text_dim"])
+            weights = model.weight
     except (KeyError, TypeError, ValueError, RuntimeError, OSError) as err:
         raise InvalidArgument(f"{reference}: cannot rebuild the classifier ({type(err).__name__}: {err})") from err
-    if model.weight.shape != (len(class_names), feature_dim):
-        raise InvalidArgument(f"{reference}: weights {tuple(model.weight.shape)} do not match its config")
+    if weights.shape != (len(class_names), feature_dim):
+        raise InvalidArgument(f"{reference}: weights {tuple(weights.shape)} do not match its config")
     return LoadedClassifier(config, model.to(device).eval(), class_names, seen, feature_dim, text_dim)
 
 

@@ -1,8 +1,12 @@
-"""Generative service: DFZSL steps 3-4 (methods.md §3) over gRPC.
+"""Generative service: DFZSL steps 3-4 (methods.md §3) and SHIP (methods.md §4) over gRPC.
 
 TrainGenerator learns a conditional feature generator (TF-VAEGAN or f-CLSWGAN) on base-class features, GenerateFeatures
 (or StreamFeatures) synthesizes features of any class from its text feature, TrainGZSL fits the logit-adjusted cosine
-classifier over base + synthesized features, and EvaluateGZSL scores it (S/U/H and B/N/HM).
+classifier over base + synthesized features, and EvaluateGZSL scores it (S/U/H and B/N/HM). For SHIP, TrainGenerator
+also trains the prompt VAE (kind SHIP_VAE), which synthesizes features from class names alone, and FineTune adapts
+CLIP (CoOp, CLIP-Adapter, Tip-Adapter-F) on cached real base + synthesized new features; EvaluateGZSL scores the
+fine-tuned models too. The SHIP paths load the profile's CLIP on first use and answer FAILED_PRECONDITION under a
+profile without one (``lite``: its text encoder is not aligned with its image features).
 
 A thin layer over the pure cores in ``core/``: every request is validated and converted on the RPC thread (bad input
 gets INVALID_ARGUMENT and an unknown model NOT_FOUND before any job starts), the work runs as an Operation with
@@ -13,11 +17,14 @@ accepts test features for it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,15 +35,20 @@ from google.protobuf import message as pb_message
 
 from zsc import codec, tracking
 from zsc.data import resolve_uri
-from zsc.errors import Cancelled, InvalidArgument
+from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument
 from zsc.evaluation import base_to_new_metrics, confusion_matrix, gzsl_metrics, per_class_accuracy
 from zsc.features import FeatureSet, content_hash
 from zsc.generative.v1 import generative_pb2 as pb
 from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
+from zsc.lineage import MD5_TAG, dvc_md5
+from zsc.models.clip import ClipBundle, create_clip
+from zsc.models.prompt_learner import check_prompts_fit
 from zsc.runtime.operations import JobContext
 from zsc.runtime.server import ServiceRuntime
 from zsc_services.generative import models
-from zsc_services.generative.core.common import GeneratorConfig, TrainingCancelled, generate
+from zsc_services.generative.core import finetune, ship
+from zsc_services.generative.core.bank import FeatureBank
+from zsc_services.generative.core.common import GeneratorConfig, GeneratorTrainResult, TrainingCancelled, generate
 from zsc_services.generative.core.gzsl import GZSLConfig, fit_gzsl_classifier
 
 SERVICE = "zsc.generative.v1.Generative"
@@ -44,12 +56,17 @@ TRAIN_GENERATOR_KIND = f"{SERVICE}/TrainGenerator"
 GENERATE_KIND = f"{SERVICE}/GenerateFeatures"
 TRAIN_GZSL_KIND = f"{SERVICE}/TrainGZSL"
 EVALUATE_KIND = f"{SERVICE}/EvaluateGZSL"
+FINETUNE_KIND = f"{SERVICE}/FineTune"
 EXPERIMENT = "zsc-generative"
 GZSL_MODEL_NAME = "zsc-gzsl"
 # zsc.registry's review reads test results from model-version tags with this prefix.
 TEST_TAG_PREFIX = "real_test."
-KIND_NAMES = {pb.TFVAEGAN: "tfvaegan", pb.CLSWGAN: "clswgan"}
+KIND_NAMES = {pb.TFVAEGAN: "tfvaegan", pb.CLSWGAN: "clswgan", pb.SHIP_VAE: models.SHIP_KIND}
 KIND_ENUMS = {v: k for k, v in KIND_NAMES.items()}
+METHOD_NAMES = {pb.COOP: "coop", pb.CLIP_ADAPTER: "clip_adapter", pb.TIP_ADAPTER_F: "tip_adapter_f"}
+METHOD_ENUMS = {v: k for k, v in METHOD_NAMES.items()}
+# GeneratorSettings fields that mean nothing to SHIP_VAE (its widths are in ShipVaeSettings; it has no critic).
+SHIP_REFUSED = ("hidden_dim", "critic_iters", "gp_weight")
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 MAX_CLASSES = 100_000
 MAX_NAME_CHARS = 256
@@ -79,8 +96,29 @@ INT_LIMITS = {
     "select_classifier_epochs": 100_000,
     "cls_epochs": 100_000,
     "feedback_loop": 100,
+    "latent_dim": 16_384,
+    "encoder_hidden": 16_384,
+    "generator_hidden": 16_384,
+    "n_ctx": 64,
+    "reduction": 16_384,
+    "search_alpha_steps": 10_000,
+    "search_beta_steps": 10_000,
+    "cache_synthetic_per_class": 100_000,
 }
-POSITIVE = {"lr", "cls_lr", "feedback_lr", "decoder_lr", "select_classifier_lr", "cls_temperature", "temperature"}
+POSITIVE = {
+    "lr",
+    "cls_lr",
+    "feedback_lr",
+    "decoder_lr",
+    "select_classifier_lr",
+    "cls_temperature",
+    "temperature",
+    "ctx_init_std",
+    "logit_scale",
+    "adamw_eps",
+    "search_alpha_max",
+    "search_beta_max",
+}
 NON_NEGATIVE = {
     "gp_weight",
     "cls_weight",
@@ -90,6 +128,9 @@ NON_NEGATIVE = {
     "feedback_weight",
     "generation_feedback_weight",
     "weight_decay",
+    "momentum",
+    "init_alpha",
+    "init_beta",
 }
 UNIT_INTERVAL = {"beta1", "beta2"}  # [0, 1)
 
@@ -100,12 +141,28 @@ class GenerativeService:
     def __init__(self, runtime: ServiceRuntime) -> None:
         self.runtime = runtime
         self.models = models.ModelCache()
+        self._clip: ClipBundle | None = None
+        self._clip_lock = threading.Lock()
 
     def add_to_server(self, server: grpc.Server) -> None:
         pb_grpc.add_GenerativeServicer_to_server(GenerativeServicer(self), server)
 
     def load(self) -> None:
-        """Nothing to preload: generators and classifiers are built per request or loaded from MLflow on use."""
+        """Nothing to preload: generators and classifiers are built per request or loaded from MLflow on use, and
+        the profile's CLIP loads on the first request that needs it (SHIP_VAE, FineTune)."""
+
+    def clip_or_fail(self, why: str) -> ClipBundle:
+        """The profile's CLIP, loaded once (under a lock: two requests may ask at once); FailedPrecondition when the
+        profile has none."""
+        profile = self.runtime.profile
+        if not profile.clip:
+            raise FailedPrecondition(
+                f"profile {profile.name!r} has no CLIP model (no text encoder aligned with its image features); {why}"
+            )
+        with self._clip_lock:
+            if self._clip is None:
+                self._clip = create_clip(profile.clip, self.device, profile.torch_dtype(), seed=profile.seed)
+            return self._clip
 
     @property
     def device(self) -> torch.device:
@@ -113,8 +170,12 @@ class GenerativeService:
 
     def load_generator(self, reference: str) -> tuple[models.ModelRef, models.LoadedGenerator]:
         ref = models.resolve(reference)
+
+        def clip() -> ClipBundle:
+            return self.clip_or_fail("SHIP_VAE generators decode through CLIP's text encoder")
+
         return ref, self.models.get(
-            ref, "generator", lambda folder: models.read_generator(folder, reference, self.device)
+            ref, "generator", lambda folder: models.read_generator(folder, reference, self.device, clip)
         )
 
     def load_classifier(self, reference: str) -> tuple[models.ModelRef, models.LoadedClassifier]:
@@ -131,7 +192,7 @@ class GenerationPlan:
     ref: models.ModelRef
     generator: models.LoadedGenerator
     class_names: tuple[str, ...]
-    text: torch.Tensor  # [K, D_t]
+    text: torch.Tensor  # [K, D_t]; SHIP_VAE: CLIP's zero-shot text features of the names
     per_class: int
     seed: int
 
@@ -146,15 +207,19 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
         svc.runtime.require_ready()
         if request.kind not in KIND_NAMES:
             what = "is unset" if request.kind == pb.GENERATOR_KIND_UNSPECIFIED else f"{request.kind} is unknown"
-            raise InvalidArgument(f"generator kind {what}; expected TFVAEGAN or CLSWGAN")
-        kind = models.KINDS[KIND_NAMES[request.kind]]
+            raise InvalidArgument(f"generator kind {what}; expected TFVAEGAN or CLSWGAN (or SHIP_VAE)")
+        name = KIND_NAMES[request.kind]
         method = request.WhichOneof("method_settings")
-        if method is not None and method != kind.name:
-            raise InvalidArgument(f"{method} settings were given for a {kind.name.upper()} generator")
+        if method is not None and method != name:
+            raise InvalidArgument(f"{method} settings were given for a {name.upper()} generator")
         seed = check_seed(request.seed)
+        is_ship = name == models.SHIP_KIND
+        clip = svc.clip_or_fail("SHIP_VAE decodes through CLIP's text encoder") if is_ship else None
         path, data = read_features(request.features_uri, "features_uri", svc.runtime.data_roots)
         text_source = "file"
         text_digest = ""
+        if request.HasField("text_features") and is_ship:
+            raise InvalidArgument("SHIP_VAE conditions on class names, not text features; leave text_features empty")
         if request.HasField("text_features"):
             text = decode_matrix(request.text_features, "text_features")
             if text.shape[0] != data.num_classes:
@@ -167,28 +232,43 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
         if len(data) == 0:
             raise InvalidArgument(f"features file {path.name} has no samples to train on")
         trained = [data.class_names[i] for i in data.labels.unique(sorted=True).tolist()]
-        config = generator_config(kind, request, seed)
-        if config.select_every > 0 and len(trained) < 2:
-            raise InvalidArgument(
-                f"selection holds out pseudo-novel classes and needs at least 2 trained classes; "
-                f"features file {path.name} has samples of {len(trained)}"
+        config: GeneratorConfig | ship.ShipConfig
+        if clip is not None:
+            config = ship_config(request, seed)
+            check_ship_data(data, path, clip, trained, config)
+            train: Callable[..., GeneratorTrainResult] = functools.partial(
+                ship.train_ship_vae, clip.model, clip.tokenizer, data, config
             )
-        model_name = models.check_model_name(request.registered_model_name or f"zsc-generator-{kind.name}")
+            total = config.epochs
+        else:
+            kind = models.KINDS[name]
+            config = generator_config(kind, request, seed)
+            if config.select_every > 0 and len(trained) < 2:
+                raise InvalidArgument(
+                    f"selection holds out pseudo-novel classes and needs at least 2 trained classes; "
+                    f"features file {path.name} has samples of {len(trained)}"
+                )
+            train = functools.partial(kind.train, data, config, device=svc.device)
+            selecting = config.select_every > 0
+            total = config.epochs * (2 if selecting and config.select_refit else 1)
+        model_name = models.check_model_name(request.registered_model_name or f"zsc-generator-{name}")
         features_hash = content_hash(path)
         profile = svc.runtime.profile.name
         lineage = {
-            "zsc.kind": f"generator-{kind.name}",
+            "zsc.kind": f"generator-{name}",
             "zsc.profile": profile,
             "zsc.seed": str(seed),
             "zsc.git_commit": tracking.git_commit(),
             "zsc.dataset.uri": str(path),
             "zsc.dataset.hash": f"sha256:{features_hash}",
+            MD5_TAG: dvc_md5(path),  # the hash dvc.lock lists for it
             "zsc.text_source": text_source,
             **upstream_tags(data, "zsc.recovery"),
             **({"zsc.text.hash": f"sha256:{text_digest}"} if text_digest else {}),
+            **({"zsc.clip": clip.ref} if clip is not None else {}),
         }
         params = {
-            "kind": kind.name,
+            "kind": name,
             **config.to_dict(),
             "features_uri": str(path),
             "n_features": len(data),
@@ -199,26 +279,27 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
             "profile": profile,
             "registered_model_name": model_name,
         }
-        selecting = config.select_every > 0
-        total = config.epochs * (2 if selecting and config.select_refit else 1)
 
         def job(ctx: JobContext) -> pb.TrainGeneratorResult:
-            with tracking.run(request.experiment or EXPERIMENT, f"train-generator-{kind.name}", lineage) as run:
+            with tracking.run(request.experiment or EXPERIMENT, f"train-generator-{name}", lineage) as run:
                 ctx.set_mlflow_run(run.id)
                 run.log_params(params)
                 steps = {"select": 0, "train": 0}
+                curves = EpochMetrics(run)
 
                 def on_epoch(done: int, total: int, metrics: dict[str, float]) -> None:
                     # Selection epochs and the returned run's epochs each count from 1 in MLflow.
                     phase = "select" if any(k.startswith("select_") for k in metrics) else "train"
                     steps[phase] += 1
-                    run.log_metrics(finite(metrics), step=steps[phase])
+                    curves.add(finite(metrics), steps[phase])
                     ctx.progress(done, total, **finite(metrics))
 
                 try:
-                    result = kind.train(data, config, on_epoch=on_epoch, should_stop=ctx.should_stop, device=svc.device)
+                    result = train(on_epoch=on_epoch, should_stop=ctx.should_stop)
                 except TrainingCancelled as err:
                     raise Cancelled(str(err)) from err
+                finally:
+                    curves.flush()
                 final = dict(result.history[-1]) if result.history else {}
                 if result.selection_history:
                     best = result.selection_history[result.best_epoch - 1]
@@ -227,7 +308,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                 with tempfile.TemporaryDirectory(prefix="zsc-generator-") as tmp:
                     models.write_generator(
                         Path(tmp),
-                        kind=kind.name,
+                        kind=name,
                         config=config,
                         state_dict=result.state_dict,
                         feature_dim=result.feature_dim,
@@ -235,12 +316,13 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                         class_names=data.class_names,
                         text_features=data.text_features,
                         trained_classes=trained,
+                        extra=models.clip_identity(clip) if clip is not None else None,
                     )
                     ctx.check_cancelled()  # a cancelled job registers nothing
                     version = models.register_folder(run, Path(tmp), "generator", model_name, lineage)
                 return pb.TrainGeneratorResult(
                     model=version_message(version),
-                    kind=KIND_ENUMS[kind.name],
+                    kind=KIND_ENUMS[name],
                     feature_dim=result.feature_dim,
                     text_dim=result.text_dim,
                     class_names=data.class_names,
@@ -262,7 +344,17 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
         seed = check_seed(request.seed)
         names = check_class_names(request.class_names, "class_names")
         ref, gen = svc.load_generator(request.generator)
-        if request.HasField("text_features"):
+        if gen.kind == models.SHIP_KIND:
+            if request.HasField("text_features"):
+                raise InvalidArgument(
+                    f"generator {ref.model_uri} is a SHIP_VAE: it synthesizes from class names alone; leave "
+                    "text_features empty"
+                )
+            clip = svc.clip_or_fail("SHIP_VAE generators decode through CLIP's text encoder")
+            n_ctx = gen.module.prompt.n_ctx
+            check_prompts_fit(clip.tokenizer, [f"{' '.join(['X'] * n_ctx)} {n}." for n in names], names)
+            text = finetune.encode_template(clip.model, clip.tokenizer, names, finetune.DEFAULT_TEMPLATE)
+        elif request.HasField("text_features"):
             text = decode_matrix(request.text_features, "text_features")
             if text.shape[1] != gen.text_dim:
                 raise InvalidArgument(
@@ -283,7 +375,10 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
         return GenerationPlan(ref, gen, names, text, int(request.per_class), seed)
 
     def _synthesize(self, plan: GenerationPlan) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = generate(plan.generator.module, plan.text.to(self.service.device), plan.per_class, plan.seed)
+        if plan.generator.kind == models.SHIP_KIND:
+            x, y = ship.synthesize(plan.generator.module, plan.class_names, plan.per_class, plan.seed)
+        else:
+            x, y = generate(plan.generator.module, plan.text.to(self.service.device), plan.per_class, plan.seed)
         return x.float().cpu(), y.cpu()
 
     def GenerateFeatures(self, request: pb.GenerateFeaturesRequest, context: grpc.ServicerContext):
@@ -387,11 +482,13 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
             "zsc.git_commit": tracking.git_commit(),
             "zsc.dataset.uri": str(base_path),
             "zsc.dataset.hash": f"sha256:{content_hash(base_path)}",
+            MD5_TAG: dvc_md5(base_path),  # the hash dvc.lock lists for it
             **upstream_tags(base, "zsc.recovery"),
         }
         if novel is not None and novel_path is not None:
             lineage["zsc.novel.uri"] = str(novel_path)
             lineage["zsc.novel.hash"] = f"sha256:{content_hash(novel_path)}"
+            lineage["zsc.novel.md5"] = dvc_md5(novel_path)
             for key in ("generator_model_uri", "generator_run_id"):
                 if novel.metadata.get(key):
                     lineage[f"zsc.{key.replace('_', '.', 1)}"] = novel.metadata[key]
@@ -486,7 +583,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
         seen = [i for i in range(len(names)) if i not in unseen_set]
         if not seen:
             raise InvalidArgument("the split leaves no seen class; name only the unseen classes")
-        gamma = clf.config.calibration_gamma
+        gamma = clf.calibration_gamma
         if request.HasField("calibration_gamma"):
             if not math.isfinite(request.calibration_gamma):
                 raise InvalidArgument(f"calibration_gamma must be finite, got {request.calibration_gamma}")
@@ -545,6 +642,162 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                 )
 
         return svc.runtime.operations.start(EVALUATE_KIND, job, total=1, unit="evaluations")
+
+    # --- FineTune --------------------------------------------------------------------------------------------------
+    def FineTune(self, request: pb.FineTuneRequest, context: grpc.ServicerContext):
+        svc = self.service
+        svc.runtime.require_ready()
+        if request.method not in METHOD_NAMES:
+            what = "is unset" if request.method == pb.FINE_TUNE_METHOD_UNSPECIFIED else f"{request.method} is unknown"
+            raise InvalidArgument(f"fine-tuning method {what}; expected COOP, CLIP_ADAPTER or TIP_ADAPTER_F")
+        method = METHOD_NAMES[request.method]
+        clip = svc.clip_or_fail("fine-tuning scores image features against CLIP's text features")
+        seed = check_seed(request.seed)
+        roots = svc.runtime.data_roots
+        base_path, base = read_features(request.base_features_uri, "base_features_uri", roots)
+        if len(base) == 0:
+            raise InvalidArgument(f"base features file {base_path.name} has no samples")
+        if base.dim != clip.embed_dim:
+            raise InvalidArgument(
+                f"the base features have D={base.dim} but the CLIP model {clip.ref} encodes D={clip.embed_dim}"
+            )
+        try:
+            bank = FeatureBank.from_feature_set(base)
+        except ValueError as err:
+            raise InvalidArgument(f"base features file {base_path.name}: {first_line(err)}") from err
+        novel_path: Path | None = None
+        novel: FeatureSet | None = None
+        if request.novel_features_uri:
+            novel_path, novel = read_features(request.novel_features_uri, "novel_features_uri", roots)
+            if novel.dim != base.dim:
+                raise InvalidArgument(
+                    f"the base features have D={base.dim} but the novel features have D={novel.dim}; both must be "
+                    "CLIP image features of one space"
+                )
+            if len(novel) == 0:
+                raise InvalidArgument(f"novel features file {novel_path.name} has no samples")
+        if request.class_names:
+            names = check_class_names(request.class_names, "class_names")
+            source = "the class_names of the request"
+        else:
+            known = set(base.class_names)
+            extra = [n for n in (novel.class_names if novel is not None else []) if n not in known]
+            names = check_class_names([*base.class_names, *extra], "the files' class names")
+            source = "the classes of the features files"
+        position = {n: i for i, n in enumerate(names)}
+        base_rows = relabel(base, position, lambda n: f"base class {n!r} has samples but is not among {source}")
+        bank = FeatureBank(bank.features, base_rows.view(bank.images, bank.views)[:, 0])
+        base_idx = sorted(set(bank.labels.tolist()))
+        synthetic = None
+        if novel is not None:
+            novel_y = relabel(novel, position, lambda n: f"novel class {n!r} is not among {source}")
+            clash = sorted(set(novel_y.tolist()) & set(base_idx))
+            if clash:
+                raise InvalidArgument(
+                    f"class {names[clash[0]]!r} has real base samples and synthesized ones; synthesize new classes only"
+                )
+            synthetic = (novel.features, novel_y)
+        config = finetune_config(method, request.settings, seed)
+        try:
+            check_finetune_prompts(clip, names, config)
+        except ValueError as err:
+            raise InvalidArgument(first_line(err)) from err
+        new_idx = sorted(set(range(len(names))) - set(base_idx))
+        model_name = models.check_model_name(request.registered_model_name or f"zsc-finetune-{method}")
+        profile = svc.runtime.profile.name
+        lineage = {
+            "zsc.kind": f"finetune-{method}",
+            "zsc.profile": profile,
+            "zsc.seed": str(seed),
+            "zsc.git_commit": tracking.git_commit(),
+            "zsc.dataset.uri": str(base_path),
+            "zsc.dataset.hash": f"sha256:{content_hash(base_path)}",
+            MD5_TAG: dvc_md5(base_path),
+            "zsc.clip": clip.ref,
+            "zsc.synthetic": "true" if novel is not None else "false",
+            **upstream_tags(base, "zsc.recovery"),
+        }
+        if novel is not None and novel_path is not None:
+            lineage["zsc.novel.uri"] = str(novel_path)
+            lineage["zsc.novel.hash"] = f"sha256:{content_hash(novel_path)}"
+            lineage["zsc.novel.md5"] = dvc_md5(novel_path)
+            for key in ("generator_model_uri", "generator_run_id"):
+                if novel.metadata.get(key):
+                    lineage[f"zsc.{key.replace('_', '.', 1)}"] = novel.metadata[key]
+        params = {
+            **config.to_dict(),
+            "base_features_uri": str(base_path),
+            "novel_features_uri": str(novel_path or ""),
+            "n_images": bank.images,
+            "views": bank.views,
+            "n_synthetic": len(novel) if novel is not None else 0,
+            "n_classes": len(names),
+            "n_base": len(base_idx),
+            "feature_dim": base.dim,
+            "clip": clip.ref,
+            "profile": profile,
+            "registered_model_name": model_name,
+        }
+
+        def job(ctx: JobContext) -> pb.FineTuneResult:
+            with tracking.run(request.experiment or EXPERIMENT, f"finetune-{method}", lineage) as run:
+                ctx.set_mlflow_run(run.id)
+                run.log_params(params)
+
+                curves = EpochMetrics(run)
+
+                def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
+                    curves.add(finite(metrics), epoch)
+                    ctx.progress(epoch, total, **finite(metrics))
+
+                try:
+                    result = finetune.fine_tune(
+                        clip.model,
+                        clip.tokenizer,
+                        bank,
+                        names,
+                        config,
+                        synthetic,
+                        on_epoch=on_epoch,
+                        should_stop=ctx.should_stop,
+                    )
+                except TrainingCancelled as err:
+                    raise Cancelled(str(err)) from err
+                finally:
+                    curves.flush()
+                final = {**result.history[-1], **result.extra}
+                run.log_metrics(
+                    finite({"best_epoch": result.best_epoch, "best_val_accuracy": result.val_accuracy, **result.extra})
+                )
+                with tempfile.TemporaryDirectory(prefix="zsc-finetune-") as tmp:
+                    models.write_finetuned(
+                        Path(tmp),
+                        config=config,
+                        model=result.classifier,
+                        class_names=names,
+                        seen=base_idx,
+                        extra={"clip": clip.ref},
+                    )
+                    ctx.check_cancelled()  # a cancelled job registers nothing
+                    version = models.register_folder(run, Path(tmp), "classifier", model_name, lineage)
+                return pb.FineTuneResult(
+                    model=version_message(version),
+                    method=METHOD_ENUMS[method],
+                    class_names=names,
+                    base_indices=base_idx,
+                    new_indices=new_idx,
+                    n_fit=result.n_fit,
+                    n_val=result.n_val,
+                    n_synthetic=result.n_synthetic,
+                    views=bank.views,
+                    epochs_run=len(result.history),
+                    best_epoch=result.best_epoch,
+                    val_accuracy=result.val_accuracy,
+                    final_metrics=finite(final),
+                    feature_dim=base.dim,
+                )
+
+        return svc.runtime.operations.start(FINETUNE_KIND, job, total=config.epochs, unit="epochs")
 
 
 # --- request checks ------------------------------------------------------------------------------------------------
@@ -690,6 +943,66 @@ def gzsl_config(settings: pb.GZSLSettings, seed: int) -> GZSLConfig:
     return config
 
 
+def ship_config(request: pb.TrainGeneratorRequest, seed: int) -> ship.ShipConfig:
+    """ShipConfig from GeneratorSettings (the fields that apply) and ShipVaeSettings; methods.md's defaults else."""
+    settings = _settings(request.settings)
+    refused = [f for f in SHIP_REFUSED if f in settings]
+    if refused:
+        raise InvalidArgument(
+            f"GeneratorSettings.{refused[0]} does not apply to SHIP_VAE; set its widths in ShipVaeSettings"
+        )
+    if request.selection.ListFields():
+        raise InvalidArgument(
+            "SHIP_VAE trains for a fixed number of epochs and takes no selection settings; FineTune selects on "
+            "held-out base data"
+        )
+    latent = settings.pop("noise_dim", 0)
+    if latent:
+        settings["latent_dim"] = latent
+    settings.update(_settings(request.ship_vae))
+    try:
+        config = ship.ShipConfig(seed=seed, **settings)
+        config.check()
+    except (TypeError, ValueError) as err:
+        raise InvalidArgument(f"bad ship_vae settings: {first_line(err)}") from err
+    return config
+
+
+def check_ship_data(
+    data: FeatureSet, path: Path, clip: ClipBundle, trained: list[str], config: ship.ShipConfig
+) -> None:
+    """INVALID_ARGUMENT now for a features file SHIP's VAE cannot train on through ``clip``."""
+    if data.dim != clip.embed_dim:
+        raise InvalidArgument(
+            f"the features have D={data.dim} but the CLIP model {clip.ref} encodes D={clip.embed_dim}; SHIP_VAE "
+            "reconstructs image features with CLIP's text encoder"
+        )
+    try:
+        FeatureBank.from_feature_set(data)
+        check_prompts_fit(clip.tokenizer, [f"{' '.join(['X'] * config.n_ctx)} {n}." for n in trained], trained)
+    except ValueError as err:
+        raise InvalidArgument(f"features_uri {path.name}: {first_line(err)}") from err
+
+
+def finetune_config(method: str, settings: pb.FineTuneSettings, seed: int) -> finetune.FineTuneConfig:
+    """The method's defaults under the fields set in the request."""
+    try:
+        config = finetune.FineTuneConfig.for_method(method, seed=seed, **_settings(settings))
+        config.check()
+    except (TypeError, ValueError) as err:
+        raise InvalidArgument(f"bad {method} settings: {first_line(err)}") from err
+    return config
+
+
+def check_finetune_prompts(clip: ClipBundle, names: Sequence[str], config: finetune.FineTuneConfig) -> None:
+    """ValueError unless every class's prompt fits CLIP's context (CoOp's learned prefix, or the template)."""
+    if config.method == "coop":
+        prompts = [f"{config.ctx_init} {n}." for n in names]
+    else:
+        prompts = [config.template.format(n) for n in names]
+    check_prompts_fit(clip.tokenizer, prompts, list(names))
+
+
 def output_path(uri: str, roots: list[Path]) -> Path:
     if not uri:
         raise InvalidArgument("output_uri is empty")
@@ -710,6 +1023,33 @@ def upstream_tags(data: FeatureSet, prefix: str) -> dict[str, str]:
 
 
 # --- outputs -------------------------------------------------------------------------------------------------------
+class EpochMetrics:
+    """Per-epoch metrics sent to MLflow in batches, at most one write per ``every`` seconds (and on ``flush``).
+
+    One write per epoch costs ~0.1 s against the embedded SQLite store: more than a whole epoch of SHIP's VAE or of
+    fine-tuning on cached features. Every epoch keeps its own step; the MLflow view lags by at most ``every``.
+    """
+
+    def __init__(self, run: tracking.Run, every: float = 2.0) -> None:
+        self.run, self.every = run, every
+        self.pending: list[Any] = []
+        self.last = time.monotonic()
+
+    def add(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        if time.monotonic() - self.last >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self.pending), 500):  # MLflow's batch limit is 1000 metrics
+            self.run.client.log_batch(self.run.id, metrics=self.pending[i : i + 500])
+        self.pending.clear()
+        self.last = time.monotonic()
+
+
 def finite(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
 

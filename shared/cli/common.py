@@ -6,11 +6,15 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from zsc.common.v1 import common_pb2
 from zsc.runtime import client
+
+if TYPE_CHECKING:
+    from zsc.features import FeatureSet
 
 
 class CommandError(Exception):
@@ -93,6 +97,43 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+def is_timing(metric: str) -> bool:
+    """Durations and throughputs (seconds, images per second) differ from run to run on the same inputs: they stay in
+    MLflow and the printout, out of the DVC metrics and plots, so a rerun of a stage reproduces its outputs byte for
+    byte."""
+    return "second" in metric
+
+
+def write_json(path: Path, payload: object) -> None:
+    import json
+
+    from zsc.io import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
+    import csv
+    import io
+
+    from zsc.io import atomic_write_bytes
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def write_per_class_accuracy(plots_dir: Path, class_names: list[str], per_class: list[float]) -> None:
+    """``per_class_accuracy.csv`` (class, accuracy) for DVC's bar template; classes without a finite accuracy (no test
+    sample) are left out."""
+    import math
+
+    rows = [[n, f"{a:.6f}"] for n, a in zip(class_names, per_class, strict=True) if math.isfinite(a)]
+    write_csv(plots_dir / "per_class_accuracy.csv", ["class", "accuracy"], rows)
+
+
 def save_evaluation(
     class_names: list[str],
     per_class: list[float],
@@ -103,25 +144,114 @@ def save_evaluation(
 ) -> None:
     """Write DVC-friendly outputs: a metrics JSON, per-class accuracy CSV and a per-sample (actual, predicted) CSV for
     DVC's confusion template. Files are written atomically, so an interrupted stage leaves no partial output."""
-    import csv
-    import io
-    import json
-
-    from zsc.io import atomic_write_bytes
-
     if metrics_out is not None:
-        payload = {**metrics, "per_class_accuracy": dict(zip(class_names, per_class, strict=True))}
-        atomic_write_bytes(metrics_out, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+        scores = {k: v for k, v in metrics.items() if not is_timing(k)}
+        write_json(metrics_out, {**scores, "per_class_accuracy": dict(zip(class_names, per_class, strict=True))})
     if plots_dir is not None:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["class", "accuracy"])
-        writer.writerows([name, f"{acc:.6f}"] for name, acc in zip(class_names, per_class, strict=True))
-        atomic_write_bytes(plots_dir / "per_class_accuracy.csv", buf.getvalue().encode())
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["actual", "predicted"])
-        for i, row in enumerate(confusion):
-            for j, count in enumerate(row):
-                writer.writerows([[class_names[i], class_names[j]]] * int(count))
-        atomic_write_bytes(plots_dir / "confusion.csv", buf.getvalue().encode())
+        write_per_class_accuracy(plots_dir, class_names, per_class)
+        pairs = [
+            [class_names[i], class_names[j]]
+            for i, row in enumerate(confusion)
+            for j, count in enumerate(row)
+            for _ in range(int(count))
+        ]
+        write_csv(plots_dir / "confusion.csv", ["actual", "predicted"], pairs)
+
+
+def load_features_of(path: Path, names: list[str]) -> tuple[FeatureSet, dict[str, int]]:
+    """A zsc features file and the index of each of ``names`` in its classes; a one-line error for a missing one."""
+    from zsc.features import FeatureSet
+
+    if not path.is_file():
+        raise CommandError(f"no such features file: {path}")
+    data = FeatureSet.load(path)
+    index = {n: i for i, n in enumerate(data.class_names)}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise CommandError(f"class {missing[0]!r} is not in {path} (it has {', '.join(data.class_names)})")
+    return data, index
+
+
+# --- outputs of training commands in pipelines ---------------------------------------------------------------------
+def add_training_outputs(parser: argparse.ArgumentParser) -> None:
+    """Options that let a DVC stage track what a training command registered in MLflow."""
+    g = parser.add_argument_group("outputs for pipelines (DVC)")
+    g.add_argument(
+        "--alias",
+        help="point this alias of the registered model at the new version (recorded in its alias history), so a later "
+        "step can name it models:/NAME@ALIAS",
+    )
+    g.add_argument(
+        "--model-out", type=Path, help="copy the new version's weights and config (safetensors, JSON) into this folder"
+    )
+    g.add_argument("--metrics-out", type=Path, help="write the training run's final metrics as JSON")
+    g.add_argument("--plots-dir", type=Path, help="write the per-epoch metrics as training_curve.csv (step, metrics)")
+
+
+def save_training_outputs(args: argparse.Namespace, name: str, version: str, run_id: str) -> None:
+    """Act on the ``add_training_outputs`` options for version ``version`` of ``name``, trained in run ``run_id``.
+
+    These read and write the MLflow store directly (``MLFLOW_TRACKING_URI``, else the local store), like ``zsc
+    registry``: a remote service and this client must share the tracking server."""
+    if not (args.alias or args.model_out or args.metrics_out or args.plots_dir):
+        return
+    from zsc import registry, tracking
+
+    client = tracking.client()
+    if args.alias:
+        registry.promote(name, version, args.alias, client=client)
+        print(f"{name}@{args.alias} -> v{version}")
+    if args.model_out:
+        files = export_model_files(f"models:/{name}/{version}", args.model_out, client)
+        print(f"model files: {', '.join(str(f) for f in files)}")
+    if args.metrics_out or args.plots_dir:
+        metrics = {k: v for k, v in sorted(client.get_run(run_id).data.metrics.items()) if not is_timing(k)}
+        if args.metrics_out:
+            write_json(args.metrics_out, metrics)
+        if args.plots_dir:
+            curves: dict[str, dict[int, float]] = {}
+            for key in metrics:
+                history = client.get_metric_history(run_id, key)
+                if len(history) > 1:  # a curve, not a summary value
+                    curves[key] = {m.step: m.value for m in history}  # a repeated step keeps its last value
+            steps = sorted({step for curve in curves.values() for step in curve})
+            names = sorted(curves)
+            rows = [[step, *(curves[k].get(step, "") for k in names)] for step in steps]
+            write_csv(args.plots_dir / "training_curve.csv", ["step", *names], rows)
+
+
+MODEL_FILE_SUFFIXES = (".safetensors",)
+MODEL_FILE_NAMES = ("config.json",)
+
+
+def export_model_files(uri: str, out_dir: Path, client: object) -> list[Path]:
+    """Copy a registered model's own files (weights and config) into ``out_dir``, flat.
+
+    MLflow's wrappers (MLmodel with its run id and creation time, environment files) are left out: they differ
+    between two trainings of the same weights, and the registry keeps them anyway."""
+    import shutil
+    import tempfile
+
+    import mlflow.artifacts
+
+    from zsc import registry
+
+    resolved = registry.resolve(uri, client)
+    with tempfile.TemporaryDirectory(prefix="zsc-export-") as tmp:
+        with registry.mlflow_errors(f"model {uri!r} not found"):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=resolved.storage_uri, dst_path=tmp))
+        files = sorted(
+            p
+            for p in local.rglob("*")
+            if p.is_file() and (p.suffix in MODEL_FILE_SUFFIXES or p.name in MODEL_FILE_NAMES)
+        )
+        if not files:
+            raise CommandError(f"{uri} holds no weights or config files")
+        if len({p.name for p in files}) != len(files):
+            raise CommandError(f"{uri} holds several files of the same name: {', '.join(p.name for p in files)}")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True)
+        for p in files:
+            shutil.copyfile(p, out_dir / p.name)
+        return [out_dir / p.name for p in files]

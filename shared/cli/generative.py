@@ -1,4 +1,5 @@
-"""`zsc train-generator`, `zsc generate-features`, `zsc train-gzsl` and `zsc evaluate-gzsl` (DFZSL steps 3-4)."""
+"""`zsc train-generator`, `zsc generate-features`, `zsc train-gzsl`, `zsc evaluate-gzsl` (DFZSL steps 3-4) and
+`zsc finetune` (SHIP's CLIP fine-tuning; SHIP's prompt VAE is `zsc train-generator --kind ship_vae`)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,40 @@ from pathlib import Path
 import torch
 
 from zsc import codec
-from zsc.cli.common import CommandError, add_client_args, follow, markdown_table, open_channel
+from zsc.cli.common import (
+    CommandError,
+    add_client_args,
+    add_training_outputs,
+    follow,
+    markdown_table,
+    open_channel,
+    save_training_outputs,
+    write_per_class_accuracy,
+)
 from zsc.generative.v1 import generative_pb2 as pb
 from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
 from zsc.runtime.client import unpack
 
-KINDS = {"tfvaegan": pb.TFVAEGAN, "clswgan": pb.CLSWGAN}
+KINDS = {"tfvaegan": pb.TFVAEGAN, "clswgan": pb.CLSWGAN, "ship_vae": pb.SHIP_VAE}
+METHODS = {"coop": pb.COOP, "clip_adapter": pb.CLIP_ADAPTER, "tip_adapter_f": pb.TIP_ADAPTER_F}
+# SHIP_VAE-only options -> ShipVaeSettings fields.
+SHIP_OPTIONS = ("encoder_hidden", "generator_hidden", "n_ctx", "ctx_init_std", "kl_weight", "weight_decay")
+FINETUNE_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "val_fraction",
+    "select_every",
+    "ctx_init",
+    "template",
+    "reduction",
+    "ratio",
+    "init_alpha",
+    "init_beta",
+    "cache_synthetic_per_class",
+)
 # CLI option -> (request sub-message, field); only options the user gave are set, the rest keep the defaults.
 GENERATOR_OPTIONS = {
     "epochs": ("settings", "epochs"),
@@ -51,6 +80,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--noise-dim", type=int, help="0 = the text-feature width")
     g.add_argument("--critic-iters", type=int)
     g.add_argument("--gp-weight", type=float)
+    g = p.add_argument_group("ship_vae settings (unset: methods.md §4 defaults; --noise-dim is its latent width)")
+    g.add_argument("--encoder-hidden", type=int, help="default 2048")
+    g.add_argument("--generator-hidden", type=int, help="default 4096")
+    g.add_argument("--n-ctx", type=int, help="learnable context tokens (default 4)")
+    g.add_argument("--ctx-init-std", type=float, help="default 0.02")
+    g.add_argument("--kl-weight", type=float, help="default 1")
+    g.add_argument("--weight-decay", type=float, help="AdamW (default 0.01)")
     s = p.add_argument_group("selection on held-out training classes (never test data)")
     s.add_argument("--select-every", type=int, help="score every N epochs (default 0: no selection)")
     s.add_argument("--select-holdout-fraction", type=float, help="pseudo-novel class fraction (default 0.2)")
@@ -62,6 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="", help="registered model name (default zsc-generator-<kind>)")
     p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-generative)")
     add_client_args(p, "generative")
+    add_training_outputs(p)
     p.set_defaults(func=cmd_train_generator)
 
     p = sub.add_parser("generate-features", help="synthesize features of classes with a trained generator")
@@ -103,7 +140,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="", help="registered model name (default zsc-gzsl)")
     p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-generative)")
     add_client_args(p, "generative")
+    add_training_outputs(p)
     p.set_defaults(func=cmd_train_gzsl)
+
+    p = sub.add_parser(
+        "finetune", help="SHIP step 3: fine-tune CLIP on cached base features, plus synthesized new ones (MLflow)"
+    )
+    p.add_argument("--base", required=True, type=Path, help="real base-class features (a feature bank is welcome)")
+    p.add_argument("--novel", type=Path, help="synthesized new-class features (without: the baseline)")
+    p.add_argument("--method", required=True, choices=sorted(METHODS))
+    p.add_argument("--classes", help="every class, comma-separated or @FILE (default: the files' classes)")
+    g = p.add_argument_group("settings (unset: the method's defaults)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--val-fraction", type=float, help="held-out base images for selection (default 0.2)")
+    g.add_argument("--select-every", type=int)
+    g.add_argument("--ctx-init", help='coop: the initial context phrase (default "a photo of a")')
+    g.add_argument("--template", help='adapters: the zero-shot prompt (default "a photo of a {}.")')
+    g.add_argument("--reduction", type=int, help="clip_adapter: bottleneck D/reduction (default 4)")
+    g.add_argument("--ratio", type=float, help="clip_adapter: residual ratio (default 0.2)")
+    g.add_argument("--init-alpha", type=float, help="tip_adapter_f (default 1)")
+    g.add_argument("--init-beta", type=float, help="tip_adapter_f (default 1)")
+    g.add_argument("--cache-synthetic-per-class", type=int, help="tip_adapter_f (default: real shots per class)")
+    p.add_argument("--test", type=Path, help="labelled test features: print S/U/H and B/N/HM of the fine-tuned model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="", help="registered model name (default zsc-finetune-<method>)")
+    p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-generative)")
+    add_client_args(p, "generative")
+    add_training_outputs(p)
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("evaluate-gzsl", help="GZSL S/U/H and base-to-new B/N/HM of a classifier on test features")
     p.add_argument(
@@ -113,6 +181,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unseen", help="unseen classes, comma-separated or @FILE (default: the classifier's own split)")
     p.add_argument("--calibration-gamma", type=float, help="override the classifier's calibrated stacking")
     p.add_argument("--metrics-out", type=Path, help="write the metrics as JSON (for DVC)")
+    p.add_argument("--plots-dir", type=Path, help="write per-class accuracy as CSV (for DVC plots)")
     p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-generative)")
     add_client_args(p, "generative")
     p.set_defaults(func=cmd_evaluate)
@@ -194,6 +263,10 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
             setattr(getattr(request, part), field, value)
     if args.no_select_refit:
         request.selection.refit = False
+    ship_given = {o: getattr(args, o) for o in SHIP_OPTIONS if getattr(args, o) is not None}
+    if ship_given and args.kind != "ship_vae":
+        raise CommandError(f"--{next(iter(ship_given)).replace('_', '-')} applies to --kind ship_vae only")
+    set_fields(request.ship_vae, ship_given)
     if args.text_features is not None:
         _, text = read_text_features(args.text_features, None)
         request.text_features.CopyFrom(codec.encode(text.float()))
@@ -208,6 +281,7 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     if result.final_metrics:
         print(markdown_table(["metric", "value"], [[k, v] for k, v in sorted(result.final_metrics.items())]))
     print_model("generator", result.model)
+    save_training_outputs(args, result.model.name, result.model.version, result.model.run_id)
     return 0
 
 
@@ -265,6 +339,47 @@ def cmd_train_gzsl(args: argparse.Namespace) -> int:
         f"(final loss {result.final_loss:.4g})"
     )
     print_model("classifier", result.model)
+    save_training_outputs(args, result.model.name, result.model.version, result.model.run_id)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    request = pb.FineTuneRequest(
+        base_features_uri=str(args.base.resolve()),
+        novel_features_uri=str(args.novel.resolve()) if args.novel else "",
+        method=METHODS[args.method],
+        seed=args.seed,
+        registered_model_name=args.name,
+        experiment=args.experiment,
+    )
+    if args.classes:
+        request.class_names.extend(parse_names(args.classes, "--classes"))
+    set_fields(request.settings, {o: getattr(args, o) for o in FINETUNE_OPTIONS})
+    paths = [args.base, *([args.novel] if args.novel else []), *([args.test] if args.test else [])]
+    with open_channel(args, "generative", paths) as channel:
+        stub = pb_grpc.GenerativeStub(channel)
+        op = follow(channel, stub.FineTune(request), f"fine-tuning ({args.method})")
+        result = unpack(op, pb.FineTuneResult)
+        evaluation = None
+        if args.test is not None:
+            ask = pb.EvaluateGZSLRequest(
+                classifier=result.model.model_uri,
+                test_features_uri=str(args.test.resolve()),
+                experiment=args.experiment,
+            )
+            evaluation = unpack(follow(channel, stub.EvaluateGZSL(ask), "evaluating"), pb.EvaluateGZSLResult)
+    synthetic = f" + {result.n_synthetic} synthesized" if result.n_synthetic else " (no synthesized features)"
+    print(
+        f"fine-tuned {args.method} over {len(result.class_names)} classes ({len(result.base_indices)} base, "
+        f"{len(result.new_indices)} new) on {result.n_fit} real images x {result.views} views{synthetic}; "
+        f"best epoch {result.best_epoch} of {result.epochs_run}, held-out base accuracy {result.val_accuracy:.4f}"
+    )
+    print_model("model", result.model)
+    if evaluation is not None:
+        gz, bn = evaluation.gzsl, evaluation.base_to_new
+        print(f"GZSL: S {gz.seen:.4f}  U {gz.unseen:.4f}  H {gz.harmonic:.4f}")
+        print(f"base-to-new: B {bn.base:.4f}  N {bn.new:.4f}  HM {bn.harmonic:.4f}")
+    save_training_outputs(args, result.model.name, result.model.version, result.model.run_id)
     return 0
 
 
@@ -292,6 +407,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print()
     print(markdown_table(["class", "split", "accuracy", "samples"], rows))
     print(f"\nclassifier: {result.classifier.model_uri}  MLflow run: {result.mlflow_run_id}")
+    if args.plots_dir is not None:
+        write_per_class_accuracy(args.plots_dir, list(result.class_names), list(result.per_class_accuracy))
     if args.metrics_out is not None:
         from zsc.io import atomic_write_bytes
 

@@ -13,9 +13,22 @@ class GeneratorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GENERATOR_KIND_UNSPECIFIED: _ClassVar[GeneratorKind]
     TFVAEGAN: _ClassVar[GeneratorKind]
     CLSWGAN: _ClassVar[GeneratorKind]
+    SHIP_VAE: _ClassVar[GeneratorKind]
+
+class FineTuneMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FINE_TUNE_METHOD_UNSPECIFIED: _ClassVar[FineTuneMethod]
+    COOP: _ClassVar[FineTuneMethod]
+    CLIP_ADAPTER: _ClassVar[FineTuneMethod]
+    TIP_ADAPTER_F: _ClassVar[FineTuneMethod]
 GENERATOR_KIND_UNSPECIFIED: GeneratorKind
 TFVAEGAN: GeneratorKind
 CLSWGAN: GeneratorKind
+SHIP_VAE: GeneratorKind
+FINE_TUNE_METHOD_UNSPECIFIED: FineTuneMethod
+COOP: FineTuneMethod
+CLIP_ADAPTER: FineTuneMethod
+TIP_ADAPTER_F: FineTuneMethod
 
 class GeneratorSettings(_message.Message):
     __slots__ = ("epochs", "batch_size", "lr", "beta1", "beta2", "hidden_dim", "noise_dim", "critic_iters", "gp_weight", "normalize_features")
@@ -97,8 +110,24 @@ class TfvaeganSettings(_message.Message):
     encoded_noise: bool
     def __init__(self, recon_weight: _Optional[float] = ..., adv_weight: _Optional[float] = ..., kl_weight: _Optional[float] = ..., feedback_loop: _Optional[int] = ..., feedback_weight: _Optional[float] = ..., generation_feedback_weight: _Optional[float] = ..., feedback_lr: _Optional[float] = ..., decoder_lr: _Optional[float] = ..., freeze_decoder: _Optional[bool] = ..., encoded_noise: _Optional[bool] = ...) -> None: ...
 
+class ShipVaeSettings(_message.Message):
+    __slots__ = ("encoder_hidden", "generator_hidden", "n_ctx", "ctx_init_std", "kl_weight", "weight_decay")
+    ENCODER_HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    N_CTX_FIELD_NUMBER: _ClassVar[int]
+    CTX_INIT_STD_FIELD_NUMBER: _ClassVar[int]
+    KL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    encoder_hidden: int
+    generator_hidden: int
+    n_ctx: int
+    ctx_init_std: float
+    kl_weight: float
+    weight_decay: float
+    def __init__(self, encoder_hidden: _Optional[int] = ..., generator_hidden: _Optional[int] = ..., n_ctx: _Optional[int] = ..., ctx_init_std: _Optional[float] = ..., kl_weight: _Optional[float] = ..., weight_decay: _Optional[float] = ...) -> None: ...
+
 class TrainGeneratorRequest(_message.Message):
-    __slots__ = ("features_uri", "text_features", "kind", "settings", "selection", "clswgan", "tfvaegan", "seed", "registered_model_name", "experiment")
+    __slots__ = ("features_uri", "text_features", "kind", "settings", "selection", "clswgan", "tfvaegan", "ship_vae", "seed", "registered_model_name", "experiment")
     FEATURES_URI_FIELD_NUMBER: _ClassVar[int]
     TEXT_FEATURES_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +135,7 @@ class TrainGeneratorRequest(_message.Message):
     SELECTION_FIELD_NUMBER: _ClassVar[int]
     CLSWGAN_FIELD_NUMBER: _ClassVar[int]
     TFVAEGAN_FIELD_NUMBER: _ClassVar[int]
+    SHIP_VAE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
@@ -116,10 +146,11 @@ class TrainGeneratorRequest(_message.Message):
     selection: SelectionSettings
     clswgan: ClswganSettings
     tfvaegan: TfvaeganSettings
+    ship_vae: ShipVaeSettings
     seed: int
     registered_model_name: str
     experiment: str
-    def __init__(self, features_uri: _Optional[str] = ..., text_features: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., kind: _Optional[_Union[GeneratorKind, str]] = ..., settings: _Optional[_Union[GeneratorSettings, _Mapping]] = ..., selection: _Optional[_Union[SelectionSettings, _Mapping]] = ..., clswgan: _Optional[_Union[ClswganSettings, _Mapping]] = ..., tfvaegan: _Optional[_Union[TfvaeganSettings, _Mapping]] = ..., seed: _Optional[int] = ..., registered_model_name: _Optional[str] = ..., experiment: _Optional[str] = ...) -> None: ...
+    def __init__(self, features_uri: _Optional[str] = ..., text_features: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., kind: _Optional[_Union[GeneratorKind, str]] = ..., settings: _Optional[_Union[GeneratorSettings, _Mapping]] = ..., selection: _Optional[_Union[SelectionSettings, _Mapping]] = ..., clswgan: _Optional[_Union[ClswganSettings, _Mapping]] = ..., tfvaegan: _Optional[_Union[TfvaeganSettings, _Mapping]] = ..., ship_vae: _Optional[_Union[ShipVaeSettings, _Mapping]] = ..., seed: _Optional[int] = ..., registered_model_name: _Optional[str] = ..., experiment: _Optional[str] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("name", "version", "run_id", "model_uri", "artifact_uri")
@@ -327,3 +358,108 @@ class EvaluateGZSLResult(_message.Message):
     classifier: ModelVersion
     mlflow_run_id: str
     def __init__(self, gzsl: _Optional[_Union[GZSLMetrics, _Mapping]] = ..., base_to_new: _Optional[_Union[BaseNewMetrics, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ..., per_class_accuracy: _Optional[_Iterable[float]] = ..., support: _Optional[_Iterable[int]] = ..., seen_indices: _Optional[_Iterable[int]] = ..., unseen_indices: _Optional[_Iterable[int]] = ..., n_samples: _Optional[int] = ..., classifier: _Optional[_Union[ModelVersion, _Mapping]] = ..., mlflow_run_id: _Optional[str] = ...) -> None: ...
+
+class FineTuneSettings(_message.Message):
+    __slots__ = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "logit_scale", "val_fraction", "select_every", "normalize_features", "ctx_init", "template", "reduction", "ratio", "init_alpha", "init_beta", "adamw_eps", "search_alpha_max", "search_alpha_steps", "search_beta_max", "search_beta_steps", "cache_synthetic_per_class")
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LR_FIELD_NUMBER: _ClassVar[int]
+    MOMENTUM_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_SCALE_FIELD_NUMBER: _ClassVar[int]
+    VAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    SELECT_EVERY_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    CTX_INIT_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    RATIO_FIELD_NUMBER: _ClassVar[int]
+    INIT_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    INIT_BETA_FIELD_NUMBER: _ClassVar[int]
+    ADAMW_EPS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_ALPHA_MAX_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_ALPHA_STEPS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_BETA_MAX_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_BETA_STEPS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SYNTHETIC_PER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    logit_scale: float
+    val_fraction: float
+    select_every: int
+    normalize_features: bool
+    ctx_init: str
+    template: str
+    reduction: int
+    ratio: float
+    init_alpha: float
+    init_beta: float
+    adamw_eps: float
+    search_alpha_max: float
+    search_alpha_steps: int
+    search_beta_max: float
+    search_beta_steps: int
+    cache_synthetic_per_class: int
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., logit_scale: _Optional[float] = ..., val_fraction: _Optional[float] = ..., select_every: _Optional[int] = ..., normalize_features: _Optional[bool] = ..., ctx_init: _Optional[str] = ..., template: _Optional[str] = ..., reduction: _Optional[int] = ..., ratio: _Optional[float] = ..., init_alpha: _Optional[float] = ..., init_beta: _Optional[float] = ..., adamw_eps: _Optional[float] = ..., search_alpha_max: _Optional[float] = ..., search_alpha_steps: _Optional[int] = ..., search_beta_max: _Optional[float] = ..., search_beta_steps: _Optional[int] = ..., cache_synthetic_per_class: _Optional[int] = ...) -> None: ...
+
+class FineTuneRequest(_message.Message):
+    __slots__ = ("base_features_uri", "novel_features_uri", "class_names", "method", "settings", "seed", "registered_model_name", "experiment")
+    BASE_FEATURES_URI_FIELD_NUMBER: _ClassVar[int]
+    NOVEL_FEATURES_URI_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    base_features_uri: str
+    novel_features_uri: str
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    method: FineTuneMethod
+    settings: FineTuneSettings
+    seed: int
+    registered_model_name: str
+    experiment: str
+    def __init__(self, base_features_uri: _Optional[str] = ..., novel_features_uri: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., method: _Optional[_Union[FineTuneMethod, str]] = ..., settings: _Optional[_Union[FineTuneSettings, _Mapping]] = ..., seed: _Optional[int] = ..., registered_model_name: _Optional[str] = ..., experiment: _Optional[str] = ...) -> None: ...
+
+class FineTuneResult(_message.Message):
+    __slots__ = ("model", "method", "class_names", "base_indices", "new_indices", "n_fit", "n_val", "n_synthetic", "views", "epochs_run", "best_epoch", "val_accuracy", "final_metrics", "feature_dim")
+    class FinalMetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    BASE_INDICES_FIELD_NUMBER: _ClassVar[int]
+    NEW_INDICES_FIELD_NUMBER: _ClassVar[int]
+    N_FIT_FIELD_NUMBER: _ClassVar[int]
+    N_VAL_FIELD_NUMBER: _ClassVar[int]
+    N_SYNTHETIC_FIELD_NUMBER: _ClassVar[int]
+    VIEWS_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_RUN_FIELD_NUMBER: _ClassVar[int]
+    BEST_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    VAL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    FINAL_METRICS_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_DIM_FIELD_NUMBER: _ClassVar[int]
+    model: ModelVersion
+    method: FineTuneMethod
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    base_indices: _containers.RepeatedScalarFieldContainer[int]
+    new_indices: _containers.RepeatedScalarFieldContainer[int]
+    n_fit: int
+    n_val: int
+    n_synthetic: int
+    views: int
+    epochs_run: int
+    best_epoch: int
+    val_accuracy: float
+    final_metrics: _containers.ScalarMap[str, float]
+    feature_dim: int
+    def __init__(self, model: _Optional[_Union[ModelVersion, _Mapping]] = ..., method: _Optional[_Union[FineTuneMethod, str]] = ..., class_names: _Optional[_Iterable[str]] = ..., base_indices: _Optional[_Iterable[int]] = ..., new_indices: _Optional[_Iterable[int]] = ..., n_fit: _Optional[int] = ..., n_val: _Optional[int] = ..., n_synthetic: _Optional[int] = ..., views: _Optional[int] = ..., epochs_run: _Optional[int] = ..., best_epoch: _Optional[int] = ..., val_accuracy: _Optional[float] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., feature_dim: _Optional[int] = ...) -> None: ...

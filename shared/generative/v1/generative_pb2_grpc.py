@@ -60,6 +60,11 @@ class GenerativeStub:
                 request_serializer=zsc_dot_generative_dot_v1_dot_generative__pb2.EvaluateGZSLRequest.SerializeToString,
                 response_deserializer=zsc_dot_common_dot_v1_dot_common__pb2.Operation.FromString,
                 _registered_method=True)
+        self.FineTune = channel.unary_unary(
+                '/zsc.generative.v1.Generative/FineTune',
+                request_serializer=zsc_dot_generative_dot_v1_dot_generative__pb2.FineTuneRequest.SerializeToString,
+                response_deserializer=zsc_dot_common_dot_v1_dot_common__pb2.Operation.FromString,
+                _registered_method=True)
 
 
 class GenerativeServicer:
@@ -100,6 +105,13 @@ class GenerativeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FineTune(self, request, context):
+        """Returns an Operation whose response is a FineTuneResult. Needs a profile with CLIP (FAILED_PRECONDITION else).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerativeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +138,11 @@ def add_GenerativeServicer_to_server(servicer, server):
             'EvaluateGZSL': grpc.unary_unary_rpc_method_handler(
                     servicer.EvaluateGZSL,
                     request_deserializer=zsc_dot_generative_dot_v1_dot_generative__pb2.EvaluateGZSLRequest.FromString,
+                    response_serializer=zsc_dot_common_dot_v1_dot_common__pb2.Operation.SerializeToString,
+            ),
+            'FineTune': grpc.unary_unary_rpc_method_handler(
+                    servicer.FineTune,
+                    request_deserializer=zsc_dot_generative_dot_v1_dot_generative__pb2.FineTuneRequest.FromString,
                     response_serializer=zsc_dot_common_dot_v1_dot_common__pb2.Operation.SerializeToString,
             ),
     }
@@ -263,6 +280,33 @@ class Generative:
             target,
             '/zsc.generative.v1.Generative/EvaluateGZSL',
             zsc_dot_generative_dot_v1_dot_generative__pb2.EvaluateGZSLRequest.SerializeToString,
+            zsc_dot_common_dot_v1_dot_common__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FineTune(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zsc.generative.v1.Generative/FineTune',
+            zsc_dot_generative_dot_v1_dot_generative__pb2.FineTuneRequest.SerializeToString,
             zsc_dot_common_dot_v1_dot_common__pb2.Operation.FromString,
             options,
             channel_credentials,

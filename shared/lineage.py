@@ -1,0 +1,36 @@
+"""DVC-compatible content hashes, so a model version's lineage tags can be matched against ``dvc.lock``.
+
+DVC (3.x, ``md5`` hash) records a file as the md5 of its bytes, and a directory as the md5 of a JSON listing of its
+files followed by ``.dir``: ``json.dumps(sorted([{"md5": <file md5>, "relpath": <posix path>}, ...]),
+sort_keys=True)``, sorted by relpath (``dvc_data.hashfile.tree.Tree.digest``). zsc computes the same value from the
+data itself, so a version trained on a pipeline output carries the exact hash that ``dvc.lock`` lists for it, whether
+or not the data was ever DVC-tracked, and on a machine without the DVC repository (a remote service).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+MD5_TAG = "zsc.dataset.md5"
+
+
+def file_md5(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dvc_md5(path: str | os.PathLike[str]) -> str:
+    """The md5 DVC records for ``path``: ``<md5>`` for a file, ``<md5>.dir`` for a directory."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_md5(path)
+    entries = [{"md5": file_md5(p), "relpath": p.relative_to(path).as_posix()} for p in path.rglob("*") if p.is_file()]
+    entries.sort(key=lambda e: e["relpath"])
+    listing = json.dumps(entries, sort_keys=True).encode("utf-8")
+    return hashlib.md5(listing, usedforsecurity=False).hexdigest() + ".dir"
