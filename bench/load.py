@@ -138,14 +138,8 @@ def run_load(address: str, clients: int, requests: int, data: Path) -> dict[str,
     return report
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=4, help="requests per client before RSS is measured")
-    parser.add_argument("--json", type=Path, help="also write the report as JSON")
-    args = parser.parse_args()
-
+def measure(clients: int, requests: int, warmup: int) -> dict[str, object]:
+    """Start a server, warm it up, run the load and report it with the server's RSS before and after."""
     with tempfile.TemporaryDirectory() as tmp:
         data = make_dataset(Path(tmp) / "folder")
         proc, address = start_server(Path(tmp))
@@ -153,15 +147,26 @@ def main() -> int:
             channel = connect(address)
             wait_until_serving(channel, timeout=300)
             channel.close()
-            run_load(address, args.clients, args.warmup, data)
+            run_load(address, clients, warmup, data)
             rss_before = rss_mb(proc.pid)
-            report = run_load(address, args.clients, args.requests, data)
+            report = run_load(address, clients, requests, data)
             report["rss_after_warmup_mb"] = round(rss_before, 1)
             report["rss_after_load_mb"] = round(rss_mb(proc.pid), 1)
             report["rss_growth_pct"] = round(100 * (report["rss_after_load_mb"] / rss_before - 1), 2)
         finally:
             proc.terminate()
             proc.wait(60)
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=4, help="requests per client before RSS is measured")
+    parser.add_argument("--json", type=Path, help="also write the report as JSON")
+    args = parser.parse_args()
+    report = measure(args.clients, args.requests, args.warmup)
     for key, value in report.items():
         print(f"{key:22s} {value}")
     if args.json:

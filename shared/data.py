@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,17 @@ from zsc.errors import InvalidArgument, NotFound, ResourceExhausted
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # 64 MP: far above any dataset image, far below a decompression bomb
 MAX_IMAGE_BYTES = 32 << 20
+MAX_PATH_CHARS = 4096  # Linux's PATH_MAX
+MAX_NAME_BYTES = 255  # NAME_MAX of common filesystems
+# Limits of decode calls that name none (dataset files read by the cores); a server process sets them from its config.
+_limits = {"max_pixels": MAX_IMAGE_PIXELS, "max_bytes": MAX_IMAGE_BYTES}
+
+
+def set_image_limits(max_pixels: int, max_bytes: int) -> None:
+    """The process-wide default image limits (``zsc serve`` applies its --max-image-* flags here)."""
+    if max_pixels < 1 or max_bytes < 1:
+        raise InvalidArgument(f"image limits must be positive, got {max_pixels} pixels and {max_bytes} bytes")
+    _limits.update(max_pixels=max_pixels, max_bytes=max_bytes)
 
 
 def resolve_uri(uri: str, roots: list[Path], *, must_exist: bool = True) -> Path:
@@ -30,20 +42,36 @@ def resolve_uri(uri: str, roots: list[Path], *, must_exist: bool = True) -> Path
         raw = uri
     if "\x00" in raw:
         raise InvalidArgument("path contains a NUL byte")
-    path = Path(raw).expanduser()
-    resolved = path.resolve(strict=False)
-    allowed = [r.resolve() for r in roots]
-    if not any(resolved == r or resolved.is_relative_to(r) for r in allowed):
-        raise InvalidArgument(f"path {uri!r} is outside the data root ({', '.join(map(str, allowed))})")
-    if must_exist and not resolved.exists():
-        raise NotFound(f"path {uri!r} does not exist")
+    if len(raw) > MAX_PATH_CHARS:
+        raise InvalidArgument(f"path {_show(uri)} is {len(raw)} characters long; the limit is {MAX_PATH_CHARS}")
+    try:  # the OS's limits and symlink loops fail here, as bad input rather than as server errors
+        resolved = Path(raw).expanduser().resolve(strict=False)
+        too_long = [p for p in resolved.parts if len(os.fsencode(p)) > MAX_NAME_BYTES]
+        if too_long:
+            raise InvalidArgument(f"path {_show(uri)} has a component over {MAX_NAME_BYTES} bytes")
+        allowed = [r.resolve() for r in roots]
+        if not any(resolved == r or resolved.is_relative_to(r) for r in allowed):
+            raise InvalidArgument(f"path {_show(uri)} is outside the data root ({', '.join(map(str, allowed))})")
+        exists = resolved.exists()
+    except (OSError, RuntimeError) as err:
+        raise InvalidArgument(f"path {_show(uri)} cannot be resolved: {type(err).__name__}") from err
+    if must_exist and not exists:
+        raise NotFound(f"path {_show(uri)} does not exist")
     return resolved
 
 
+def _show(uri: str, limit: int = 200) -> str:
+    return repr(uri if len(uri) <= limit else uri[:limit] + "...")
+
+
 def decode_image(
-    data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES, what: str = "image"
+    data: bytes, *, max_pixels: int | None = None, max_bytes: int | None = None, what: str = "image"
 ) -> Image.Image:
-    """Decode PNG/JPEG bytes to RGB, refusing empty, corrupt, truncated and oversized images with one clear line."""
+    """Decode PNG/JPEG bytes to RGB, refusing empty, corrupt, truncated and oversized images with one clear line.
+
+    Limits left None take the process defaults (see ``set_image_limits``)."""
+    max_pixels = _limits["max_pixels"] if max_pixels is None else max_pixels
+    max_bytes = _limits["max_bytes"] if max_bytes is None else max_bytes
     if not data:
         raise InvalidArgument(f"{what} is empty (0 bytes)")
     if len(data) > max_bytes:
@@ -66,6 +94,9 @@ def decode_image(
 
 
 def load_image_file(path: Path, **limits: int) -> Image.Image:
+    max_bytes = limits.get("max_bytes") or _limits["max_bytes"]
+    if path.stat().st_size > max_bytes:  # checked before reading, so a huge file never sits in memory
+        raise ResourceExhausted(f"image {path.name} is {path.stat().st_size} bytes; the limit is {max_bytes}")
     return decode_image(path.read_bytes(), what=f"image {path.name}", **limits)
 
 

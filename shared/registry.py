@@ -42,6 +42,7 @@ KEY_PARAMS = ("arch", "epochs", "batch_size", "lr", "weight_decay", "image_size"
 LINEAGE_TAGS = (
     "zsc.dataset.uri",
     "zsc.dataset.hash",
+    "zsc.dataset.md5",  # the DVC hash (dvc.lock) of the same data
     "zsc.git_commit",
     "zsc.profile",
     "zsc.seed",
@@ -168,8 +169,34 @@ def download(model: ResolvedModel, dst: Path) -> Path:
     return path
 
 
+def model_artifacts(local_dir: Path) -> dict[str, Path]:
+    """The named artifact files of a downloaded pyfunc model, read from its MLmodel file (safe YAML).
+
+    Services load their own models through this and their own code: ``mlflow.pyfunc.load_model`` would run the
+    code file stored in the model, or unpickle a pickled python_model, and a request names which model to load."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load((local_dir / "MLmodel").read_text(encoding="utf-8"))
+        entries = spec["flavors"]["python_function"]["artifacts"]
+        relative = {str(name): str(entry["path"]) for name, entry in entries.items()}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
+        raise FailedPrecondition(f"{local_dir.name} is not a pyfunc model with artifacts") from err
+    root = local_dir.resolve()
+    files = {}
+    for name, rel in relative.items():
+        path = (local_dir / rel).resolve()
+        if not path.is_relative_to(root) or not path.is_file():  # a crafted MLmodel must not point elsewhere
+            raise FailedPrecondition(f"artifact {name!r} of {local_dir.name} is not a file inside the model")
+        files[name] = path
+    return files
+
+
 def load_pyfunc(local_dir: Path) -> Any:
-    """``mlflow.pyfunc.load_model`` on a downloaded copy (no tracking server involved)."""
+    """``mlflow.pyfunc.load_model`` on a downloaded copy (no tracking server involved).
+
+    It executes the model's stored code (and would unpickle a pickled model): for trusted models only; services use
+    ``model_artifacts`` instead."""
     import mlflow.pyfunc
 
     with _MLFLOW_MODEL_LOCK:

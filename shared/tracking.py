@@ -5,10 +5,14 @@ A team points ``MLFLOW_TRACKING_URI`` at an MLflow server and nothing else chang
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
+import re
+import socket
 import subprocess
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +22,15 @@ from zsc.errors import Cancelled
 
 log = logging.getLogger("zsc.tracking")
 _setup_lock = threading.Lock()
+# MLflow's first import is not thread-safe (its circular imports fail half-way when two threads race), and a server
+# may first touch it from its startup sweep and a job at once.
+_import_lock = threading.Lock()
+# The service whose job thread is running now; its runs carry the owner tags the startup sweep reads.
+_owner: contextvars.ContextVar[str | None] = contextvars.ContextVar("zsc_tracking_owner", default=None)
+OWNER_SERVICE_TAG = "zsc.server.service"
+OWNER_HOST_TAG = "zsc.server.host"
+OWNER_PROCESS_TAG = "zsc.server.process"  # "<pid>:<start time>": a reused pid does not look alive
+ENDED_BY_TAG = "zsc.ended_by"
 
 
 def mlflow_dir() -> Path:
@@ -52,8 +65,8 @@ def client():
 
     zsc never calls ``mlflow.set_tracking_uri``: it writes MLFLOW_TRACKING_URI into the environment, which would leak
     into every child process and override ZSC_MLFLOW_DIR."""
-    from mlflow.tracking import MlflowClient
-
+    with _import_lock:
+        from mlflow.tracking import MlflowClient
 
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
@@ -77,7 +90,7 @@ class Run:
 
     def __init__(self, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> None:
         self.client = client()
-        base_tags = {"zsc.git_commit": git_commit()}
+        base_tags = {"zsc.git_commit": git_commit(), **owner_tags()}
         base_tags.update(tags or {})
         run = self.client.create_run(experiment_id(experiment), run_name=run_name, tags=base_tags)
         self.id = run.info.run_id
@@ -126,6 +139,17 @@ class Run:
         self.client.set_terminated(self.id, status=status)
 
 
+def metric_keys(prefix: str, names: Sequence[str]) -> list[str]:
+    """``prefix/<name>`` for each name, reduced to the characters MLflow accepts in a key and made unique (class
+    names come from requests: "a/../b" or "" must not fail a run at its end)."""
+    keys: list[str] = []
+    for i, name in enumerate(names):
+        safe = re.sub(r"[^\w.\- ]+", "_", name)[:200].strip(" .") or f"class_{i}"
+        key = f"{prefix}/{safe}"
+        keys.append(key if key not in keys else f"{key}_{i}")
+    return keys
+
+
 @contextmanager
 def run(experiment: str, run_name: str, tags: dict[str, str] | None = None):
     """A Run that ends FINISHED, KILLED (cancelled) or FAILED (any other error), never RUNNING."""
@@ -140,3 +164,98 @@ def run(experiment: str, run_name: str, tags: dict[str, str] | None = None):
         raise
     else:
         r.end("FINISHED")
+
+
+# --- runs left RUNNING by a dead server ------------------------------------------------------------------------------
+def process_identity(pid: int) -> str | None:
+    """``"<pid>:<start time>"`` of a live process (``"<pid>"`` where /proc is missing), None when it is gone.
+
+    The start time tells a restarted process that reuses an old pid from the one that created a run."""
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        # The command name (field 2) may hold spaces and parentheses: fields are counted after its last ")".
+        return f"{pid}:{stat.read_text().rsplit(')', 1)[1].split()[19]}"
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return None
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by another user
+    return str(pid)
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming the server process that owns a run created in one of its jobs (empty outside jobs)."""
+    service = _owner.get()
+    if service is None:
+        return {}
+    return {
+        OWNER_SERVICE_TAG: service,
+        OWNER_HOST_TAG: socket.gethostname(),
+        OWNER_PROCESS_TAG: process_identity(os.getpid()) or str(os.getpid()),
+    }
+
+
+@contextmanager
+def owned_by(service: str) -> Iterator[None]:
+    """Runs created in this block (on this thread) are tagged as owned by ``service`` in this process."""
+    token = _owner.set(service)
+    try:
+        yield
+    finally:
+        _owner.reset(token)
+
+
+def _store_is_empty() -> bool:
+    """True for the embedded store before its first run: there is nothing to sweep, and nothing to create."""
+    uri = tracking_uri()
+    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()
+
+
+def fail_orphaned_runs(service: str) -> list[str]:
+    """End as FAILED the runs still RUNNING that a dead process of ``service`` on this host created; returns their ids.
+
+    A server that is SIGKILLed (or loses power) cannot end its runs, so the next server of the same service on the
+    same host ends them at startup. Runs of live processes, of other hosts and of other services are left alone."""
+    if _store_is_empty():
+        return []
+    c = client()  # first: it imports MLflow under the import lock
+    from mlflow.entities import ViewType
+
+    host = socket.gethostname()
+    query = (
+        f"attributes.status = 'RUNNING' and tags.`{OWNER_SERVICE_TAG}` = '{service}' "
+        f"and tags.`{OWNER_HOST_TAG}` = '{host}'"
+    )
+    experiments: list[str] = []
+    token = None
+    while True:
+        page = c.search_experiments(view_type=ViewType.ALL, max_results=1000, page_token=token)
+        experiments += [e.experiment_id for e in page]
+        token = page.token
+        if not token:
+            break
+    swept: list[str] = []
+    for i in range(0, len(experiments), 100):
+        token = None
+        while True:
+            runs = c.search_runs(
+                experiments[i : i + 100], query, run_view_type=ViewType.ALL, max_results=1000, page_token=token
+            )
+            for r in runs:
+                owner = r.data.tags.get(OWNER_PROCESS_TAG, "")
+                pid = owner.split(":", 1)[0]
+                if not pid.isdigit() or process_identity(int(pid)) == owner:
+                    continue  # its server still runs (or the tag is not ours): never touch it
+                c.set_tag(r.info.run_id, ENDED_BY_TAG, f"startup sweep of {service}: server process {owner} is gone")
+                c.set_terminated(r.info.run_id, status="FAILED")
+                swept.append(r.info.run_id)
+            token = runs.token
+            if not token:
+                break
+    return swept

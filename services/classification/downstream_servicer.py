@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -24,8 +25,9 @@ import grpc
 from zsc import codec, registry, tracking
 from zsc.classification.v1 import downstream_pb2 as pb
 from zsc.classification.v1 import downstream_pb2_grpc as pb_grpc
-from zsc.data import ImageFolder, decode_image, resolve_uri
+from zsc.data import ImageFolder, resolve_uri
 from zsc.errors import FailedPrecondition, InvalidArgument
+from zsc.lineage import MD5_TAG, dvc_md5
 from zsc.runtime.operations import JobContext
 from zsc.runtime.server import ServiceRuntime
 from zsc_services.classification import mlflow_model
@@ -102,15 +104,18 @@ class ModelCache:
 
     def _load(self, model: registry.ResolvedModel) -> Any:
         start = time.perf_counter()
-        # The files are read into memory by load_context, so the download can go right away.
+        # The service's own model code reads the stored config (JSON) and weights (safetensors): no code stored with
+        # the model runs and nothing is unpickled, whatever model URI a request names. load_context reads the files
+        # into memory, so the download can go right away.
+        classifier = mlflow_model.DownstreamClassifier()
         with tempfile.TemporaryDirectory(prefix="zsc-model-") as tmp:
-            pyfunc = registry.load_pyfunc(registry.download(model, Path(tmp)))
-        try:
-            classifier = pyfunc.unwrap_python_model()
-        except Exception as err:  # MLflow raises its own error type for non-Python models
-            raise FailedPrecondition(f"{model.uri} is not a zsc downstream classifier") from err
-        if not hasattr(classifier, "predict_proba") or not getattr(classifier, "config", None):
-            raise FailedPrecondition(f"{model.uri} is not a zsc downstream classifier")
+            files = registry.model_artifacts(registry.download(model, Path(tmp)))
+            try:
+                classifier.load_context(SimpleNamespace(artifacts={k: str(v) for k, v in files.items()}))
+            except Exception as err:  # wrong files, an unknown architecture, a mismatched state dict
+                raise FailedPrecondition(
+                    f"{model.uri} is not a zsc downstream classifier ({type(err).__name__})"
+                ) from err
         classifier.to(self.device)
         log.info("loaded %s (%s) in %.1f s", model.uri, model.key, time.perf_counter() - start)
         return classifier
@@ -177,6 +182,7 @@ class DownstreamServicer(pb_grpc.DownstreamServicer):
             lineage = {
                 "zsc.dataset.uri": str(folder.root),
                 "zsc.dataset.hash": core.dataset_fingerprint(folder.root),
+                MD5_TAG: dvc_md5(folder.root),  # the hash dvc.lock lists for it
                 "zsc.git_commit": tracking.git_commit(),
                 "zsc.profile": profile.name,
                 "zsc.seed": str(config.seed),
@@ -353,7 +359,7 @@ class DownstreamServicer(pb_grpc.DownstreamServicer):
         if request.top_k < 0:
             raise InvalidArgument("top_k must be >= 0")
         model = registry.resolve(request.model_uri)
-        images = [decode_image(im.data, what=f"image {i}") for i, im in enumerate(request.images)]
+        images = [self.runtime.decode_image(im.data, what=f"image {i}") for i, im in enumerate(request.images)]
         loaded = self.cache.get(model)
         probs = loaded.classifier.predict_proba(images)
         names = loaded.class_names

@@ -12,7 +12,7 @@ from zsc import codec, tracking
 from zsc.classification.v1 import classification_pb2 as pb
 from zsc.classification.v1 import classification_pb2_grpc as pb_grpc
 from zsc.classification.v1 import downstream_pb2_grpc
-from zsc.data import ImageFolder, decode_image, resolve_uri
+from zsc.data import ImageFolder, resolve_uri
 from zsc.errors import FailedPrecondition, InvalidArgument
 from zsc.models.clip import create_clip
 from zsc.plots import confusion_figure, per_class_figure
@@ -91,7 +91,8 @@ class ClassificationServicer(pb_grpc.ClassificationServicer):
         if request.top_k < 0:
             raise InvalidArgument("top_k must be >= 0")
         method = self.service.method(request.method, class_names, request.prompts, request.diffusion)
-        images = [decode_image(im.data, what=f"image {i}") for i, im in enumerate(request.images)]
+        decode = self.service.runtime.decode_image
+        images = [decode(im.data, what=f"image {i}") for i, im in enumerate(request.images)]
         # The call's deadline and cancellation reach the core: an expired call stops computing.
         records = method.classify(images, list(range(len(images))), lambda: not context.is_active())
         k = min(request.top_k or 5, len(class_names))
@@ -119,6 +120,8 @@ class ClassificationServicer(pb_grpc.ClassificationServicer):
         if not request.shard_start < stop <= len(dataset):
             raise InvalidArgument(f"shard [{request.shard_start}, {stop}) is not a range of the {len(dataset)} samples")
         results_path = resolve_uri(request.results_uri, roots, must_exist=False) if request.results_uri else None
+        if results_path is not None and results_path.is_dir():
+            raise InvalidArgument(f"results_uri {request.results_uri!r} is a directory; name the JSONL file")
         class_names = validate_class_names(list(request.class_names) or dataset.classes)
         if len(class_names) != len(dataset.classes):
             raise InvalidArgument(
@@ -221,7 +224,7 @@ def log_evaluation(
             "top1": result.top1,
             "macro_accuracy": result.macro,
             "seconds_per_image": result.seconds_per_image,
-            **{f"accuracy/{n}": a for n, a in zip(names, result.per_class, strict=True)},
+            **dict(zip(tracking.metric_keys("accuracy", names), result.per_class, strict=True)),
         }
     )
     confusion = result.confusion.numpy()

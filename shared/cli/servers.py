@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from zsc import data
 from zsc.runtime.client import address_from_env, connect, wait_until_serving
 from zsc.runtime.security import TlsFiles, read_token
 from zsc.runtime.server import DEFAULT_PORTS, ServerConfig, ZscServer, serve_forever
@@ -56,16 +57,34 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         type=Path,
         help="directory that request paths must lie in (repeatable; default: the current directory)",
     )
-    p.add_argument("--max-message-mb", type=int, default=64)
+    p.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message in or out (default 64)")
+    p.add_argument(
+        "--max-image-mb",
+        type=int,
+        default=data.MAX_IMAGE_BYTES >> 20,
+        help=f"largest encoded image, inline or in a dataset (default {data.MAX_IMAGE_BYTES >> 20})",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=data.MAX_IMAGE_PIXELS,
+        help=f"largest decoded image in pixels: stops decompression bombs (default {data.MAX_IMAGE_PIXELS})",
+    )
     p.add_argument("--max-operations", type=int, default=2, help="concurrent long operations before RESOURCE_EXHAUSTED")
     p.add_argument("--log-level", default="INFO")
-    p.add_argument("--auth-token-file", type=Path, help="file holding the bearer token clients must send "
-                   "(default: $ZSC_AUTH_TOKEN; none = no authentication)")
+    p.add_argument(
+        "--auth-token-file",
+        type=Path,
+        help="file holding the bearer token clients must send (default: $ZSC_AUTH_TOKEN; none = no authentication)",
+    )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     p.add_argument("--tls-client-ca", type=Path, help="PEM CA: require client certificates signed by it (mTLS)")
-    p.add_argument("--insecure", action="store_true",
-                   help="allow a non-loopback --host without authentication (trusted networks only)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without authentication (trusted networks only)",
+    )
 
 
 def _config(args: argparse.Namespace, port: int) -> ServerConfig:
@@ -75,6 +94,8 @@ def _config(args: argparse.Namespace, port: int) -> ServerConfig:
         profile=args.profile,
         data_roots=[p.resolve() for p in (args.data_root or [Path.cwd()])],
         max_message_bytes=args.max_message_mb << 20,
+        max_image_bytes=args.max_image_mb << 20,
+        max_image_pixels=args.max_image_pixels,
         max_concurrent_operations=args.max_operations,
         auth_token=read_token(path=args.auth_token_file),
         tls=_tls(args),
@@ -114,6 +135,10 @@ def _serve_argv(args: argparse.Namespace, service: str, port: int) -> list[str]:
         args.host,
         "--max-message-mb",
         str(args.max_message_mb),
+        "--max-image-mb",
+        str(args.max_image_mb),
+        "--max-image-pixels",
+        str(args.max_image_pixels),
         "--max-operations",
         str(args.max_operations),
         "--log-level",
@@ -135,8 +160,9 @@ def _spawn(argv: list[str], name: str, detach: bool) -> subprocess.Popen:
         return subprocess.Popen(argv)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     with open(LOG_DIR / f"{name}.log", "ab") as log_file:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                                start_new_session=True)
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
+        )
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -19,11 +19,14 @@ MiB = 1 << 20
 DEFAULT_TIMEOUT = 60.0  # unary calls
 STREAM_TIMEOUT = 24 * 3600.0  # watches and streams of long jobs
 
-# Only RPCs that are safe to repeat are retried on UNAVAILABLE: reads, and pure functions of their request.
+# Only RPCs that are safe to repeat are retried on UNAVAILABLE: reads, and pure functions of their request. RPCs that
+# start an Operation are not: a retry after a lost reply would start the job twice.
 IDEMPOTENT = {
     "grpc.health.v1.Health": ["Check"],
     "zsc.common.v1.Operations": ["GetOperation", "ListOperations", "WatchOperation"],
     "zsc.classification.v1.Classification": ["ZeroShot"],
+    "zsc.classification.v1.Downstream": ["Predict"],
+    "zsc.synthesis.v1.Synthesis": ["ListTricks"],
 }
 RETRY_POLICY = {
     "maxAttempts": 5,

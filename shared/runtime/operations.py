@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf import any_pb2, message, timestamp_pb2
 
-from zsc import errors
+from zsc import errors, tracking
 from zsc.common.v1 import common_pb2, common_pb2_grpc
 from zsc.runtime.interceptors import status_for
 
@@ -116,7 +116,8 @@ class OperationManager:
         self._update(record, state=State.RUNNING)
         try:
             ctx.check_cancelled()
-            response = job(ctx)
+            with tracking.owned_by(self.service):  # its MLflow runs name this server, for the startup sweep
+                response = job(ctx)
             ctx.check_cancelled()
         except BaseException as err:
             code, text = status_for(err)

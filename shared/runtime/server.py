@@ -15,8 +15,9 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from PIL import Image
 
-from zsc import errors
+from zsc import data, errors, tracking
 from zsc.common.v1 import common_pb2, common_pb2_grpc
 from zsc.profiles import Profile, get_profile
 from zsc.runtime.diagnostics import DiagnosticsServicer
@@ -39,12 +40,25 @@ class ServerConfig:
     profile: str = "tiny"
     data_roots: list[Path] = field(default_factory=lambda: [Path.cwd()])
     max_message_bytes: int = 64 * MiB
+    max_image_pixels: int = data.MAX_IMAGE_PIXELS  # per decoded image, inline or read from a dataset
+    max_image_bytes: int = data.MAX_IMAGE_BYTES  # per encoded image
     max_concurrent_operations: int = 2
     rpc_workers: int = 16
     grace_seconds: float = 10.0
     auth_token: str | None = None  # bearer token every call must carry (health checks excepted)
     tls: TlsFiles | None = None
     allow_insecure_remote: bool = False  # bind a non-loopback host without auth (explicit --insecure)
+
+    def check_limits(self) -> None:
+        limits = {
+            "max_message_bytes": self.max_message_bytes,
+            "max_image_pixels": self.max_image_pixels,
+            "max_image_bytes": self.max_image_bytes,
+            "max_concurrent_operations": self.max_concurrent_operations,
+        }
+        for name, value in limits.items():
+            if value < 1:
+                raise errors.InvalidArgument(f"{name} must be positive, got {value}")
 
     def check_exposure(self) -> None:
         """A service reachable from other machines must authenticate its callers, unless told otherwise."""
@@ -83,6 +97,13 @@ class ServiceRuntime:
     def data_roots(self) -> list[Path]:
         return self.config.data_roots
 
+    def decode_image(self, encoded: bytes, what: str = "image") -> Image.Image:
+        """An inline image of a request, decoded under this server's size limits."""
+        limits = self.config
+        return data.decode_image(
+            encoded, max_pixels=limits.max_image_pixels, max_bytes=limits.max_image_bytes, what=what
+        )
+
     def require_ready(self) -> None:
         if self.load_error:
             raise errors.ModelUnavailable(self.load_error)
@@ -96,6 +117,7 @@ class ZscServer:
     def __init__(self, service_name: str, config: ServerConfig) -> None:
         if service_name not in SERVICE_MODULES:
             raise errors.NotFound(f"unknown service {service_name!r}; one of {', '.join(SERVICE_MODULES)}")
+        config.check_limits()
         config.check_exposure()
         self.name = service_name
         self.config = config
@@ -115,8 +137,10 @@ class ZscServer:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.rpc_workers, thread_name_prefix=f"{service_name}-rpc"),
             # Authentication runs first, so an unauthenticated caller learns nothing from validation errors.
-            interceptors=[*([BearerTokenInterceptor(config.auth_token)] if config.auth_token else []),
-                          ErrorMappingInterceptor()],
+            interceptors=[
+                *([BearerTokenInterceptor(config.auth_token)] if config.auth_token else []),
+                ErrorMappingInterceptor(),
+            ],
             options=options,
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -132,6 +156,8 @@ class ZscServer:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = 0
         self._loader: threading.Thread | None = None
+        self.swept = threading.Event()  # set once the startup sweep of orphaned MLflow runs is over
+        self.swept_runs: list[str] = []
 
     def _set_health(self, status: int) -> None:
         for name in ["", *self.service_names]:
@@ -146,10 +172,28 @@ class ZscServer:
         if self.port == 0:
             raise errors.ResourceExhausted(f"could not bind {address}")
         self.server.start()
+        # Its own thread: a slow or unreachable tracking server must not hold back SERVING.
+        threading.Thread(target=self._sweep, name=f"{self.name}-sweep", daemon=True).start()
         self._loader = threading.Thread(target=self._load, name=f"{self.name}-load", daemon=True)
         self._loader.start()
         log.info("%s listening on %s:%d (profile %s)", self.name, self.config.host, self.port, self.config.profile)
         return self.port
+
+    def _sweep(self) -> None:
+        """End as FAILED the MLflow runs that a killed server of this service on this host left RUNNING."""
+        try:
+            self.swept_runs = tracking.fail_orphaned_runs(self.name)
+            if self.swept_runs:
+                log.warning(
+                    "%s marked %d run(s) of a dead server FAILED: %s",
+                    self.name,
+                    len(self.swept_runs),
+                    ", ".join(self.swept_runs),
+                )
+        except Exception:
+            log.exception("%s could not sweep orphaned MLflow runs", self.name)
+        finally:
+            self.swept.set()
 
     def _load(self) -> None:
         try:
@@ -190,6 +234,8 @@ def serve_forever(server: ZscServer, on_ready: Callable[[ZscServer], None] | Non
 
     signal.signal(signal.SIGTERM, _handle)
     signal.signal(signal.SIGINT, _handle)
+    # The process is this server's: dataset images read by the cores get its limits too.
+    data.set_image_limits(server.config.max_image_pixels, server.config.max_image_bytes)
     server.start()
     if on_ready is not None:
         on_ready(server)
