@@ -248,7 +248,9 @@ def sample_vmf(
 def vmf_sample_loop_reference(
     mu: np.ndarray, kappa: float | np.ndarray, n: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Literal per-sample loop of Wood's algorithm in numpy, the way the DFZSL authors sample; bench/test reference.
+    """Literal per-(class, sample) loop of Wood's algorithm in numpy: a statistical reference for tests and the bench.
+
+    (The DFZSL authors loop per draw in torch instead, batched over classes: ``bench/vmf.py`` times that too.)
 
     Returns [C, n, D] float64 samples.
     """
