@@ -29,8 +29,11 @@ lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-up: ## all four services on loopback, tiny profile
-	$(BIN)/zsc up --profile tiny
+up: ## all four services on loopback with params.yaml's profile, allowed to read the repo and its real datasets
+	scripts/demo.sh up
+
+demo: ## the pipelines of dvc.yaml end to end (tiny profile: a few minutes on 2 CPU cores), then the registry review
+	scripts/demo.sh
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache

@@ -9,7 +9,16 @@ from pathlib import Path
 from zsc import codec
 from zsc.classification.v1 import downstream_pb2 as pb
 from zsc.classification.v1 import downstream_pb2_grpc as pb_grpc
-from zsc.cli.common import CommandError, add_client_args, follow, markdown_table, open_channel
+from zsc.cli.common import (
+    CommandError,
+    add_client_args,
+    add_training_outputs,
+    follow,
+    markdown_table,
+    open_channel,
+    save_evaluation,
+    save_training_outputs,
+)
 from zsc.common.v1 import common_pb2
 from zsc.runtime.client import unpack
 
@@ -29,9 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="default: the profile's seed")
     p.add_argument("--image-size", type=int, default=0, help="square training resolution (default: the data's)")
     p.add_argument("--name", default="", help="registered model name (default zsc-downstream-<arch>)")
-    p.add_argument("--pretrained", action="store_true", help="start from timm's cached pretrained weights")
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="start from timm's cached pretrained weights (tf_efficientnet_lite0: the lite package's ImageNet weights)",
+    )
     p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-downstream)")
     add_client_args(p, "classification")
+    add_training_outputs(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a registered downstream model on a real ImageFolder")
@@ -40,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=0, help="evaluate at most N images, spread over the classes")
     p.add_argument("--batch-size", type=int, default=0)
     p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-downstream)")
+    p.add_argument("--metrics-out", type=Path, help="write the metrics as JSON (for DVC)")
+    p.add_argument("--plots-dir", type=Path, help="write per-class accuracy and confusion CSVs (for DVC plots)")
     add_client_args(p, "classification")
     p.set_defaults(func=cmd_evaluate)
 
@@ -82,6 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"throughput: {result.train_images_per_second:.1f} training images/s; {result.seconds:.1f} s in all")
     print(f"dataset: {result.dataset_hash}")
     print(f"MLflow run: {result.mlflow_run_id}")
+    save_training_outputs(args, result.registered_model_name, result.model_version, result.mlflow_run_id)
     return 0
 
 
@@ -114,6 +131,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if result.model_version:
         print(f"\ntagged {result.registered_model_name} version {result.model_version} with real_test.* metrics")
     print(f"MLflow run: {result.mlflow_run_id}")
+    metrics = {"top1": result.top1, "macro_accuracy": result.macro_accuracy, "n_images": result.n_images}
+    per_class = list(result.per_class_accuracy)
+    save_evaluation(names, per_class, confusion.tolist(), metrics, args.metrics_out, args.plots_dir)
     return 0
 
 

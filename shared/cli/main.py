@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zsc.cli import downstream, features, generative, recovery, registry, servers, synthesize, zeroshot
+from zsc.cli import data, downstream, features, generative, recovery, registry, servers, synthesize, zeroshot
 from zsc.cli.common import run_command
 
-COMMAND_MODULES = [servers, zeroshot, synthesize, recovery, generative, features, downstream, registry]
+COMMAND_MODULES = [servers, zeroshot, synthesize, recovery, generative, features, downstream, registry, data]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""`zsc recover` (DFZSL vMF recovery of virtual base features) and `zsc align` (FLPT prompt tuning)."""
+"""`zsc recover` (DFZSL vMF recovery of virtual base features), `zsc align` (FLPT prompt tuning), and `zsc fit-teacher`
+(the base-class classifier that recovery starts from, fitted on real features when a user has them)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import torch
 
 from zsc import codec
-from zsc.cli.common import CommandError, add_client_args, follow, markdown_table, open_channel
+from zsc.cli.common import CommandError, add_client_args, follow, load_features_of, markdown_table, open_channel
 from zsc.common.v1 import common_pb2
 from zsc.recovery.v1 import recovery_pb2 as pb
 from zsc.recovery.v1 import recovery_pb2_grpc as pb_grpc
@@ -34,6 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--metric", choices=sorted(METRICS), default="cosine", help="how the teacher scores (default cosine)"
     )
     p.add_argument("--temperature", type=float, help="teacher logits are divided by it (default 1)")
+    p.add_argument(
+        "--mu-init",
+        choices=("text", "teacher"),
+        default="text",
+        help="start each class mean from its text feature (the paper) or from the teacher's normalized row, for a "
+        "teacher whose space the text features do not share (default text)",
+    )
     p.add_argument("--kappa-policy", choices=sorted(POLICIES), default="angular")
     p.add_argument("--theta", type=float, help="angular policy: kappa multiplier (default 1.0)")
     p.add_argument("--kappa", type=float, default=0.0, help="fixed policy: the concentration (> 0)")
@@ -60,6 +68,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-recovery)")
     add_client_args(p, "recovery")
     p.set_defaults(func=cmd_align)
+
+    p = sub.add_parser(
+        "fit-teacher",
+        help="fit a linear base-class classifier (multinomial logistic regression) on a features file: a teacher",
+        description="The DFZSL teacher is a classifier someone already has. This fits one where none exists: "
+        "multinomial logistic regression (scikit-learn, L-BFGS, deterministic) on the L2-normalized image features of "
+        "the named classes, written as safetensors weight [S, D] and bias [S] for `zsc recover --metric linear`.",
+    )
+    p.add_argument("--features", required=True, type=Path, help="zsc features file (`zsc extract-features`)")
+    p.add_argument("--classes", required=True, help="the base classes, in teacher-row order: comma-separated or @FILE")
+    p.add_argument("--out", required=True, type=Path, help="teacher weights to write (safetensors)")
+    p.add_argument("--c", type=float, default=1.0, help="inverse L2 regularization strength (default 1)")
+    p.add_argument("--max-iter", type=int, default=1000, help="L-BFGS iterations (default 1000)")
+    p.set_defaults(func=cmd_fit_teacher)
 
 
 def parse_classes(value: str) -> list[str]:
@@ -115,6 +137,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
         seed=args.seed,
         output_uri=str(args.out.resolve()),
         experiment=args.experiment,
+        init_from_teacher=args.mu_init == "teacher",
     )
     if args.text_features is not None:
         text = pick(load_tensors(args.text_features, "text features"), "text_features", args.text_features)
@@ -169,4 +192,52 @@ def cmd_align(args: argparse.Namespace) -> int:
     )
     print(f"\nfeatures: {result.features_uri}")
     print(f"MLflow run: {result.mlflow_run_id}")
+    return 0
+
+
+def cmd_fit_teacher(args: argparse.Namespace) -> int:
+    """Client-side: a few hundred feature rows fit in well under a second, no service needed."""
+    import json
+
+    import numpy as np
+    from safetensors.torch import save
+    from sklearn.linear_model import LogisticRegression
+
+    from zsc.io import atomic_write_bytes
+
+    names = parse_classes(args.classes)
+    if len(names) < 2:
+        raise CommandError("a teacher needs at least 2 base classes")
+    data, index = load_features_of(args.features, names)
+    keep = torch.zeros(len(data), dtype=torch.bool)
+    targets = torch.full((len(data),), -1, dtype=torch.int64)
+    for row, name in enumerate(names):
+        mask = data.labels == index[name]
+        if not bool(mask.any()):
+            raise CommandError(f"{args.features} has no sample of class {name!r}")
+        keep |= mask
+        targets[mask] = row
+    # Unit-norm inputs: recovery draws its virtual features on the unit sphere, so the teacher must score those.
+    x = torch.nn.functional.normalize(data.features[keep].double(), dim=1).numpy()
+    y = targets[keep].numpy()
+    model = LogisticRegression(C=args.c, max_iter=args.max_iter).fit(x, y)
+    accuracy = float(np.mean(model.predict(x) == y))
+    about = {
+        "class_names": names,
+        "fit": {"method": "multinomial logistic regression", "C": args.c, "max_iter": args.max_iter},
+        "n_train": len(y),
+        "train_accuracy": round(accuracy, 6),
+    }
+    # One header key: safetensors writes several in no fixed order, and the file should not change between reruns.
+    metadata = {"zsc.teacher": json.dumps(about, sort_keys=True)}
+    weight, bias = torch.from_numpy(model.coef_).float(), torch.from_numpy(model.intercept_).float()
+    if len(names) == 2:  # sklearn keeps one row (the logit of class 1); the same softmax with one row per class:
+        weight, bias = torch.cat([-weight, weight]) / 2, torch.cat([-bias, bias]) / 2
+    weight, bias = weight.contiguous(), bias.contiguous()
+    atomic_write_bytes(args.out, save({"weight": weight, "bias": bias}, metadata=metadata))
+    print(
+        f"fitted a linear teacher over {len(names)} classes on {len(y)} features (D={x.shape[1]}); "
+        f"training accuracy {accuracy:.4f}"
+    )
+    print(f"teacher: {args.out} (use `zsc recover --teacher {args.out} --metric linear`)")
     return 0

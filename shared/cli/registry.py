@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from zsc import registry
+from zsc.cli.common import CommandError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_promote)
 
     q = actions.add_parser("review", help="the versions side by side (markdown) and an HTML report with plots")
-    q.add_argument("name", help="registered model name")
-    q.add_argument("--html", type=Path, help="where to write the HTML report (default: ./<name>-review.html)")
+    q.add_argument("names", nargs="+", metavar="NAME", help="registered model name(s)")
+    q.add_argument("--html", type=Path, help="where to write the HTML report of one model (default: see --html-dir)")
+    q.add_argument("--html-dir", type=Path, default=Path(), help="folder of the <name>-review.html reports (default .)")
     q.set_defaults(func=cmd_review)
 
 
@@ -44,8 +46,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    html_path = (args.html or Path(f"{args.name}-review.html")).resolve()
-    text, written = registry.review(args.name, html_path)
-    print(text)
-    print(f"\nHTML report: {written}")
+    if args.html and len(args.names) > 1:
+        raise CommandError("--html names one report; with several models use --html-dir")
+    for i, name in enumerate(args.names):
+        html_path = (args.html or args.html_dir / f"{name}-review.html").resolve()
+        text, written = registry.review(name, html_path)
+        if len(args.names) > 1:
+            print(f"\n### {name}" if i else f"### {name}")
+        print(text)
+        print(f"\nHTML report: {written}")
     return 0
