@@ -23,8 +23,8 @@ def unavailable(what: str, ref: str, err: BaseException | None = None) -> ModelU
     """One line: which model, where zsc looked, how to fix it."""
     where = ref if Path(ref).is_absolute() else f"the hub cache {hub_cache_dir()}"
     how = (
-        "download it on a machine with internet (ZSC_HUB_ONLINE=1 zsc models fetch --profile paper) "
-        "and copy the hub cache, or point the profile at a local directory"
+        "fill the hub cache where there is internet (ZSC_HUB_ONLINE=1 zsc up --profile paper, or `hf download <repo>`) "
+        "and copy it here, or point the profile at a local directory"
     )
     detail = f" ({type(err).__name__})" if err is not None else ""
     return ModelUnavailable(f"{what} {ref!r} is not available{detail}: looked in {where}; {how}")
