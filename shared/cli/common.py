@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -85,6 +86,9 @@ def run_command(fn: Callable[[argparse.Namespace], int], args: argparse.Namespac
         print(f"zsc: {err}", file=sys.stderr)
     except (CommandError, ZscError, TimeoutError, FileNotFoundError, ValueError) as err:
         print(f"zsc: {err}", file=sys.stderr)
+    except BrokenPipeError:  # `zsc ... | head` closed the pipe: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 0
     return 1
 
 
