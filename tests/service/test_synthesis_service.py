@@ -235,12 +235,14 @@ def test_sigkill_mid_job_then_resume_is_byte_identical(channel, root: Path, tmp_
     try:
         child = connect(address)
         wait_until_serving(child, timeout=120)
-        pb_grpc.SynthesisStub(child).GenerateDataset(request(out))
+        op = pb_grpc.SynthesisStub(child).GenerateDataset(request(out))
         deadline = time.monotonic() + 120
         written = 0
         while not written and time.monotonic() < deadline:
             time.sleep(0.005)
             written = len(list(out.rglob("*.png")))
+        get = common_pb2.GetOperationRequest(name=op.name)
+        killed_run = common_pb2_grpc.OperationsStub(child).GetOperation(get).metadata.mlflow_run_id
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         child.close()
@@ -249,6 +251,7 @@ def test_sigkill_mid_job_then_resume_is_byte_identical(channel, root: Path, tmp_
             proc.kill()
     partial = len(list(out.rglob("*.png")))
     assert 0 < written <= partial < n, f"the kill landed at {partial} of {n} images"
+    assert killed_run and tracking.client().get_run(killed_run).info.status == "RUNNING"  # nobody could end it
 
     proc, address = _spawn_server(root, tmp_path / "second.log")
     try:
@@ -263,6 +266,11 @@ def test_sigkill_mid_job_then_resume_is_byte_identical(channel, root: Path, tmp_
         proc.wait(30)
     assert (result.skipped, result.generated) == (partial, n - partial)
     assert tree(out) == tree(ref_out)
+    # The restarted server's startup sweep ended the killed job's run (it runs on its own thread at start).
+    deadline = time.monotonic() + 60
+    while tracking.client().get_run(killed_run).info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert tracking.client().get_run(killed_run).info.status == "FAILED"
 
 
 def test_two_replicas_write_the_same_dataset_as_one(reference, server, root: Path, capsys) -> None:
