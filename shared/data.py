@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -58,6 +59,38 @@ def resolve_uri(uri: str, roots: list[Path], *, must_exist: bool = True) -> Path
     if must_exist and not exists:
         raise NotFound(f"path {_show(uri)} does not exist")
     return resolved
+
+
+def output_file(uri: str, roots: list[Path], field: str = "output_uri", what: str = "the features file") -> Path:
+    """Where a job will write one file: a path inside ``roots`` that is not a directory (it need not exist yet)."""
+    if not uri:
+        raise InvalidArgument(f"{field} is empty")
+    path = resolve_uri(uri, roots, must_exist=False)
+    if path.is_dir():
+        raise InvalidArgument(f"{field} {uri!r} is a directory; name {what}")
+    return path
+
+
+MAX_CLASS_NAME_CHARS = 256
+
+
+def check_class_names(values: Sequence[str], field: str, max_classes: int) -> tuple[str, ...]:
+    """Non-empty, unique, non-blank class names of sane length and count, or InvalidArgument naming the first fault."""
+    names = tuple(values)
+    if not names:
+        raise InvalidArgument(f"{field} is empty")
+    if len(names) > max_classes:
+        raise InvalidArgument(f"{len(names)} class names is over the limit of {max_classes}")
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if not name.strip():
+            raise InvalidArgument(f"{field}[{i}] is empty")
+        if len(name) > MAX_CLASS_NAME_CHARS:
+            raise InvalidArgument(f"{field}[{i}] is longer than {MAX_CLASS_NAME_CHARS} characters")
+        if name in seen:
+            raise InvalidArgument(f"class {name!r} appears twice in {field}")
+        seen.add(name)
+    return names
 
 
 def _show(uri: str, limit: int = 200) -> str:

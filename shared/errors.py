@@ -33,3 +33,9 @@ class ModelUnavailable(ZscError):
 
 class Cancelled(ZscError):
     """The operation was cancelled by a client or its deadline expired."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty): what a status message shows."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

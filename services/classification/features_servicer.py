@@ -21,7 +21,7 @@ import grpc
 from zsc import tracking
 from zsc.classification.v1 import features_pb2 as pb
 from zsc.classification.v1 import features_pb2_grpc as pb_grpc
-from zsc.data import ImageFolder, resolve_uri
+from zsc.data import ImageFolder, output_file, resolve_uri
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument
 from zsc.models.lite import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from zsc.runtime.operations import JobContext
@@ -112,7 +112,7 @@ class FeaturesServicer(pb_grpc.FeaturesServicer):
                 f"image_size must be 0 or lie in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {request.image_size}"
             )
         root = resolve_uri(request.data_uri, roots)
-        out = _output_path(request.output_uri, roots)
+        out = output_file(request.output_uri, roots)
         cache_dir: Path | None = None
         if not request.disable_cache:
             cache_dir = resolve_uri(request.cache_uri, roots, must_exist=False) if request.cache_uri else None
@@ -195,15 +195,6 @@ class FeaturesServicer(pb_grpc.FeaturesServicer):
                 )
 
         return runtime.operations.start(KIND, job, total=len(dataset), unit="images")
-
-
-def _output_path(uri: str, roots: list[Path]) -> Path:
-    if not uri:
-        raise InvalidArgument("output_uri is empty")
-    path = resolve_uri(uri, roots, must_exist=False)
-    if path.is_dir():
-        raise InvalidArgument(f"output_uri {uri!r} is a directory; name the features file")
-    return path
 
 
 def add_features_to_server(service: ClassificationService, server: grpc.Server) -> None:

@@ -12,7 +12,7 @@ from zsc import codec, tracking
 from zsc.classification.v1 import classification_pb2 as pb
 from zsc.classification.v1 import classification_pb2_grpc as pb_grpc
 from zsc.classification.v1 import downstream_pb2_grpc
-from zsc.data import ImageFolder, resolve_uri
+from zsc.data import ImageFolder, output_file, resolve_uri
 from zsc.errors import FailedPrecondition, InvalidArgument
 from zsc.models.clip import create_clip
 from zsc.plots import confusion_figure, per_class_figure
@@ -119,9 +119,9 @@ class ClassificationServicer(pb_grpc.ClassificationServicer):
         stop = request.shard_stop or len(dataset)
         if not request.shard_start < stop <= len(dataset):
             raise InvalidArgument(f"shard [{request.shard_start}, {stop}) is not a range of the {len(dataset)} samples")
-        results_path = resolve_uri(request.results_uri, roots, must_exist=False) if request.results_uri else None
-        if results_path is not None and results_path.is_dir():
-            raise InvalidArgument(f"results_uri {request.results_uri!r} is a directory; name the JSONL file")
+        results_path = (
+            output_file(request.results_uri, roots, "results_uri", "the JSONL file") if request.results_uri else None
+        )
         class_names = validate_class_names(list(request.class_names) or dataset.classes)
         if len(class_names) != len(dataset.classes):
             raise InvalidArgument(

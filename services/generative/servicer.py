@@ -34,8 +34,8 @@ import torch
 from google.protobuf import message as pb_message
 
 from zsc import codec, tracking
-from zsc.data import resolve_uri
-from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument
+from zsc.data import check_class_names, output_file, resolve_uri
+from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument, first_line
 from zsc.evaluation import base_to_new_metrics, confusion_matrix, gzsl_metrics, per_class_accuracy
 from zsc.features import FeatureSet, content_hash
 from zsc.generative.v1 import generative_pb2 as pb
@@ -69,7 +69,6 @@ METHOD_ENUMS = {v: k for k, v in METHOD_NAMES.items()}
 SHIP_REFUSED = ("hidden_dim", "critic_iters", "gp_weight")
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 MAX_CLASSES = 100_000
-MAX_NAME_CHARS = 256
 MAX_PER_CLASS = 1_000_000
 # Largest features tensor GenerateFeatures/StreamFeatures builds in memory (K classes x per_class x D float32).
 MAX_OUTPUT_BYTES = 4 << 30
@@ -342,7 +341,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
         if request.per_class < 1 or request.per_class > MAX_PER_CLASS:
             raise InvalidArgument(f"per_class must lie in [1, {MAX_PER_CLASS}], got {request.per_class}")
         seed = check_seed(request.seed)
-        names = check_class_names(request.class_names, "class_names")
+        names = check_class_names(request.class_names, "class_names", MAX_CLASSES)
         ref, gen = svc.load_generator(request.generator)
         if gen.kind == models.SHIP_KIND:
             if request.HasField("text_features"):
@@ -384,7 +383,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
     def GenerateFeatures(self, request: pb.GenerateFeaturesRequest, context: grpc.ServicerContext):
         svc = self.service
         plan = self._plan(request)
-        out = output_path(request.output_uri, svc.runtime.data_roots)
+        out = output_file(request.output_uri, svc.runtime.data_roots)
         ref, gen = plan.ref, plan.generator
         metadata = {
             "zsc.kind": "generated-features",
@@ -438,7 +437,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
         if request.class_names or request.HasField("text_features"):
             if not request.class_names or not request.HasField("text_features"):
                 raise InvalidArgument("give class_names and text_features together, or neither to use the base file's")
-            names = check_class_names(request.class_names, "class_names")
+            names = check_class_names(request.class_names, "class_names", MAX_CLASSES)
             text = decode_matrix(request.text_features, "text_features")
             if text.shape[0] != len(names):
                 raise InvalidArgument(f"text_features has {text.shape[0]} rows for {len(names)} class_names")
@@ -677,12 +676,12 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
             if len(novel) == 0:
                 raise InvalidArgument(f"novel features file {novel_path.name} has no samples")
         if request.class_names:
-            names = check_class_names(request.class_names, "class_names")
+            names = check_class_names(request.class_names, "class_names", MAX_CLASSES)
             source = "the class_names of the request"
         else:
             known = set(base.class_names)
             extra = [n for n in (novel.class_names if novel is not None else []) if n not in known]
-            names = check_class_names([*base.class_names, *extra], "the files' class names")
+            names = check_class_names([*base.class_names, *extra], "the files' class names", MAX_CLASSES)
             source = "the classes of the features files"
         position = {n: i for i, n in enumerate(names)}
         base_rows = relabel(base, position, lambda n: f"base class {n!r} has samples but is not among {source}")
@@ -801,34 +800,12 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
 
 
 # --- request checks ------------------------------------------------------------------------------------------------
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def check_seed(seed: int) -> int:
     if seed < 0:
         raise InvalidArgument(f"seed must be >= 0, got {seed}")
     return int(seed)
-
-
-def check_class_names(values: Sequence[str], field: str) -> tuple[str, ...]:
-    """Non-empty, unique, non-blank class names of sane length and count."""
-    names = tuple(values)
-    if not names:
-        raise InvalidArgument(f"{field} is empty")
-    if len(names) > MAX_CLASSES:
-        raise InvalidArgument(f"{len(names)} class names is over the limit of {MAX_CLASSES}")
-    seen: set[str] = set()
-    for i, name in enumerate(names):
-        if not name.strip():
-            raise InvalidArgument(f"{field}[{i}] is empty")
-        if len(name) > MAX_NAME_CHARS:
-            raise InvalidArgument(f"{field}[{i}] is longer than {MAX_NAME_CHARS} characters")
-        if name in seen:
-            raise InvalidArgument(f"class {name!r} appears twice in {field}")
-        seen.add(name)
-    return names
 
 
 def decode_matrix(msg: Any, name: str) -> torch.Tensor:
@@ -1001,15 +978,6 @@ def check_finetune_prompts(clip: ClipBundle, names: Sequence[str], config: finet
     else:
         prompts = [config.template.format(n) for n in names]
     check_prompts_fit(clip.tokenizer, prompts, list(names))
-
-
-def output_path(uri: str, roots: list[Path]) -> Path:
-    if not uri:
-        raise InvalidArgument("output_uri is empty")
-    path = resolve_uri(uri, roots, must_exist=False)
-    if path.is_dir():
-        raise InvalidArgument(f"output_uri {uri!r} is a directory; name the features file")
-    return path
 
 
 def upstream_tags(data: FeatureSet, prefix: str) -> dict[str, str]:

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from zsc import codec, tracking
-from zsc.data import resolve_uri
-from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument
+from zsc.data import check_class_names, output_file, resolve_uri
+from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument, first_line
 from zsc.features import FeatureSet, content_hash
 from zsc.models.clip import ClipBundle, create_clip
 from zsc.recovery.v1 import recovery_pb2 as pb
@@ -43,7 +43,6 @@ ALIGN_KIND = "zsc.recovery.v1.Recovery/Align"
 EXPERIMENT = "zsc-recovery"
 DEFAULT_TEMPLATE = "a photo of a {}."
 MAX_CLASSES = 10_000  # the angular kappa and the per-step logits grow as S^2
-MAX_NAME_CHARS = 256
 MAX_EPOCHS = 10_000_000
 # Largest [rows, D] float32 buffer a request may make the service hold (draws of S classes x samples per class).
 MAX_BUFFER_BYTES = 4 << 30
@@ -98,7 +97,7 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
     def Recover(self, request: pb.RecoverRequest, context: grpc.ServicerContext):
         svc = self.service
         svc.runtime.require_ready()
-        names = check_class_names(request.class_names, "class_names")
+        names = check_class_names(request.class_names, "class_names", MAX_CLASSES)
         device = svc.device
         metric, weight, bias, temperature = decode_teacher(request.teacher)
         rows, dim = weight.shape
@@ -109,7 +108,7 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
         )
         config = recovery_config(request)
         check_buffers(rows, dim, config)
-        out = output_path(request.output_uri, svc.runtime.data_roots)
+        out = output_file(request.output_uri, svc.runtime.data_roots)
 
         digest = hashlib.sha256(request.teacher.weight.data)
         recovery: VmfRecovery | None = None
@@ -262,7 +261,7 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
             input_hash, input_ref = content_hash(path), str(path)
         else:
             inline = request.features
-            base = check_class_names(inline.class_names, "features.class_names")
+            base = check_class_names(inline.class_names, "features.class_names", MAX_CLASSES)
             features = codec.decode(inline.features, "torch", dtypes=FLOAT_DTYPES, rank=2, name="features").float()
             labels = codec.decode(inline.labels, "torch", dtypes=("int64", "int32"), rank=1, name="labels").long()
             if labels.shape[0] != features.shape[0]:
@@ -273,7 +272,7 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
             input_ref = "inline"
         if len(features) == 0:
             raise InvalidArgument("the virtual feature set is empty")
-        names = check_class_names(request.class_names, "class_names")
+        names = check_class_names(request.class_names, "class_names", MAX_CLASSES)
         known = set(names)
         missing = [n for n in base if n not in known]
         if missing:
@@ -287,7 +286,7 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
                 f"the features have D={features.shape[1]} but the CLIP model {clip.ref} encodes D={clip.embed_dim}"
             )
         config = flpt_config(request.settings)
-        out = output_path(request.output_uri, svc.runtime.data_roots)
+        out = output_file(request.output_uri, svc.runtime.data_roots)
         total = math.ceil(len(features) / config.batch_size) * config.epochs
         position = {n: i for i, n in enumerate(names)}
         params = {
@@ -378,28 +377,6 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
 
 
 # --- request checks ------------------------------------------------------------------------------------------------
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def check_class_names(values: Sequence[str], field: str) -> tuple[str, ...]:
-    """Non-empty, unique, stripped-non-empty class names of sane length and count."""
-    names = tuple(values)
-    if not names:
-        raise InvalidArgument(f"{field} is empty")
-    if len(names) > MAX_CLASSES:
-        raise InvalidArgument(f"{len(names)} class names is over the limit of {MAX_CLASSES}")
-    seen: set[str] = set()
-    for i, name in enumerate(names):
-        if not name.strip():
-            raise InvalidArgument(f"{field}[{i}] is empty")
-        if len(name) > MAX_NAME_CHARS:
-            raise InvalidArgument(f"{field}[{i}] is longer than {MAX_NAME_CHARS} characters")
-        if name in seen:
-            raise InvalidArgument(f"class {name!r} appears twice in {field}")
-        seen.add(name)
-    return names
 
 
 def check_template(template: str) -> str:
@@ -480,15 +457,6 @@ def check_buffers(rows: int, dim: int, config: RecoveryConfig) -> None:
             raise InvalidArgument(
                 f"{what} needs {nbytes / 2**30:.1f} GiB, over the limit of {MAX_BUFFER_BYTES / 2**30:.0f} GiB"
             )
-
-
-def output_path(uri: str, roots: list[Path]) -> Path:
-    if not uri:
-        raise InvalidArgument("output_uri is empty")
-    path = resolve_uri(uri, roots, must_exist=False)
-    if path.is_dir():
-        raise InvalidArgument(f"output_uri {uri!r} is a directory; name the features file")
-    return path
 
 
 # --- outputs -------------------------------------------------------------------------------------------------------
