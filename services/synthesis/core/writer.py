@@ -421,12 +421,11 @@ def _check_dir(root: Path, header: dict[str, Any], batch_size: int | None) -> in
     """Read-only: raise unless ``root`` can take this request; returns its stored grid, or None for a new dataset."""
     if root.exists() and not root.is_dir():
         raise FailedPrecondition(f"{root} exists and is not a directory")
-    if not (root / REQUEST).exists():
-        strangers = sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
-        if strangers:
-            raise FailedPrecondition(
-                f"{root} is not empty and holds no {REQUEST} (found {strangers[:3]}); use an empty dir"
-            )
+    # One listing decides: a replica sharding the same dataset may write the header between two separate looks.
+    names = sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
+    if REQUEST not in names:
+        if names:
+            raise FailedPrecondition(f"{root} is not empty and holds no {REQUEST} (found {names[:3]}); use an empty dir")
         return None
     existing = read_header(root)
     if existing.get("format") != FORMAT:
