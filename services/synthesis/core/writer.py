@@ -425,7 +425,9 @@ def _check_dir(root: Path, header: dict[str, Any], batch_size: int | None) -> in
     names = sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
     if REQUEST not in names:
         if names:
-            raise FailedPrecondition(f"{root} is not empty and holds no {REQUEST} (found {names[:3]}); use an empty dir")
+            raise FailedPrecondition(
+                f"{root} is not empty and holds no {REQUEST} (found {names[:3]}); use an empty dir"
+            )
         return None
     existing = read_header(root)
     if existing.get("format") != FORMAT:
