@@ -290,6 +290,45 @@ def test_autograd_and_inplace_paths_agree() -> None:
     torch.testing.assert_close(tracked.detach(), plain, rtol=0, atol=1e-14)
 
 
+# Draws of more than 2**21 elements on CPU take the blocked path: independently seeded groups and blocks on threads.
+
+
+def test_blocked_path_gives_the_same_samples_on_any_thread_count() -> None:
+    mu = _unit_rows(2, 512, seed=8, dtype=torch.float32)
+    one = sample_vmf(mu, 200.0, 3000, torch.Generator().manual_seed(11))
+    torch.set_num_threads(2)
+    try:
+        two = sample_vmf(mu, 200.0, 3000, torch.Generator().manual_seed(11))
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(one, two)
+
+
+def test_blocked_path_cosine_and_tangent_distributions_d3() -> None:
+    kappa, n = 2.5, 800_000  # 2.4M elements: two blocks, so the test also crosses a block boundary
+    mu = _unit_rows(1, 3, seed=4)
+    x = sample_vmf(mu, kappa, n, torch.Generator().manual_seed(3))[0]
+    w = (x @ mu[0]).numpy()
+
+    def cdf(t: np.ndarray) -> np.ndarray:  # on S^2, w has density kappa e^{kappa w} / (2 sinh kappa)
+        return (np.exp(kappa * t) - np.exp(-kappa)) / (np.exp(kappa) - np.exp(-kappa))
+
+    assert scipy.stats.kstest(w, cdf).pvalue > 1e-3
+    a = F.normalize(torch.linalg.cross(mu[0], torch.tensor([0.3, 0.5, 0.8], dtype=torch.float64)), dim=0)
+    b = torch.linalg.cross(mu[0], a)
+    angle = torch.atan2(x @ b, x @ a).numpy()
+    assert scipy.stats.kstest(angle, scipy.stats.uniform(loc=-math.pi, scale=2 * math.pi).cdf).pvalue > 1e-3
+    torch.testing.assert_close(torch.linalg.vector_norm(x, dim=-1), torch.ones(n, dtype=torch.float64))
+
+
+def test_blocked_path_autograd_and_inplace_agree() -> None:
+    mu = _unit_rows(2, 512, seed=6)
+    plain = sample_vmf(mu, 25.0, 2500, torch.Generator().manual_seed(4))
+    tracked = sample_vmf(mu.clone().requires_grad_(True), 25.0, 2500, torch.Generator().manual_seed(4))
+    assert tracked.requires_grad
+    torch.testing.assert_close(tracked.detach(), plain, rtol=0, atol=1e-13)
+
+
 def test_sampler_input_errors() -> None:
     mu = _unit_rows(2, 8, seed=0)
     with pytest.raises(ValueError, match="unit"):

@@ -8,6 +8,10 @@ samples are differentiable with respect to mu (kappa receives no gradient).
 from __future__ import annotations
 
 import math
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
 import numpy as np
@@ -20,6 +24,11 @@ __all__ = [
     "vmf_log_normalizer",
     "vmf_sample_loop_reference",
 ]
+
+# CPU draws larger than this many elements are split into blocks with their own generators (see sample_vmf).
+# Fixed, so the samples of a seed do not depend on the thread count.
+_NORMAL_BLOCK = 1 << 21
+_W_GROUP = 1 << 14  # draws of w per rejection-sampler group in that case
 
 # Orders at or above this use the uniform (Debye) expansion directly; lower orders recur down from it.
 _DEBYE_MIN_ORDER = 40.0
@@ -142,47 +151,96 @@ def _check_dim(dim: int) -> None:
         raise ValueError(f"the vMF needs an integer dimension D >= 2, got {dim}")
 
 
-def _sample_w(
-    kappa: torch.Tensor, dim: int, n: int, generator: torch.Generator | None, max_rounds: int
-) -> torch.Tensor:
-    """Wood's rejection sampler for 1 - w, w = mu^T x; kappa [C] float64 -> [C, n] float64.
+def _sample_w(kappa: torch.Tensor, dim: int, generator: torch.Generator | None, max_rounds: int) -> torch.Tensor:
+    """Wood's rejection sampler for 1 - w, w = mu^T x: one draw per entry of ``kappa`` ([m] float64 -> [m] float64).
 
     Returns 1 - w rather than w because w is within ~D/kappa of 1 and its complement carries the precision.
     Each round redraws only the entries still rejected.
     """
-    count = kappa.shape[0]
     m1 = float(dim - 1)
     b = m1 / (2.0 * kappa + torch.sqrt(4.0 * kappa * kappa + m1 * m1))
     x0 = (1.0 - b) / (1.0 + b)
     one_minus_x0 = 2.0 * b / (1.0 + b)
     log_1mx0sq = torch.log(one_minus_x0) + torch.log1p(x0)
 
-    omw = torch.empty(count * n, dtype=torch.float64, device=kappa.device)
-    pending = torch.arange(count * n, device=kappa.device)
-    alpha = torch.full((count * n,), m1 / 2.0, dtype=torch.float64, device=kappa.device)
+    omw = torch.empty_like(kappa)
+    pending = torch.arange(kappa.numel(), device=kappa.device)
+    alpha = torch.full_like(kappa, m1 / 2.0)
     for _ in range(max_rounds):
         todo = pending.numel()
         if todo == 0:
-            return omw.view(count, n)
-        cls = torch.div(pending, n, rounding_mode="floor")
+            return omw
         g1 = torch._standard_gamma(alpha[:todo], generator=generator)
         g2 = torch._standard_gamma(alpha[:todo], generator=generator)
         z = g1 / (g1 + g2)  # Beta((D-1)/2, (D-1)/2)
         u = torch.rand(todo, dtype=torch.float64, device=kappa.device, generator=generator)
-        bc, kc, x0c, omx0c = b[cls], kappa[cls], x0[cls], one_minus_x0[cls]
+        bc, kc, x0c, omx0c = b[pending], kappa[pending], x0[pending], one_minus_x0[pending]
         denom = 1.0 - (1.0 - bc) * z
         omw_c = 2.0 * bc * z / denom
         # kappa w + m1 log(1 - x0 w) - c, rewritten with 1 - w and 1 - x0 to avoid cancelling large terms.
-        score = kc * (omx0c - omw_c) + m1 * (torch.log(omx0c + x0c * omw_c) - log_1mx0sq[cls])
+        score = kc * (omx0c - omw_c) + m1 * (torch.log(omx0c + x0c * omw_c) - log_1mx0sq[pending])
         accept = score >= torch.log(u)
         omw[pending[accept]] = omw_c[accept]
         pending = pending[~accept]
     if pending.numel() == 0:
-        return omw.view(count, n)
+        return omw
     raise RuntimeError(
         f"vMF rejection sampling left {pending.numel()} draws unaccepted after {max_rounds} rounds "
         f"(D={dim}, kappa range [{float(kappa.min()):.3g}, {float(kappa.max()):.3g}])"
     )
+
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _worker_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="zsc-vmf")
+        return _pool
+
+
+def _blocks(count: int, n: int, dim: int) -> list[tuple[int, int, int]]:
+    """(class, first row, end row) blocks of about ``_NORMAL_BLOCK`` elements, never spanning two classes."""
+    rows = max(1, _NORMAL_BLOCK // dim)
+    return [(c, start, min(start + rows, n)) for c in range(count) for start in range(0, n, rows)]
+
+
+def _run_blocks(work: Callable[[int], None], n_blocks: int) -> None:
+    """``work(i)`` for every block, on up to ``torch.get_num_threads()`` threads (torch ops release the GIL)."""
+    workers = max(1, min(torch.get_num_threads(), n_blocks))
+    if workers == 1:
+        for i in range(n_blocks):
+            work(i)
+        return
+
+    def run(first: int) -> None:
+        for i in range(first, n_blocks, workers):
+            work(i)
+
+    for future in [_worker_pool().submit(run, w) for w in range(workers)]:
+        future.result()
+
+
+def _to_sphere_around_e1_(x: torch.Tensor, omw: torch.Tensor) -> torch.Tensor:
+    """Gaussian rows [..., D] -> points with cosine 1 - omw to e1 and a uniform tangent direction, in place."""
+    x[..., 0] = 0.0
+    radius = torch.sqrt(omw * (2.0 - omw)).to(x.dtype)
+    x.mul_((radius / torch.linalg.vector_norm(x, dim=-1)).unsqueeze(-1))
+    x[..., 0] = (1.0 - omw).to(x.dtype)
+    return x
+
+
+def _householder_vectors(mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """v = e1 - mu and 2 / v^T v per class (0 where mu is already e1): H = I - coef v v^T maps e1 to mu."""
+    v = -mu
+    v[:, 0] += 1.0
+    vv = (v * v).sum(dim=1)
+    degenerate = vv <= torch.finfo(mu.dtype).eps
+    coef = torch.where(degenerate, torch.zeros_like(vv), 2.0 / torch.where(degenerate, torch.ones_like(vv), vv))
+    return v, coef
 
 
 def sample_vmf(
@@ -223,22 +281,50 @@ def sample_vmf(
     if not bool(torch.isfinite(k).all()) or bool((k <= 0).any()):
         raise ValueError("kappa must be finite and > 0")
 
-    omw = _sample_w(k.contiguous(), dim, n, generator, max_rounds)
-    # Fill the whole buffer (normal_ on the strided tangent slice is ~10x slower) and clear the e1 column after.
-    samples = torch.empty(count, n, dim, dtype=mu.dtype, device=mu.device).normal_(generator=generator)
-    samples[..., 0] = 0.0
-    radius = torch.sqrt(omw * (2.0 - omw)).to(mu.dtype)
-    samples.mul_((radius / torch.linalg.vector_norm(samples, dim=-1)).unsqueeze(-1))
-    samples[..., 0] = (1.0 - omw).to(mu.dtype)
+    kappa_rows = k.repeat_interleave(n)  # one kappa per draw, class-major
+    v, coef = _householder_vectors(mu)
+    samples = torch.empty(count, n, dim, dtype=mu.dtype, device=mu.device)
+    if mu.device.type != "cpu" or samples.numel() <= _NORMAL_BLOCK:
+        # One stream: CUDA generators are counter-based and parallel, and a small CPU draw is quick either way.
+        omw = _sample_w(kappa_rows, dim, generator, max_rounds).view(count, n)
+        # Fill the whole buffer (normal_ on the strided tangent slice is ~10x slower); the e1 column is reset after.
+        return _reflect(_to_sphere_around_e1_(samples.normal_(generator=generator), omw), v, coef)
 
-    # Householder H = I - 2 v v^T / (v^T v), v = e1 - mu, maps e1 to mu; identity when mu is already e1.
-    e1 = torch.zeros_like(mu)
-    e1[:, 0] = 1.0
-    v = e1 - mu
-    vv = (v * v).sum(dim=1)
-    degenerate = vv <= torch.finfo(mu.dtype).eps
-    coef = torch.where(degenerate, torch.zeros_like(vv), 2.0 / torch.where(degenerate, torch.ones_like(vv), vv))
-    proj = torch.bmm(samples, v.unsqueeze(-1)) * coef.view(count, 1, 1)  # [C, n, 1]
+    # A CPU generator is one sequential Mersenne Twister stream and the random draws are most of the work, so large
+    # draws are cut into fixed groups (cosines) and blocks (Gaussians), each with its own generator seeded from
+    # `generator`, and run on torch's threads. Groups and blocks depend only on (C, n, D), never on the thread
+    # count: a seed gives the same samples on 1 or 16 threads.
+    w_groups = kappa_rows.split(_W_GROUP)
+    blocks = _blocks(count, n, dim)
+    seeds = torch.randint(0, 2**62, (len(w_groups) + len(blocks),), generator=generator).tolist()
+    omw_parts: list[torch.Tensor] = [kappa_rows[:0]] * len(w_groups)
+
+    def draw_w(i: int) -> None:
+        omw_parts[i] = _sample_w(w_groups[i], dim, torch.Generator().manual_seed(seeds[i]), max_rounds)
+
+    _run_blocks(draw_w, len(w_groups))
+    omw = torch.cat(omw_parts).view(count, n)
+    seeds = seeds[len(w_groups) :]
+    tracked = torch.is_grad_enabled() and mu.requires_grad
+
+    def draw(i: int) -> None:
+        c, first, end = blocks[i]
+        rows = samples[c, first:end].normal_(generator=torch.Generator().manual_seed(seeds[i]))
+        if tracked:
+            return
+        # Without autograd each block is finished while it is still in cache: one pass over memory instead of five.
+        _to_sphere_around_e1_(rows, omw[c, first:end])
+        rows.addr_(torch.mv(rows, v[c]), v[c], alpha=-float(coef[c]))
+
+    _run_blocks(draw, len(blocks))
+    if tracked:
+        return _reflect(_to_sphere_around_e1_(samples, omw), v, coef)
+    return samples
+
+
+def _reflect(samples: torch.Tensor, v: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """Apply each class's Householder reflection to its [n, D] samples; in place unless autograd tracks v."""
+    proj = torch.bmm(samples, v.unsqueeze(-1)) * coef.view(-1, 1, 1)  # [C, n, 1]
     if torch.is_grad_enabled() and v.requires_grad:
         return torch.baddbmm(samples, proj, v.unsqueeze(1), alpha=-1.0)
     # Without autograd, reflect in place: a second [C, n, D] buffer costs more (page faults) than the arithmetic.
