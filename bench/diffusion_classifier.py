@@ -19,6 +19,7 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from zsc.models.diffusion import create_sd_components
+from zsc.profiles import COMPILE_MODES
 from zsc_services.classification.core.diffusion_classifier import (
     PRESETS,
     DiffusionClassifier,
@@ -84,7 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ref-batch-size", type=int, default=32, help="reference batch over timesteps (authors: 32)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=1, help="alternate core/reference runs; report the best")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the core's UNet (inductor)")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        choices=COMPILE_MODES,
+        help="torch.compile the core's UNet (inductor) in this mode (default mode when given without one)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=CIFAR10)
     args = parser.parse_args(argv)
@@ -105,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parts = create_sd_components("tiny:zsc-tiny-sd")
     images, labels = load_images(args.data, args.limit)
-    classifier = DiffusionClassifier(parts, compile=args.compile)
+    classifier = DiffusionClassifier(parts, compile=args.compile or False)
     prompts = [p for class_prompts in build_prompts(CIFAR10_CLASSES, options.templates) for p in class_prompts]
     pixels = preprocess_images(images, parts.native_resolution)
     n_noise = options.stages[-1][0]
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"preset {args.preset}: stages {list(options.stages)}, loss {options.loss}, {len(CIFAR10_CLASSES)} classes")
     print(
         f"images {len(images)}, torch threads {torch.get_num_threads()}, core batch {options.batch_size}"
-        f"{', core UNet torch.compile-d' if args.compile else ''}"
+        f"{f', core UNet torch.compile-d (mode {args.compile})' if args.compile else ''}"
     )
     print(f"UNet passes per image: closed form {passes}, core {results[0].unet_passes}, ", end="")
     print(f"reference {references[0].unet_passes}")

@@ -149,5 +149,5 @@ class DiffusionModelCache:
                 parts: SDComponents = create_sd_components(
                     ref, self.profile.torch_device(), self.profile.torch_dtype(), seed=self.profile.seed
                 )
-                self._classifier = DiffusionClassifier(parts)
+                self._classifier = DiffusionClassifier(parts, compile=self.profile.compile_unet or False)
             return self._classifier

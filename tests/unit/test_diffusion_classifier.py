@@ -3,6 +3,8 @@ checks. Runs the tiny seeded random-weight Stable Diffusion on CPU."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,9 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from zsc.errors import Cancelled
+from zsc.errors import Cancelled, InvalidArgument
 from zsc.models.diffusion import create_sd_components
+from zsc.profiles import get_profile
 from zsc_services.classification.core.diffusion_classifier import (
     PRESETS,
     DiffusionClassifier,
@@ -25,6 +28,7 @@ from zsc_services.classification.core.diffusion_classifier import (
     unet_passes,
 )
 from zsc_services.classification.core.diffusion_reference import reference_classify
+from zsc_services.classification.zeroshot import DiffusionModelCache
 
 CIFAR10 = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "cifar10-test"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer"]
@@ -242,6 +246,7 @@ def test_progress_and_cancellation(classifier, images):
         (lambda: DiffusionClassifierOptions(stages=SMALL, batch_size=0), "batch_size"),
         (lambda: unet_passes(((50, 5), (1001, 1)), 10), "exceeds the model's 1000 training timesteps"),
         (lambda: unet_passes(PRESETS["imagenet"].stages, 10), "stage 1 keeps 500 candidates but there are only 10"),
+        (lambda: DiffusionClassifier(None, compile="fastest"), "unknown torch.compile mode 'fastest'"),
     ],
 )
 def test_bad_options_raise_one_line_value_errors(make, message):
@@ -308,6 +313,35 @@ def test_fp16_on_cuda_matches_fp32_on_cpu(classifier, images):
             cpu_values = torch.tensor([first_cpu[c] for c in first_cpu])
             assert torch.isfinite(gpu_values).all()
             assert torch.allclose(gpu_values, cpu_values, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_compiled_unet_on_cpu_matches_eager_and_compiles_once(parts, classifier, images):
+    # The VAE returns the latents of one image contiguous and those of several channels-last; that stride change
+    # once made a compiled UNet recompile (a stride guard) into a slower dynamic-shape graph.
+    options = DiffusionClassifierOptions(stages=SMALL, loss="l1", batch_size=16)
+    eager = classifier.classify(images, CLASSES, options)
+    torch._dynamo.reset()
+    compiled_classifier = DiffusionClassifier(parts, compile=True)
+    compiled_classifier.classify(images[:1], CLASSES, options)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = compiled_classifier.classify(images, CLASSES, options)
+    for a, b in zip(compiled, eager, strict=True):
+        assert (a.label, a.unet_passes) == (b.label, b.unet_passes)
+        for stage_a, stage_b in zip(a.class_errors, b.class_errors, strict=True):
+            assert stage_a.keys() == stage_b.keys()
+            assert all(stage_a[c] == pytest.approx(stage_b[c], rel=1e-4, abs=1e-6) for c in stage_a)
+
+
+def test_profile_compile_unet_reaches_the_service_model(tmp_path):
+    fields = {**dataclasses.asdict(get_profile("tiny")), "name": "tiny-compiled", "compile_unet": "max-autotune"}
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(fields))
+    assert DiffusionModelCache(get_profile(str(path))).get().compiled
+    assert not DiffusionModelCache(get_profile("tiny")).get().compiled
+    path.write_text(json.dumps({**fields, "compile_unet": "fastest"}))
+    with pytest.raises(InvalidArgument, match="unknown compile_unet 'fastest'"):
+        get_profile(str(path))
 
 
 @pytest.mark.gpu

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from zsc.errors import Cancelled
 from zsc.models.diffusion import SDComponents
+from zsc.profiles import COMPILE_MODES
 
 Stage = tuple[int, int]  # (n_samples, to_keep)
 LOSSES = ("l1", "l2", "huber")
@@ -341,14 +342,18 @@ def per_sample_error(name: str, pred: torch.Tensor, target: torch.Tensor) -> tor
 class DiffusionClassifier:
     """A Stable Diffusion model used as a zero-shot classifier.
 
-    ``compile=True`` wraps the UNet in ``torch.compile`` (worth it on CUDA; off by default, and it pads the last
-    batch of a stage to ``batch_size`` so one graph serves every call). Prompt embeddings are cached per prompt list.
+    ``compile`` wraps the UNet in ``torch.compile``: True for torch's default mode, or a mode name such as
+    ``"max-autotune"``. It is off by default (the first batches pay for compilation); when on, the last batch of a
+    stage is padded to ``batch_size`` so one graph serves every call. Prompt embeddings are cached per prompt list.
     """
 
-    def __init__(self, parts: SDComponents, *, compile: bool = False, text_cache_size: int = 4) -> None:
+    def __init__(self, parts: SDComponents, *, compile: bool | str = False, text_cache_size: int = 4) -> None:
         self.parts = parts
-        self.compiled = compile
-        self._unet: Callable[..., Any] = torch.compile(parts.unet) if compile else parts.unet
+        if isinstance(compile, str) and compile not in COMPILE_MODES:
+            raise ValueError(f"unknown torch.compile mode {compile!r}; choose one of {', '.join(COMPILE_MODES)}")
+        self.compiled = bool(compile)
+        mode = compile if isinstance(compile, str) else None
+        self._unet: Callable[..., Any] = torch.compile(parts.unet, mode=mode) if compile else parts.unet
         self._text_cache: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
         self._text_cache_size = text_cache_size
         self._text_lock = threading.Lock()  # a servicer may classify from several worker threads
@@ -533,6 +538,9 @@ class DiffusionClassifier:
             eps = noise[img, slot]
             shape = (-1,) + (1,) * (eps.dim() - 1)
             noisy = slot_a[slot].view(shape) * latents[img] + slot_b[slot].view(shape) * eps
-            eps_hat = self._unet(noisy.to(unet_dtype), slot_t[slot], encoder_hidden_states=text[cand]).sample
+            # contiguous: latents of some batch sizes come out of the VAE channels-last, and a compiled UNet would
+            # recompile (with dynamic shapes, slower) on a stride change
+            noisy = noisy.to(unet_dtype).contiguous()
+            eps_hat = self._unet(noisy, slot_t[slot], encoder_hidden_states=text[cand]).sample
             err = per_sample_error(options.loss, eps_hat[:size], eps[:size])
             errors[img[:size], cand[:size], slot[:size]] = err
