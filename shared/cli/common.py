@@ -92,6 +92,21 @@ def run_command(fn: Callable[[argparse.Namespace], int], args: argparse.Namespac
     return 1
 
 
+def parse_names(value: str, option: str) -> list[str]:
+    """Comma-separated names, or @FILE with one name per line (blank lines ignored)."""
+    if value.startswith("@"):
+        path = Path(value[1:])
+        if not path.is_file():
+            raise CommandError(f"no such class-name file: {path}")
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    else:
+        names = [n.strip() for n in value.split(",")]
+    names = [n for n in names if n]
+    if not names:
+        raise CommandError(f"{option} names no class")
+    return names
+
+
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     def fmt(v: object) -> str:
         return f"{v:.4f}" if isinstance(v, float) else str(v)

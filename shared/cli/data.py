@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from zsc.cli.common import CommandError, load_features_of
+from zsc.cli.common import CommandError, load_features_of, parse_names
 
 # name -> (torchvision class, splits it has, default split)
 DATASETS: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -136,10 +136,9 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     import torch
 
-    from zsc.cli.recovery import parse_classes
     from zsc.features import FeatureSet
 
-    names = parse_classes(args.classes)
+    names = parse_names(args.classes, "--classes")
     if args.per_class < 0:
         raise CommandError(f"--per-class must be >= 0, got {args.per_class}")
     data, index = load_features_of(args.features, names)

@@ -18,6 +18,7 @@ from zsc.cli.common import (
     follow,
     markdown_table,
     open_channel,
+    parse_names,
     save_training_outputs,
     write_per_class_accuracy,
 )
@@ -188,19 +189,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------
-def parse_names(value: str, option: str) -> list[str]:
-    """Comma-separated names, or @FILE with one name per line (blank lines ignored)."""
-    if value.startswith("@"):
-        path = Path(value[1:])
-        if not path.is_file():
-            raise CommandError(f"no such class-name file: {path}")
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    else:
-        names = [n.strip() for n in value.split(",")]
-    names = [n for n in names if n]
-    if not names:
-        raise CommandError(f"{option} names no class")
-    return names
 
 
 def read_text_features(path: Path, classes: list[str] | None) -> tuple[list[str], torch.Tensor]:

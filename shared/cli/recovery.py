@@ -9,7 +9,15 @@ from pathlib import Path
 import torch
 
 from zsc import codec
-from zsc.cli.common import CommandError, add_client_args, follow, load_features_of, markdown_table, open_channel
+from zsc.cli.common import (
+    CommandError,
+    add_client_args,
+    follow,
+    load_features_of,
+    markdown_table,
+    open_channel,
+    parse_names,
+)
 from zsc.common.v1 import common_pb2
 from zsc.recovery.v1 import recovery_pb2 as pb
 from zsc.recovery.v1 import recovery_pb2_grpc as pb_grpc
@@ -84,21 +92,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_fit_teacher)
 
 
-def parse_classes(value: str) -> list[str]:
-    """Comma-separated names, or @FILE with one name per line (blank lines ignored)."""
-    if value.startswith("@"):
-        path = Path(value[1:])
-        if not path.is_file():
-            raise CommandError(f"no such class-name file: {path}")
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    else:
-        names = [n.strip() for n in value.split(",")]
-    names = [n for n in names if n]
-    if not names:
-        raise CommandError("--classes names no class")
-    return names
-
-
 def load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -119,7 +112,7 @@ def pick(tensors: dict[str, torch.Tensor], key: str, path: Path) -> torch.Tensor
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    names = parse_classes(args.classes)
+    names = parse_names(args.classes, "--classes")
     tensors = load_tensors(args.teacher, "teacher")
     if "weight" not in tensors:
         raise CommandError(f'{args.teacher} has no tensor named "weight"')
@@ -170,7 +163,7 @@ def print_recovery(result: pb.RecoverResult, op: common_pb2.Operation) -> None:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    names = parse_classes(args.classes)
+    names = parse_names(args.classes, "--classes")
     settings = pb.FlptSettings(ctx_init=args.ctx_init, seed=args.seed)
     for field in ("epochs", "batch_size", "lr", "residual_scale"):
         value = getattr(args, field)
@@ -205,7 +198,7 @@ def cmd_fit_teacher(args: argparse.Namespace) -> int:
 
     from zsc.io import atomic_write_bytes
 
-    names = parse_classes(args.classes)
+    names = parse_names(args.classes, "--classes")
     if len(names) < 2:
         raise CommandError("a teacher needs at least 2 base classes")
     data, index = load_features_of(args.features, names)

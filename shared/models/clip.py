@@ -14,6 +14,7 @@ from PIL import Image
 
 from zsc.models.hub import unavailable
 from zsc.profiles import CONFIG_DIR
+from zsc.seeding import seeded_init
 
 
 @dataclass
@@ -63,8 +64,7 @@ def create_clip(ref: str, device: torch.device | str = "cpu", dtype: torch.dtype
     kind, _, name = ref.partition(":")
     if kind == "tiny":
         _register_tiny_configs()
-        with torch.random.fork_rng(devices=[]), _quiet():
-            torch.manual_seed(seed)
+        with seeded_init(seed), _quiet():
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, precision=precision)
         tokenizer = open_clip.get_tokenizer(name)
     else:

@@ -24,6 +24,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from zsc.models.hub import unavailable
 from zsc.profiles import CONFIG_DIR
+from zsc.seeding import seeded_init
 
 SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "ddim": (DDIMScheduler, {}),
@@ -95,8 +96,7 @@ def _tiny_config(name: str) -> dict[str, Any]:
 
 def _build_tiny(name: str, seed: int) -> SDComponents:
     cfg = _tiny_config(name)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_init(seed):
         unet = UNet2DConditionModel(**cfg["unet"])
         vae = AutoencoderKL(**cfg["vae"])
         text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))

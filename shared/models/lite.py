@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from zsc.errors import ModelUnavailable
+from zsc.seeding import seeded_init
 
 __all__ = [
     "IMAGE_ARCH",
@@ -189,8 +190,7 @@ def create_image_encoder(
     _check_image_size(image_size)
     path = lite0_weights_path(source)
     state = read_state_dict(path)
-    with torch.random.fork_rng(devices=[]):  # the random init is overwritten; do not disturb the caller's RNG
-        torch.manual_seed(0)
+    with seeded_init(0):  # the random init is overwritten; do not disturb the caller's RNG
         model = timm.create_model(IMAGE_ARCH, pretrained=False)
     load_lite0_weights(model, state, f"{path.name} -> timm {IMAGE_ARCH}")
     device = torch.device(device)

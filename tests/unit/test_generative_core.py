@@ -12,6 +12,7 @@ base class, 30-60 epochs at lr 1e-3 instead of the paper's 1024/512 and 120 epoc
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,10 @@ from safetensors.torch import load_file, save_file
 
 from zsc.evaluation import gzsl_metrics
 from zsc.features import FeatureSet
+from zsc.seeding import seeded_init
 from zsc_services.generative.core import clswgan, tfvaegan
 from zsc_services.generative.core.common import (
+    ConditionalGenerator,
     GeneratorTrainResult,
     TrainingCancelled,
     clone_state_dict,
@@ -168,6 +171,20 @@ def test_dims_come_from_inputs_and_training_is_deterministic(kind: str, tmp_path
     rebuilt = module.build_generator(config, feature_dim=24, text_dim=7)
     rebuilt.load_state_dict(load_file(path))
     assert torch.equal(generate(rebuilt, p.text, 10, seed=11)[0], x1)
+
+
+def test_seeded_construction_is_deterministic_under_concurrent_jobs() -> None:
+    # A service runs jobs on threads; each builds its networks under seeded_init from the global RNG.
+    def build(seed: int) -> dict[str, torch.Tensor]:
+        with seeded_init(seed):
+            return ConditionalGenerator(64, 64, 1024, 256).state_dict()
+
+    alone = {seed: build(seed) for seed in range(6)}
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        for _ in range(3):
+            together = dict(zip(range(6), pool.map(build, range(6)), strict=True))
+            for seed, state in together.items():
+                assert all(torch.equal(state[k], alone[seed][k]) for k in state), f"seed {seed} drew another's stream"
 
 
 def test_state_dict_is_a_deep_copy() -> None:

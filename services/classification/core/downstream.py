@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -42,13 +41,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from zsc.data import ImageFolder, load_image_file
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument, ModelUnavailable
 from zsc.models.hub import hub_cache_dir, hub_online
+from zsc.seeding import seeded_init
 from zsc_services.classification import mlflow_model
 from zsc_services.classification.mlflow_model import FORMAT, eval_resize, normalize, to_uint8
 
 log = logging.getLogger("zsc.downstream")
 
 PRELOAD_BUDGET_BYTES = 2 << 30  # decode into memory below this (uint8 pixels); stream from disk above it
-_INIT_LOCK = threading.Lock()  # seeding the global torch RNG for model init must not interleave across jobs
 
 ProgressFn = Callable[[int, int], None]
 StopFn = Callable[[], bool]
@@ -199,8 +198,7 @@ def create_classifier(
             build = {"pretrained": True}
             if weights is not None:
                 build["pretrained_cfg_overlay"] = {"file": weights}
-    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_init(seed):
         try:
             if package is None:
                 model = timm.create_model(arch, num_classes=num_classes, **model_kwargs, **build)

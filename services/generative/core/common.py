@@ -6,8 +6,8 @@ Conventions of both generators:
   in a CLIP-like cosine space and the generator's output is L2-normalized too.
 - Conditioning text features are L2-normalized inside the modules, so callers pass raw text features.
 - Every random draw comes from one ``torch.Generator`` seeded with ``config.seed`` (batches, noise, GP mixing);
-  weights are initialized on the CPU under ``torch.random.fork_rng``, so the global RNG is left untouched and a
-  run is reproducible on a given device.
+  weights are initialized on the CPU under ``zsc.seeding.seeded_init`` (the global RNG, seeded under a process-wide
+  lock, then given back), so a run is reproducible on a given device even beside other jobs.
 - An *epoch* is ``ceil(N / batch_size)`` generator steps (times ``passes_per_epoch``), each preceded by
   ``critic_iters`` critic steps on fresh batches; batches are drawn with replacement, on the device.
 
@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 
 from zsc.evaluation import gzsl_metrics
 from zsc.features import FeatureSet
+from zsc.seeding import seeded_init
 
 __all__ = [
     "AdversarialTrainer",
@@ -142,14 +142,6 @@ def init_weights(module: nn.Module) -> None:
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-
-@contextmanager
-def seeded_init(seed: int) -> Iterator[None]:
-    """Seed the global CPU RNG for module construction without disturbing the caller's RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 class ConditionalGenerator(nn.Module):

@@ -60,17 +60,15 @@ def _check_weight(weight: torch.Tensor, name: str = "teacher weight") -> None:
         raise ValueError(f"{name} contains NaN or Inf")
 
 
-class CosineTeacher:
-    """Cosine classifier: logits[:, j] = cos(x, w_j) / temperature."""
+class _WeightTeacher:
+    """A classifier given by an [S, D] weight and a temperature; only its logits are ever used."""
 
-    def __init__(self, weight: torch.Tensor, temperature: float = 1.0) -> None:
+    weight: torch.Tensor
+
+    def __init__(self, weight: torch.Tensor, temperature: float) -> None:
         _check_weight(weight)
         if not (temperature > 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be finite and > 0, got {temperature}")
-        norms = torch.linalg.vector_norm(weight.detach(), dim=1)
-        if bool((norms == 0).any()):
-            raise ValueError("teacher weight has an all-zero row; its cosine is undefined")
-        self.weight = F.normalize(weight.detach(), dim=1)
         self.temperature = float(temperature)
 
     @property
@@ -80,35 +78,35 @@ class CosineTeacher:
     @property
     def out_features(self) -> int:
         return self.weight.shape[0]
+
+
+class CosineTeacher(_WeightTeacher):
+    """Cosine classifier: logits[:, j] = cos(x, w_j) / temperature."""
+
+    def __init__(self, weight: torch.Tensor, temperature: float = 1.0) -> None:
+        super().__init__(weight, temperature)
+        norms = torch.linalg.vector_norm(weight.detach(), dim=1)
+        if bool((norms == 0).any()):
+            raise ValueError("teacher weight has an all-zero row; its cosine is undefined")
+        self.weight = F.normalize(weight.detach(), dim=1)
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(device=features.device, dtype=features.dtype)
         return F.normalize(features, dim=-1) @ w.T / self.temperature
 
 
-class LinearTeacher:
+class LinearTeacher(_WeightTeacher):
     """Linear classifier: logits = (x W^T + b) / temperature."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, temperature: float = 1.0) -> None:
-        _check_weight(weight)
+        super().__init__(weight, temperature)
         if bias is not None:
             if not isinstance(bias, torch.Tensor) or bias.shape != (weight.shape[0],):
                 raise ValueError(f"teacher bias must have shape [{weight.shape[0]}]")
             if not bool(torch.isfinite(bias).all()):
                 raise ValueError("teacher bias contains NaN or Inf")
-        if not (temperature > 0 and math.isfinite(temperature)):
-            raise ValueError(f"temperature must be finite and > 0, got {temperature}")
         self.weight = weight.detach()
         self.bias = None if bias is None else bias.detach()
-        self.temperature = float(temperature)
-
-    @property
-    def in_features(self) -> int:
-        return self.weight.shape[1]
-
-    @property
-    def out_features(self) -> int:
-        return self.weight.shape[0]
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(device=features.device, dtype=features.dtype)
