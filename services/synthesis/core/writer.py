@@ -26,9 +26,8 @@ import itertools
 import json
 import math
 import os
-import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument
+from zsc.io import atomic_open, atomic_write_bytes, open_temp
 from zsc.models.diffusion import SDComponents
 from zsc_services.synthesis.core.generator import GenerationConfig, ImageGenerator, StopFn
 from zsc_services.synthesis.core.planner import (
@@ -309,7 +309,7 @@ def write_manifest(
         for job in plan
         if (root / job.file).is_file()
     ]
-    _atomic_write(root / MANIFEST, "".join(lines).encode("utf-8"))
+    atomic_write_bytes(root / MANIFEST, "".join(lines).encode("utf-8"))
     return len(lines)
 
 
@@ -340,7 +340,7 @@ def request_fingerprint(request: SynthesisRequest, model: str) -> str:
 def write_png(path: Path, image: Image.Image) -> None:
     """Write a PNG atomically. PIL writes no timestamp chunk, so equal pixels give equal bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_file(path) as fh:
+    with atomic_open(path) as fh:
         image.save(fh, format="PNG")
 
 
@@ -468,7 +468,7 @@ def _header_bytes(header: dict[str, Any]) -> bytes:
 
 def _create_exclusive(path: Path, data: bytes) -> None:
     """Publish a whole file only if none exists, so concurrent replicas agree on one request.json."""
-    fd, tmp = _open_temp(path)
+    fd, tmp = open_temp(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -485,37 +485,6 @@ def _create_exclusive(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
-def _open_temp(path: Path) -> tuple[int, str]:
-    """A new temp file ``.<name>.<random>.tmp`` beside ``path``; mode 0o666 minus the umask, as ``open`` gives,
-    where ``tempfile.mkstemp`` would make the dataset private (0o600)."""
-    while True:
-        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:
-            continue
-
-
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[Any]:
-    fd, tmp = _open_temp(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    with _atomic_file(path) as fh:
-        fh.write(data)
-
-
 def _remove_stale_temps(root: Path, jobs: Sequence[Job]) -> None:
     """Delete temp files a killed run left for this run's images (never another replica's: shards are disjoint)."""
     mine: dict[str, set[str]] = {}
@@ -526,7 +495,7 @@ def _remove_stale_temps(root: Path, jobs: Sequence[Job]) -> None:
         if not class_dir.is_dir():
             continue
         for entry in os.scandir(class_dir):
-            # temp names are ".<target>.<random>.tmp" (see _atomic_file)
+            # temp names are ".<target>.<random>.tmp" (zsc.io.open_temp)
             if (
                 entry.name.startswith(".")
                 and entry.name.endswith(".tmp")
