@@ -35,6 +35,21 @@ def isolated_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ[k] = v
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """torch and BLAS on one thread for a module, whatever OMP_NUM_THREADS says: tiny models on 2 shared cores run
+    fastest that way (OpenMP barriers waiting on a descheduled thread made some files 6x slower, sklearn fits 100x),
+    and a fixed thread count keeps float reductions, so seeded numbers compared within a module, equal."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data")

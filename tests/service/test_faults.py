@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -47,17 +47,8 @@ from zsc.recovery.v1 import recovery_pb2_grpc as rec_grpc
 from zsc.runtime.client import connect, unpack, wait_until_serving, watch
 from zsc.runtime.server import ZscServer
 
-pytestmark = pytest.mark.service
+pytestmark = [pytest.mark.service, pytest.mark.usefixtures("one_torch_thread")]
 RUNNING_STATES = (common_pb2.OperationMetadata.QUEUED, common_pb2.OperationMetadata.RUNNING)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Reruns happen in this process and are compared with the cores run here: one thread keeps float sums equal.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

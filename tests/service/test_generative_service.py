@@ -33,19 +33,9 @@ from zsc.generative.v1 import generative_pb2 as pb
 from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
 from zsc.runtime.client import OperationError, connect, unpack, watch
 
-pytestmark = pytest.mark.service
+pytestmark = [pytest.mark.service, pytest.mark.usefixtures("one_torch_thread")]
 FAKE_RECOVERY_RUN = "0f" * 16  # stands in for the run id a recovery features file carries in its metadata
 TINY = dict(epochs=3, hidden_dim=32, noise_dim=8, lr=1e-3, batch_size=16)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # The server runs in this process; tiny matrices train fastest on one thread on the 2 shared CI cores, and a
-    # fixed thread count keeps float reductions, so the seeded numbers below, reproducible.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from zsc.runtime.client import connect, unpack, watch
 from zsc.runtime.server import ServerConfig, ZscServer
 from zsc_services.generative.core.ship_problem import HiddenContextProblem, hidden_context_problem
 
-pytestmark = pytest.mark.service
+pytestmark = [pytest.mark.service, pytest.mark.usefixtures("one_torch_thread")]
 SHIP = dict(epochs=25, lr=3e-3, batch_size=8, noise_dim=32)
 SHIP_WIDTHS = dict(encoder_hidden=256, generator_hidden=256)
 FINETUNE = {
@@ -39,14 +39,6 @@ FINETUNE = {
     pb.CLIP_ADAPTER: dict(epochs=50, batch_size=16, lr=0.02, reduction=1),
     pb.TIP_ADAPTER_F: dict(batch_size=32),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

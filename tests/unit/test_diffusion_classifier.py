@@ -38,14 +38,7 @@ SMALL = ((4, 3), (8, 1))
 UNNESTED = ((2, 4), (3, 2), (8, 1))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny UNet's ops are too small for intra-op threads: on 2 shared cores OpenMP barriers that wait for a
-    descheduled thread made this file 6x slower. Numerics do not depend on it."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

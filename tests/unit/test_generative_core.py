@@ -11,7 +11,6 @@ base class, 30-60 epochs at lr 1e-3 instead of the paper's 1024/512 and 120 epoc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,14 +34,7 @@ from zsc_services.generative.core.common import (
 )
 from zsc_services.generative.core.gzsl import GZSLConfig, build_gzsl_classifier, train_gzsl_classifier
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny matrices: one thread avoids thread hand-off costs on the 2 shared CI cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass

@@ -26,13 +26,7 @@ BASE = ["cat", "dog", "bird", "frog", "truck", "ship"]
 NOVEL = ["horse", "deer", "airplane"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on shared cores: extra threads only add contention.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

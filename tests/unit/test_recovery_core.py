@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
-from threadpoolctl import threadpool_limits
 
 from zsc_services.recovery.core.recover import (
     MAX_SAMPLES_PER_CLASS,
@@ -25,15 +24,7 @@ from zsc_services.recovery.core.recover import (
 )
 from zsc_services.recovery.core.vmf import sample_vmf
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small problems on shared cores: torch and BLAS thread pools only add contention (100x slower sklearn fits).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass

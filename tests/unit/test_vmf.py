@@ -12,7 +12,6 @@ import scipy.special
 import scipy.stats
 import torch
 import torch.nn.functional as F
-from threadpoolctl import threadpool_limits
 
 from zsc_services.recovery.core.vmf import (
     log_bessel_iv,
@@ -31,14 +30,7 @@ needs_scipy_vmf = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small problems on shared cores: torch and BLAS thread pools only add contention.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _mp_log_iv(nu: float, x: float) -> float:
