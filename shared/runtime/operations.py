@@ -13,7 +13,6 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
@@ -88,7 +87,8 @@ class OperationManager:
         self._retain = retain
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._changed = threading.Condition()
-        self._executor = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix=f"{service}-job")
+        self._threads: set[threading.Thread] = set()
+        self._started = 0
         self._closed = False
 
     # --- starting and running jobs -------------------------------------------------------------------------------
@@ -108,10 +108,24 @@ class OperationManager:
             record.total_units = total
             self._records[record.name] = record
             self._evict()
-        self._executor.submit(self._run, record, job)
+            self._started += 1
+            # A fresh thread per job, ended with the job, rather than a pool: torch's intra-op threads are an OpenMP
+            # team per calling thread, and while another thread's idle team lives, libgomp counts more threads than
+            # cores and stops spinning between parallel regions; a job after two concurrent ones ran 1.5x slower on
+            # a kept pool thread (bench/job_threads.py).
+            thread = threading.Thread(target=self._run, args=(record, job), name=f"{self.service}-job-{self._started}")
+            self._threads.add(thread)
+        thread.start()
         return self._snapshot(record)
 
     def _run(self, record: _Record, job: Callable[[JobContext], message.Message]) -> None:
+        try:
+            self._run_job(record, job)
+        finally:
+            with self._changed:
+                self._threads.discard(threading.current_thread())
+
+    def _run_job(self, record: _Record, job: Callable[[JobContext], message.Message]) -> None:
         ctx = JobContext(record, self)
         self._update(record, state=State.RUNNING)
         try:
@@ -231,7 +245,10 @@ class OperationManager:
                 for record in self._records.values():
                     record.cancel.set()
             self._changed.notify_all()
-        self._executor.shutdown(wait=wait, cancel_futures=True)
+            threads = list(self._threads)
+        if wait:
+            for thread in threads:
+                thread.join()
 
 
 class OperationsServicer(common_pb2_grpc.OperationsServicer):
