@@ -339,10 +339,15 @@ def test_sampler_input_errors() -> None:
         sample_vmf(mu, 1.0, -1)
 
 
-def test_rejection_round_guard_raises_a_clear_error() -> None:
+@pytest.mark.parametrize("n", [20000, 40000])  # one stream; blocks (2.56M elements) on two threads
+def test_rejection_round_guard_raises_a_clear_error(n: int) -> None:
     mu = _unit_rows(1, 64, seed=0)
-    with pytest.raises(RuntimeError, match="unaccepted after 1 rounds"):
-        sample_vmf(mu, 10.0, 20000, torch.Generator().manual_seed(0), max_rounds=1)
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="unaccepted after 1 rounds"):
+            sample_vmf(mu, 10.0, n, torch.Generator().manual_seed(0), max_rounds=1)
+    finally:
+        torch.set_num_threads(1)
 
 
 @pytest.mark.gpu
