@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from zsc import errors
+from zsc.runtime.intraop import use_one_intraop_thread
 
 log = logging.getLogger("zsc.rpc")
 
@@ -45,6 +46,11 @@ def _one_line(text: str, limit: int = 500) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+def _computes(method: str) -> bool:
+    """zsc's own RPCs may run torch; operation polling and health checks never do."""
+    return method.startswith("/zsc.") and not method.startswith("/zsc.common.v1.Operations/")
+
+
 class ErrorMappingInterceptor(grpc.ServerInterceptor):
     """Logs every call with its duration and status, and turns exceptions into status codes."""
 
@@ -64,8 +70,12 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         return handler
 
     def _wrap_unary(self, behavior: Callable, method: str) -> Callable:
+        computes = _computes(method)
+
         def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
+            if computes:  # a handler thread lives as long as the server: no OpenMP team of its own (intraop.py)
+                use_one_intraop_thread()
             try:
                 response = behavior(request, context)
             except Exception as err:
@@ -77,8 +87,12 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         return wrapper
 
     def _wrap_stream(self, behavior: Callable, method: str) -> Callable:
+        computes = _computes(method)
+
         def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             start = time.perf_counter()
+            if computes:
+                use_one_intraop_thread()
             try:
                 yield from behavior(request, context)
             except Exception as err:
