@@ -62,15 +62,13 @@ def main() -> None:
 
             return run
 
-        def wait() -> None:
-            while any(not r.done for r in manager._records.values()):
-                time.sleep(0.02)
+        def wait(*operations: object) -> None:
+            for operation in operations:
+                for _ in manager.watch(operation.name):
+                    pass
 
-        manager.start("warm", job(warm))
-        manager.start("warm", job(warm))
-        wait()
-        manager.start("timed", job(timed, seconds))
-        wait()
+        wait(manager.start("warm", job(warm)), manager.start("warm", job(warm)))
+        wait(manager.start("timed", job(timed, seconds)))
         manager.shutdown()
         return seconds[0]
 

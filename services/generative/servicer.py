@@ -204,10 +204,13 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
     def TrainGenerator(self, request: pb.TrainGeneratorRequest, context: grpc.ServicerContext):
         svc = self.service
         svc.runtime.require_ready()
-        if request.kind not in KIND_NAMES:
-            what = "is unset" if request.kind == pb.GENERATOR_KIND_UNSPECIFIED else f"{request.kind} is unknown"
-            raise InvalidArgument(f"generator kind {what}; expected TFVAEGAN or CLSWGAN (or SHIP_VAE)")
-        name = KIND_NAMES[request.kind]
+        name = enum_choice(
+            request.kind,
+            KIND_NAMES,
+            pb.GENERATOR_KIND_UNSPECIFIED,
+            "generator kind",
+            "TFVAEGAN or CLSWGAN (or SHIP_VAE)",
+        )
         method = request.WhichOneof("method_settings")
         if method is not None and method != name:
             raise InvalidArgument(f"{method} settings were given for a {name.upper()} generator")
@@ -646,10 +649,13 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
     def FineTune(self, request: pb.FineTuneRequest, context: grpc.ServicerContext):
         svc = self.service
         svc.runtime.require_ready()
-        if request.method not in METHOD_NAMES:
-            what = "is unset" if request.method == pb.FINE_TUNE_METHOD_UNSPECIFIED else f"{request.method} is unknown"
-            raise InvalidArgument(f"fine-tuning method {what}; expected COOP, CLIP_ADAPTER or TIP_ADAPTER_F")
-        method = METHOD_NAMES[request.method]
+        method = enum_choice(
+            request.method,
+            METHOD_NAMES,
+            pb.FINE_TUNE_METHOD_UNSPECIFIED,
+            "fine-tuning method",
+            "COOP, CLIP_ADAPTER or TIP_ADAPTER_F",
+        )
         clip = svc.clip_or_fail("fine-tuning scores image features against CLIP's text features")
         seed = check_seed(request.seed)
         roots = svc.runtime.data_roots
@@ -800,6 +806,14 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
 
 
 # --- request checks ------------------------------------------------------------------------------------------------
+
+
+def enum_choice(value: int, names: dict[int, str], unspecified: int, what: str, expected: str) -> str:
+    """The name of a request's enum value; INVALID_ARGUMENT when it is unset or unknown."""
+    if value not in names:
+        state = "is unset" if value == unspecified else f"{value} is unknown"
+        raise InvalidArgument(f"{what} {state}; expected {expected}")
+    return names[value]
 
 
 def check_seed(seed: int) -> int:
