@@ -232,7 +232,8 @@ class Operations:
 
 
 class DiagnosticsStub:
-    """Diagnostics every zsc service serves: the tensor transport round trip (used by bench/tensor_transport.py).
+    """Diagnostics every zsc service serves: who is answering (GetServerInfo) and the tensor transport round trip (used
+    by bench/tensor_transport.py).
     """
 
     def __init__(self, channel):
@@ -246,14 +247,27 @@ class DiagnosticsStub:
                 request_serializer=zsc_dot_common_dot_v1_dot_common__pb2.TensorChunk.SerializeToString,
                 response_deserializer=zsc_dot_common_dot_v1_dot_common__pb2.TensorChunk.FromString,
                 _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/zsc.common.v1.Diagnostics/GetServerInfo',
+                request_serializer=zsc_dot_common_dot_v1_dot_common__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=zsc_dot_common_dot_v1_dot_common__pb2.ServerInfo.FromString,
+                _registered_method=True)
 
 
 class DiagnosticsServicer:
-    """Diagnostics every zsc service serves: the tensor transport round trip (used by bench/tensor_transport.py).
+    """Diagnostics every zsc service serves: who is answering (GetServerInfo) and the tensor transport round trip (used
+    by bench/tensor_transport.py).
     """
 
     def EchoTensor(self, request_iterator, context):
         """Decodes a chunked tensor with the server's codec (all checks applied) and streams it back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServerInfo(self, request, context):
+        """The service, profile and models of the server that answers, so a client can say (and check) what served it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -267,6 +281,11 @@ def add_DiagnosticsServicer_to_server(servicer, server):
                     request_deserializer=zsc_dot_common_dot_v1_dot_common__pb2.TensorChunk.FromString,
                     response_serializer=zsc_dot_common_dot_v1_dot_common__pb2.TensorChunk.SerializeToString,
             ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=zsc_dot_common_dot_v1_dot_common__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=zsc_dot_common_dot_v1_dot_common__pb2.ServerInfo.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'zsc.common.v1.Diagnostics', rpc_method_handlers)
@@ -276,7 +295,8 @@ def add_DiagnosticsServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Diagnostics:
-    """Diagnostics every zsc service serves: the tensor transport round trip (used by bench/tensor_transport.py).
+    """Diagnostics every zsc service serves: who is answering (GetServerInfo) and the tensor transport round trip (used
+    by bench/tensor_transport.py).
     """
 
     @staticmethod
@@ -296,6 +316,33 @@ class Diagnostics:
             '/zsc.common.v1.Diagnostics/EchoTensor',
             zsc_dot_common_dot_v1_dot_common__pb2.TensorChunk.SerializeToString,
             zsc_dot_common_dot_v1_dot_common__pb2.TensorChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zsc.common.v1.Diagnostics/GetServerInfo',
+            zsc_dot_common_dot_v1_dot_common__pb2.GetServerInfoRequest.SerializeToString,
+            zsc_dot_common_dot_v1_dot_common__pb2.ServerInfo.FromString,
             options,
             channel_credentials,
             insecure,
