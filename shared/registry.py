@@ -36,6 +36,7 @@ from zsc.errors import FailedPrecondition, InvalidArgument, NotFound
 ALIAS_HISTORY_TAG = "zsc.alias_history"
 MAX_HISTORY_CHARS = 90_000  # MLflow allows 100k per registered-model tag; the oldest entries go first
 REAL_TEST_PREFIX = "real_test."
+FILES_MD5_TAG = "zsc.files.md5"  # the DVC hash of the folder `--model-out` exported the version into
 EVAL_PLOTS = ("per_class_accuracy.png", "confusion_matrix.png")
 # The params a reviewer compares first; others stay in MLflow.
 KEY_PARAMS = ("arch", "epochs", "batch_size", "lr", "weight_decay", "image_size", "pretrained", "seed", "n_train")
@@ -284,6 +285,25 @@ def tag_version(name: str, version: str, tags: dict[str, Any], client: Any = Non
     with mlflow_errors(f"model {name!r} version {version} not found"):
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, str(value))
+
+
+def version_with_files(files_md5: str, where: str, client: Any = None) -> str:
+    """``models:/NAME/VERSION`` of the newest registered version whose exported files hash to ``files_md5``.
+
+    A pipeline stage names its model by the files an earlier stage wrote (``--model-out``), not by an alias: DVC's
+    run-cache can bring back older files without moving the alias, and then the files are the truth. Several
+    versions can hold the same files (a forced retraining is byte-identical); any of them is the same model, and the
+    newest one gets the evaluation's tags. ``where`` names the folder in the error."""
+    client = client or tracking.client()
+    with mlflow_errors(f"no registered model version for {where}"):
+        versions = list(client.search_model_versions(f"tags.`{FILES_MD5_TAG}` = '{files_md5}'"))
+    if not versions:
+        raise FailedPrecondition(
+            f"no registered model version has the files of {where} ({files_md5}): rerun the stage that wrote them, "
+            "with the same MLflow store"
+        )
+    newest = max(versions, key=lambda mv: (int(mv.creation_timestamp or 0), int(mv.version)))
+    return f"models:/{newest.name}/{newest.version}"
 
 
 # --- metric-gated promotion with an alias history ------------------------------------------------------------------

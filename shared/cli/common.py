@@ -222,6 +222,9 @@ def save_training_outputs(args: argparse.Namespace, name: str, version: str, run
         print(f"{name}@{args.alias} -> v{version}")
     if args.model_out:
         files = export_model_files(f"models:/{name}/{version}", args.model_out, client)
+        from zsc.lineage import dvc_md5
+
+        registry.tag_version(name, version, {registry.FILES_MD5_TAG: dvc_md5(args.model_out)}, client)
         print(f"model files: {', '.join(str(f) for f in files)}")
     if args.metrics_out or args.plots_dir:
         metrics = {k: v for k, v in sorted(client.get_run(run_id).data.metrics.items()) if not is_timing(k)}
@@ -237,6 +240,21 @@ def save_training_outputs(args: argparse.Namespace, name: str, version: str, run
             names = sorted(curves)
             rows = [[step, *(curves[k].get(step, "") for k in names)] for step in steps]
             write_csv(args.plots_dir / "training_curve.csv", ["step", *names], rows)
+
+
+def model_uri(text: str) -> str:
+    """A model reference as a user or a DVC stage gives it: a models:/ or runs:/ URI as is, or a folder that
+    ``--model-out`` wrote, which names the registered version holding exactly those files (see
+    ``registry.version_with_files``)."""
+    folder = Path(text)
+    if "://" in text or text.startswith(("models:/", "runs:/")) or not folder.is_dir():
+        return text
+    from zsc import registry, tracking
+    from zsc.lineage import dvc_md5
+
+    uri = registry.version_with_files(dvc_md5(folder), str(folder), tracking.client())
+    print(f"{text}: {uri}", file=sys.stderr)
+    return uri
 
 
 MODEL_FILE_SUFFIXES = (".safetensors",)

@@ -15,6 +15,7 @@ from zsc.cli.common import (
     add_training_outputs,
     follow,
     markdown_table,
+    model_uri,
     open_channel,
     save_evaluation,
     save_training_outputs,
@@ -104,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     request = pb.EvaluateModelRequest(
-        model_uri=args.model,
+        model_uri=model_uri(args.model),
         data_uri=str(Path(args.data).resolve()),
         limit=args.limit,
         batch_size=args.batch_size,
@@ -146,7 +147,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         images.append(common_pb2.Image(data=path.read_bytes(), mime=mime))
     with open_channel(args, "classification") as channel:
         reply = pb_grpc.DownstreamStub(channel).Predict(
-            pb.PredictRequest(model_uri=args.model, images=images, top_k=args.top_k)
+            pb.PredictRequest(model_uri=model_uri(args.model), images=images, top_k=args.top_k)
         )
     for path, ranked in zip(args.images, reply.predictions, strict=True):
         print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in zip(ranked.labels, ranked.probs, strict=True)))

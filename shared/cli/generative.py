@@ -17,6 +17,7 @@ from zsc.cli.common import (
     add_training_outputs,
     follow,
     markdown_table,
+    model_uri,
     open_channel,
     parse_names,
     save_training_outputs,
@@ -276,7 +277,10 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     classes = parse_names(args.classes, "--classes") if args.classes else None
     request = pb.GenerateFeaturesRequest(
-        generator=args.generator, per_class=args.per_class, seed=args.seed, output_uri=str(args.out.resolve())
+        generator=model_uri(args.generator),
+        per_class=args.per_class,
+        seed=args.seed,
+        output_uri=str(args.out.resolve()),
     )
     paths: list[Path] = [args.out]
     if args.text_features is not None:
@@ -373,7 +377,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     request = pb.EvaluateGZSLRequest(
-        classifier=args.classifier, test_features_uri=str(args.test.resolve()), experiment=args.experiment
+        classifier=model_uri(args.classifier), test_features_uri=str(args.test.resolve()), experiment=args.experiment
     )
     if args.unseen:
         request.unseen_classes.extend(parse_names(args.unseen, "--unseen"))

@@ -134,6 +134,7 @@ def test_dvc_pipelines(tmp_path: Path) -> None:
         check_metrics_and_plots(repo)
         check_lineage(repo, env, first)
         check_repro_is_a_no_op_and_deterministic(repo, env, first)
+        check_stages_name_models_by_their_files_after_a_change_and_revert(repo, env)
     check_push_then_pull_into_a_clean_clone(repo, env, tmp_path / "clone")
 
 
@@ -235,6 +236,37 @@ def check_repro_is_a_no_op_and_deterministic(repo: Path, env: dict[str, str], fi
             k for k in before.metadata.keys() | after.metadata.keys() if before.metadata.get(k) != after.metadata.get(k)
         }
         assert differ <= RUN_IDENTITY, (path, differ)
+    assert "up to date" in _run(["dvc", "status"], repo, env)
+
+
+def check_stages_name_models_by_their_files_after_a_change_and_revert(repo: Path, env: dict[str, str]) -> None:
+    """Change a param, repro, revert it, repro: the run-cache brings the old classifier back but leaves the alias on
+    the newer version; the next stage must evaluate the version that holds the restored files, not the alias."""
+    from zsc import registry, tracking
+    from zsc.cli.common import model_uri
+
+    client = tracking.client()
+    params_path = repo / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["train_gzsl"]["epochs"] += 1
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["dvc", "repro", "evaluate_gzsl"], repo, env)
+    newer = client.get_model_version_by_alias("zsc-gzsl", "dfzsl")
+    params_path.write_text(original)
+    printed = _run(["dvc", "repro", "evaluate_gzsl"], repo, env)
+    assert "Running stage 'train_gzsl'" not in printed  # restored from the run-cache, not retrained
+    assert "up to date" in _run(["dvc", "status"], repo, env)
+    restored_md5 = _lock_hashes(repo)["models/dfzsl/gzsl"]
+    assert dict(newer.tags)[registry.FILES_MD5_TAG] != restored_md5
+    assert client.get_model_version_by_alias("zsc-gzsl", "dfzsl").version == newer.version  # the alias did not move
+
+    uri = model_uri(str(repo / "models" / "dfzsl" / "gzsl"))
+    name, version = uri.removeprefix("models:/").split("/")
+    assert dict(client.get_model_version(name, version).tags)[registry.FILES_MD5_TAG] == restored_md5
+    _run(["dvc", "repro", "--force", "--single-item", "evaluate_gzsl"], repo, env)
+    tagged = dict(client.get_model_version(name, version).tags)
+    assert float(tagged["real_test.H"]) == pytest.approx(_metrics(repo, "evaluate_gzsl")["H"], abs=1e-6)
     assert "up to date" in _run(["dvc", "status"], repo, env)
 
 
