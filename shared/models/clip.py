@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import open_clip
 import torch
 from PIL import Image
 
-from zsc.models.hub import unavailable
+from zsc.models.hub import require_cached, require_dir, unavailable
 from zsc.profiles import CONFIG_DIR
 from zsc.seeding import seeded_init
 
@@ -37,10 +39,11 @@ class ClipBundle:
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    """open_clip logs a warning for every randomly initialized model, which is the point of the tiny profile."""
+    """open_clip logs through the root logger: a warning for every randomly initialized model (the point of the tiny
+    profile) and an error for weights it cannot fetch (which zsc reports itself)."""
     root = logging.getLogger()
     previous = root.level
-    root.setLevel(logging.ERROR)
+    root.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
@@ -75,12 +78,50 @@ def create_clip(ref: str, device: torch.device | str = "cpu", dtype: torch.dtype
             model_name, pretrained = ref, None
         else:
             raise ValueError(f"unknown CLIP reference {ref!r}: use tiny:, open_clip:, hf-hub: or local-dir:")
+        require_clip_weights(ref)
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained, precision=precision, require_pretrained=True
-            )
+            with _quiet():  # open_clip logs its own download failure; zsc's one line below says it all
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    model_name, pretrained=pretrained, precision=precision, require_pretrained=True
+                )
         except (OSError, RuntimeError, ValueError) as err:
-            raise unavailable("CLIP model", ref, err) from err
+            located = _hub_location(ref)
+            raise unavailable("CLIP model", ref, err, repo=located[0] if located else None) from err
         tokenizer = open_clip.get_tokenizer(model_name)
     model = model.to(device).eval().requires_grad_(False)
     return ClipBundle(model=model, tokenizer=tokenizer, preprocess=preprocess, ref=ref, device=device, dtype=dtype)
+
+
+def _hub_location(ref: str) -> tuple[str, list[str]] | None:
+    """The hub repo id and the weight files (any one will do) that open_clip reads for ``ref``; None when ``ref``
+    is not a hub reference or open_clip knows no hub entry for it (the loader then reports its own error)."""
+    kind, _, name = ref.partition(":")
+    if kind == "hf-hub":
+        return name, ["open_clip_config.json"]
+    if kind != "open_clip":
+        return None
+    arch, _, tag = name.partition("/")
+    cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
+    hub = cfg.get("hf_hub", "")
+    if not hub:
+        return None
+    # open_clip's convention: "org/repo/" (default file name) or "org/repo/file"; it prefers a safetensors twin.
+    repo, filename = os.path.split(hub)
+    filename = filename or open_clip.constants.HF_WEIGHTS_NAME
+    if filename == open_clip.constants.HF_WEIGHTS_NAME:
+        return repo, [open_clip.constants.HF_SAFE_WEIGHTS_NAME, filename]
+    if filename.endswith((".bin", ".pth")):
+        return repo, [filename[:-4] + ".safetensors", filename]
+    return repo, [filename]
+
+
+def require_clip_weights(ref: str) -> None:
+    """Raise zsc's one-line ModelUnavailable at once when the real weights ``ref`` names are not on this machine
+    (``tiny:`` refs need none). A file-system look-up only: the server calls it before it starts listening."""
+    kind, _, name = ref.partition(":")
+    if kind == "local-dir":
+        require_dir("CLIP model", ref, Path(name).expanduser(), "open_clip_config.json")
+        return
+    located = _hub_location(ref)
+    if located is not None:
+        require_cached("CLIP model", ref, *located)

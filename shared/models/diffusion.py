@@ -22,7 +22,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from zsc.models.hub import unavailable
+from zsc.models.hub import require_cached, require_dir, unavailable
 from zsc.profiles import CONFIG_DIR
 from zsc.seeding import seeded_init
 
@@ -104,7 +104,21 @@ def _build_tiny(name: str, seed: int) -> SDComponents:
     return SDComponents(unet, vae, text_encoder, clip_bpe_tokenizer(), scheduler, ref=f"tiny:{name}")
 
 
+def require_sd_weights(ref: str) -> None:
+    """Raise zsc's one-line ModelUnavailable at once when the diffusers model ``ref`` (a hub id or a local directory)
+    is not on this machine (``tiny:`` refs need none). A file-system look-up only: the server calls it before it
+    starts listening, so diffusers' and the hub's own warnings never come up."""
+    if ref.startswith("tiny:"):
+        return
+    local = Path(ref).expanduser()
+    if local.is_absolute() or ref.startswith(".") or local.exists():
+        require_dir("Stable Diffusion model", ref, local, "model_index.json")
+    else:
+        require_cached("Stable Diffusion model", ref, ref, ["model_index.json"])
+
+
 def _load_real(ref: str, dtype: torch.dtype) -> SDComponents:
+    require_sd_weights(ref)
     local = Path(ref).expanduser()
     source = str(local) if local.is_dir() else ref
     try:
@@ -112,7 +126,7 @@ def _load_real(ref: str, dtype: torch.dtype) -> SDComponents:
             source, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
         )
     except (OSError, ValueError) as err:
-        raise unavailable("Stable Diffusion model", ref, err) from err
+        raise unavailable("Stable Diffusion model", ref, err, local=local if local.is_dir() else None) from err
     return SDComponents(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, ref=ref)
 
 

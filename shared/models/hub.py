@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from zsc.errors import ModelUnavailable
@@ -19,12 +20,44 @@ def hub_cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def unavailable(what: str, ref: str, err: BaseException | None = None) -> ModelUnavailable:
-    """One line: which model, where zsc looked, how to fix it."""
-    where = ref if Path(ref).is_absolute() else f"the hub cache {hub_cache_dir()}"
-    how = (
-        "fill the hub cache where there is internet (ZSC_HUB_ONLINE=1 zsc up --profile paper, or `hf download <repo>`) "
-        "and copy it here, or point the profile at a local directory"
-    )
+def unavailable(
+    what: str, ref: str, err: BaseException | None = None, *, repo: str | None = None, local: Path | None = None
+) -> ModelUnavailable:
+    """One line: which model, its hub repo id, where zsc looked, and the command that fills the cache.
+
+    ``local`` is the directory a local reference names (then there is no repo to download); ``repo`` the hub repo id
+    when it differs from ``ref`` (open_clip tags live in timm's repos)."""
     detail = f" ({type(err).__name__})" if err is not None else ""
-    return ModelUnavailable(f"{what} {ref!r} is not available{detail}: looked in {where}; {how}")
+    if local is not None:
+        return ModelUnavailable(
+            f"{what} {ref!r} is not available{detail}: looked in {local}; point the profile at a directory that holds "
+            "the model's files"
+        )
+    repo = repo or ref
+    cache = hub_cache_dir()
+    return ModelUnavailable(
+        f"{what} {ref!r} (hub repo {repo}) is not available{detail}: looked in the hub cache {cache}; fill it where "
+        f"there is internet with `hf download {repo}` and copy it here, or point the profile at a local directory"
+    )
+
+
+def require_cached(what: str, ref: str, repo: str, filenames: Sequence[str]) -> None:
+    """Raise ``unavailable`` unless one of ``filenames`` of hub ``repo`` is in the local cache.
+
+    A pure file-system look-up: no network, no logging, so a missing model fails in milliseconds with one line
+    instead of after the libraries' own retries and warnings. With ZSC_HUB_ONLINE=1 the loaders may download, so
+    nothing is required here."""
+    if hub_online():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        if isinstance(try_to_load_from_cache(repo, filename), str):
+            return
+    raise unavailable(what, ref, repo=repo)
+
+
+def require_dir(what: str, ref: str, path: Path, marker: str) -> None:
+    """Raise ``unavailable`` unless ``path`` is a directory holding ``marker`` (e.g. model_index.json)."""
+    if not (path / marker).is_file():
+        raise unavailable(what, ref, local=path)

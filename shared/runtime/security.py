@@ -58,15 +58,17 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         given = str(metadata.get("authorization", "")).encode()
         if hmac.compare_digest(given, self._expected):
             return continuation(handler_call_details)
-        return _deny(continuation(handler_call_details))
+        handler = continuation(handler_call_details)
+        return deny(handler, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
 
 
-def _deny(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+def deny(handler: grpc.RpcMethodHandler | None, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler | None:
+    """``handler`` with its behaviour replaced by an abort with ``code`` (for interceptors that refuse a call)."""
     if handler is None:
         return None
 
     def abort(request: Any, context: grpc.ServicerContext) -> None:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+        context.abort(code, message)
 
     if handler.unary_unary:
         return handler._replace(unary_unary=abort)
