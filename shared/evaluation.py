@@ -2,6 +2,8 @@
 
 Accuracies are fractions in [0, 1]. A *per-class mean* averages the accuracy of each class that has at least one
 sample among the classes asked for, so a class absent from the evaluation set neither counts as 0 nor as 1.
+GZSL's S and U are per-class means; base-to-new B and N are overall accuracies (correct / samples), as the DFZSL
+and SHIP code compute them, with their per-class means beside them under their own names.
 """
 
 from __future__ import annotations
@@ -95,11 +97,14 @@ class GZSLMetrics:
 
 @dataclass(frozen=True)
 class BaseNewMetrics:
-    """Base-to-new metrics: base (B) and new (N) accuracy, each predicted within its own class set; HM."""
+    """Base-to-new metrics, each sample predicted within its own class set: base (B) and new (N) overall accuracy
+    and HM = H(B, N); ``base_per_class``/``new_per_class`` are the per-class means of the same predictions."""
 
     base: float
     new: float
     harmonic: float
+    base_per_class: float = math.nan
+    new_per_class: float = math.nan
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -126,7 +131,8 @@ def gzsl_metrics(
 def base_to_new_metrics(
     scores: torch.Tensor, y_true: IndexLike, base_classes: IndexLike, new_classes: IndexLike
 ) -> BaseNewMetrics:
-    """B, N and HM from scores [N, C] over all classes: base samples compete among base classes only, new among new."""
+    """B, N (overall accuracy) and HM from scores [N, C] over all classes: base samples compete among base classes
+    only, new among new. The per-class means come along as ``base_per_class`` and ``new_per_class``."""
     base, new = _as_labels(base_classes, "base_classes"), _as_labels(new_classes, "new_classes")
     _check_disjoint(base, new, "base and new")
     t = _as_labels(y_true, "y_true")
@@ -134,13 +140,17 @@ def base_to_new_metrics(
     if scores.ndim != 2 or scores.shape[0] != t.numel():
         raise ValueError(f"scores must be [{t.numel()}, C], got {tuple(scores.shape)}")
 
-    def within(classes: torch.Tensor) -> float:
+    def within(classes: torch.Tensor) -> tuple[float, float]:
+        """(overall accuracy, per-class mean) of the samples of ``classes`` predicted among them; 0 with none."""
         rows = torch.isin(t, classes)
+        if not rows.any():
+            return 0.0, 0.0
         pred = classes[scores[rows][:, classes].argmax(dim=1)]
-        return mean_per_class_accuracy(t[rows], pred, classes, scores.shape[1])
+        overall = float((pred == t[rows]).double().mean())
+        return overall, mean_per_class_accuracy(t[rows], pred, classes, scores.shape[1])
 
-    b, n = within(base), within(new)
-    return BaseNewMetrics(base=b, new=n, harmonic=harmonic_mean(b, n))
+    (b, b_pc), (n, n_pc) = within(base), within(new)
+    return BaseNewMetrics(base=b, new=n, harmonic=harmonic_mean(b, n), base_per_class=b_pc, new_per_class=n_pc)
 
 
 @dataclass(frozen=True)

@@ -189,12 +189,32 @@ SCORES = torch.tensor(
 
 def test_base_to_new_metrics_hand_example() -> None:
     m = base_to_new_metrics(SCORES, Y_TRUE, base_classes=[0, 1], new_classes=[2, 3])
-    assert m.base == pytest.approx(7 / 12)  # (1/2 + 2/3) / 2
-    assert m.new == pytest.approx(3 / 4)  # (1/2 + 1) / 2
-    assert m.harmonic == pytest.approx(0.65625)
+    # B and N are overall accuracy (the DFZSL and SHIP code): correct / samples.
+    assert m.base == pytest.approx(3 / 5)  # 1 of 2 class-0 samples + 2 of 3 class-1 samples
+    assert m.new == pytest.approx(2 / 3)  # 1 of 2 class-2 samples + 1 of 1 class-3 sample
+    assert m.harmonic == pytest.approx(12 / 19)  # 2 · 3/5 · 2/3 / (3/5 + 2/3)
+    assert m.base_per_class == pytest.approx(7 / 12)  # (1/2 + 2/3) / 2
+    assert m.new_per_class == pytest.approx(3 / 4)  # (1/2 + 1) / 2
     # The same scores over all classes get every sample wrong: S = U = 0 and H is 0, not NaN.
     g = gzsl_metrics(Y_TRUE, SCORES.argmax(1), [0, 1], [2, 3])
     assert (g.seen, g.unseen, g.harmonic) == (0.0, 0.0, 0.0)
+
+
+def test_base_to_new_is_overall_accuracy_on_an_imbalanced_confusion() -> None:
+    # Base: class 0 has 90 samples, 81 right; class 1 has 10, 1 right. New: class 2 has 5, all right; class 3 has
+    # 45, 9 right. Per-class means would be (0.9 + 0.1)/2 = 0.5 and (1 + 0.2)/2 = 0.6; overall accuracy is 82/100
+    # and 14/50. Each sample's score row puts its top score on the predicted class (one-hot, within its set).
+    spec = [(0, 0, 81), (0, 1, 9), (1, 1, 1), (1, 0, 9), (2, 2, 5), (3, 3, 9), (3, 2, 36)]
+    y = torch.tensor([t for t, _, n in spec for _ in range(n)])
+    pred = torch.tensor([p for _, p, n in spec for _ in range(n)])
+    scores = torch.nn.functional.one_hot(pred, 4).float()
+    m = base_to_new_metrics(scores, y, base_classes=[0, 1], new_classes=[2, 3])
+    assert (m.base, m.new) == (pytest.approx(0.82), pytest.approx(0.28))
+    assert m.harmonic == pytest.approx(2 * 0.82 * 0.28 / 1.10)
+    assert (m.base_per_class, m.new_per_class) == (pytest.approx(0.5), pytest.approx(0.6))
+    # S and U stay per-class means.
+    g = gzsl_metrics(y, pred, [0, 1], [2, 3])
+    assert (g.seen, g.unseen) == (pytest.approx(0.5), pytest.approx(0.6))
 
 
 def test_harmonic_mean_and_mean_std() -> None:
