@@ -189,12 +189,23 @@ def process_identity(pid: int) -> str | None:
     return str(pid)
 
 
+# Per service in this process: what the server that answers says about itself (profile, models, address).
+_server_tags: dict[str, dict[str, str]] = {}
+
+
+def set_server_tags(service: str, tags: dict[str, str]) -> None:
+    """Tags every run created in a job of ``service`` in this process carries (see ``owner_tags``)."""
+    _server_tags[service] = dict(tags)
+
+
 def owner_tags() -> dict[str, str]:
-    """Tags naming the server process that owns a run created in one of its jobs (empty outside jobs)."""
+    """Tags naming the server process that owns a run created in one of its jobs, and what that server runs
+    (profile, model ids: ``set_server_tags``); empty outside jobs."""
     service = _owner.get()
     if service is None:
         return {}
     return {
+        **_server_tags.get(service, {}),
         OWNER_SERVICE_TAG: service,
         OWNER_HOST_TAG: socket.gethostname(),
         OWNER_PROCESS_TAG: process_identity(os.getpid()) or str(os.getpid()),

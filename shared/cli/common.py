@@ -28,7 +28,11 @@ def add_client_args(parser: argparse.ArgumentParser, service: str) -> None:
         help=f"host:port of a running {service} service (default: $ZSC_{service.upper()}_ADDRESS; "
         "with neither, zsc starts one on an ephemeral loopback port for this command)",
     )
-    parser.add_argument("--profile", default="tiny", help="model profile for a service zsc starts itself")
+    parser.add_argument(
+        "--profile",
+        help="model profile of a service zsc starts itself (default: tiny); a running service of another profile "
+        "refuses with FAILED_PRECONDITION (default: use the running one as it is)",
+    )
 
 
 def open_channel(args: argparse.Namespace, service: str, paths: list[str | Path] = ()):

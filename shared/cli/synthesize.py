@@ -71,7 +71,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="host:port of a synthesis replica; repeat or comma-separate to shard over several (default: "
         "$ZSC_SYNTHESIS_ADDRESS; with neither, zsc starts one on an ephemeral loopback port for this command)",
     )
-    p.add_argument("--profile", default="tiny", help="model profile for a service zsc starts itself")
+    p.add_argument(
+        "--profile",
+        help="model profile of a service zsc starts itself (default: tiny); a running service of another profile "
+        "refuses with FAILED_PRECONDITION (default: use the running one as it is)",
+    )
     p.set_defaults(func=cmd_synthesize)
 
 

@@ -1,8 +1,10 @@
-"""Client helpers: channels with size limits, retries for idempotent RPCs and a deadline on every call."""
+"""Client helpers: channels with size limits, retries for idempotent RPCs and a deadline on every call, and the one
+place a client finds (or starts) its service and says which server answered."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +17,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from zsc.common.v1 import common_pb2, common_pb2_grpc
 
+log = logging.getLogger("zsc.client")
 MiB = 1 << 20
+PROFILE_METADATA = "x-zsc-profile"  # the profile a client wants; servers of another profile refuse the call
 DEFAULT_TIMEOUT = 60.0  # unary calls
 STREAM_TIMEOUT = 24 * 3600.0  # watches and streams of long jobs
 
@@ -78,14 +82,14 @@ class _DefaultDeadline(_RewriteCallDetails):
         return _CallDetails(details, timeout=self.stream if streaming else self.unary)
 
 
-class _BearerToken(_RewriteCallDetails):
-    """Adds ``authorization: Bearer <token>`` to every call (plaintext channels to a token-protected server)."""
+class _AddMetadata(_RewriteCallDetails):
+    """Adds fixed metadata to every call: the bearer token on plaintext channels, the profile the client wants."""
 
-    def __init__(self, token: str) -> None:
-        self.header = ("authorization", f"Bearer {token}")
+    def __init__(self, headers: list[tuple[str, str]]) -> None:
+        self.headers = headers
 
     def rewrite(self, details: grpc.ClientCallDetails, streaming: bool) -> grpc.ClientCallDetails:
-        return _CallDetails(details, metadata=[*(details.metadata or ()), self.header])
+        return _CallDetails(details, metadata=[*(details.metadata or ()), *self.headers])
 
 
 class _CallDetails(grpc.ClientCallDetails):
@@ -102,11 +106,13 @@ def connect(
     stream_timeout: float = STREAM_TIMEOUT,
     token: str | None = None,
     tls_ca: Path | None = None,
+    profile: str | None = None,
 ) -> grpc.Channel:
     """A channel to ``address`` with zsc's limits, retry policy and default deadlines.
 
     ``token`` (default: ZSC_AUTH_TOKEN) is sent as a bearer token; TLS is used when ``tls_ca`` (default: ZSC_TLS_CA)
-    is set or ZSC_TLS=1, else the channel is plaintext (loopback and trusted networks).
+    is set or ZSC_TLS=1, else the channel is plaintext (loopback and trusted networks). ``profile`` (a profile name)
+    goes with every call, and a server of another profile answers FAILED_PRECONDITION.
     """
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -116,19 +122,43 @@ def connect(
     ]
     token = token if token is not None else os.environ.get("ZSC_AUTH_TOKEN") or None
     ca = tls_ca or (Path(os.environ["ZSC_TLS_CA"]) if os.environ.get("ZSC_TLS_CA") else None)
+    headers = [(PROFILE_METADATA, profile)] if profile else []
     if ca is not None or os.environ.get("ZSC_TLS") == "1":
         from zsc.runtime.security import secure_client_credentials
 
         channel = grpc.secure_channel(address, secure_client_credentials(ca, token), options=options)
-        return grpc.intercept_channel(channel, _DefaultDeadline(timeout, stream_timeout))
-    channel = grpc.insecure_channel(address, options=options)
-    if token:  # plaintext: call credentials need TLS, so the token rides as metadata
-        return grpc.intercept_channel(channel, _DefaultDeadline(timeout, stream_timeout), _BearerToken(token))
-    return grpc.intercept_channel(channel, _DefaultDeadline(timeout, stream_timeout))
+    else:
+        channel = grpc.insecure_channel(address, options=options)
+        if token:  # plaintext: call credentials need TLS, so the token rides as metadata
+            headers.append(("authorization", f"Bearer {token}"))
+    interceptors = [_DefaultDeadline(timeout, stream_timeout), *([_AddMetadata(headers)] if headers else [])]
+    return grpc.intercept_channel(channel, *interceptors)
 
 
 def address_from_env(service: str) -> str | None:
     return os.environ.get(f"ZSC_{service.upper()}_ADDRESS") or None
+
+
+def profile_name(profile: str) -> str:
+    """The name a server reports for ``profile``: a registered name as is, a JSON profile file's ``name`` field."""
+    path = Path(profile)
+    if path.suffix == ".json" and path.is_file():
+        try:
+            return str(json.loads(path.read_text())["name"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"profile file {path} has no name field") from err
+    return profile
+
+
+def server_info(channel: grpc.Channel, timeout: float = 10.0) -> common_pb2.ServerInfo:
+    """Who answers on ``channel``; FAILED_PRECONDITION (as grpc.RpcError) if it runs another profile than asked."""
+    return common_pb2_grpc.DiagnosticsStub(channel).GetServerInfo(common_pb2.GetServerInfoRequest(), timeout=timeout)
+
+
+def describe(address: str, info: common_pb2.ServerInfo) -> str:
+    """One line: the address, profile and model ids of the server that answered."""
+    models = ", ".join(f"{role} {ref}" for role, ref in sorted(info.models.items())) or "none"
+    return f"{info.service} served by {address} (profile {info.profile}, models: {models}; pid {info.pid})"
 
 
 def wait_until_serving(channel: grpc.Channel, service: str = "", timeout: float = 120.0) -> None:
@@ -190,30 +220,37 @@ def service_channel(
     service: str,
     address: str | None = None,
     *,
-    profile: str = "tiny",
+    profile: str | None = None,
     data_roots: list[Path] | None = None,
     ready_timeout: float = 600.0,
 ) -> Iterator[grpc.Channel]:
     """A channel to ``service``: at ``address``, at ``ZSC_<SERVICE>_ADDRESS``, or else at a server this process starts
-    on an ephemeral loopback port for the duration of the block (still over gRPC)."""
+    on an ephemeral loopback port for the duration of the block (still over gRPC).
+
+    ``profile`` (default: whatever a running server has; ``tiny`` for one started here) is sent with every call, so
+    a running server of another profile refuses with FAILED_PRECONDITION. The server that answers is logged at INFO
+    on ``zsc.client`` ("served by ADDRESS (profile P, models ...)")."""
     address = address or address_from_env(service)
     if address:
-        channel = connect(address)
+        channel = connect(address, profile=profile_name(profile) if profile else None)
         try:
             wait_until_serving(channel, timeout=ready_timeout)
+            log.info("%s", describe(address, server_info(channel)))
             yield channel
         finally:
             channel.close()
         return
     from zsc.runtime.server import ServerConfig, ZscServer
 
-    config = ServerConfig(profile=profile, data_roots=data_roots or [Path.cwd()])
+    config = ServerConfig(profile=profile or "tiny", data_roots=data_roots or [Path.cwd()])
     server = ZscServer(service, config)
     port = server.start()
     try:
         server.wait_ready(ready_timeout)
-        channel = connect(f"127.0.0.1:{port}")
+        address = f"127.0.0.1:{port}"
+        channel = connect(address)
         try:
+            log.info("%s", describe(f"{address}, started for this command", server_info(channel)))
             yield channel
         finally:
             channel.close()

@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from PIL import Image
 
-from zsc import data, errors, tracking
+from zsc import __version__, data, errors, tracking
 from zsc.common.v1 import common_pb2, common_pb2_grpc
 from zsc.profiles import Profile, get_profile
 from zsc.runtime.diagnostics import DiagnosticsServicer
 from zsc.runtime.interceptors import ErrorMappingInterceptor
 from zsc.runtime.operations import OperationManager, OperationsServicer
-from zsc.runtime.security import BearerTokenInterceptor, TlsFiles
+from zsc.runtime.security import UNAUTHENTICATED_METHODS, BearerTokenInterceptor, TlsFiles, deny
 
 log = logging.getLogger("zsc.server")
 
@@ -31,6 +33,12 @@ DEFAULT_PORTS = {"synthesis": 50051, "recovery": 50052, "generative": 50053, "cl
 # Each service's module exposes `create_service(runtime) -> Service`.
 SERVICE_MODULES = {name: f"zsc_services.{name}.servicer" for name in DEFAULT_PORTS}
 MiB = 1 << 20
+# The profile roles each service's load() reads before it reports SERVING (the others load on first use). Their
+# weights are checked on disk before the server listens, so a missing model stops it at once with one line.
+STARTUP_ROLES = {"synthesis": ("text_to_image",), "recovery": ("clip",), "generative": (), "classification": ("clip",)}
+MODEL_ROLES = ("clip", "text_to_image", "diffusion_classifier", "image_encoder", "text_encoder", "downstream_arch")
+# Metadata a client sends with the profile it wants; a server of another profile refuses with FAILED_PRECONDITION.
+PROFILE_METADATA = "x-zsc-profile"
 
 
 @dataclass
@@ -111,6 +119,61 @@ class ServiceRuntime:
             raise errors.ModelUnavailable(f"{self.name} is still loading its models; retry shortly")
 
 
+def profile_models(profile: Profile) -> dict[str, str]:
+    """The model reference of each role ``profile`` fills (roles it leaves empty are left out)."""
+    return {role: getattr(profile, role) for role in MODEL_ROLES if getattr(profile, role)}
+
+
+def require_startup_weights(service: str, profile: Profile) -> None:
+    """Raise the one-line ModelUnavailable when a model ``service`` loads at startup is not on this machine."""
+    for role in STARTUP_ROLES[service]:
+        ref = getattr(profile, role)
+        if not ref:
+            continue
+        if role == "clip":
+            from zsc.models.clip import require_clip_weights
+
+            require_clip_weights(ref)
+        else:
+            from zsc.models.diffusion import require_sd_weights
+
+            require_sd_weights(ref)
+
+
+def port_unavailable(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound now (e.g. "Address already in use"), or None if it can.
+
+    The probe sets SO_REUSEADDR as gRPC does, so a port in TIME_WAIT counts as free and only a live listener blocks."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(addr)
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
+
+
+class ProfileInterceptor(grpc.ServerInterceptor):
+    """Refuses, with FAILED_PRECONDITION, a call whose ``x-zsc-profile`` names another profile than this server's:
+    a client that asked for ``paper`` must not silently get ``tiny``'s answers. Health checks are exempt, like
+    authentication, so load balancers and readiness polls need no metadata."""
+
+    def __init__(self, service: str, profile: str) -> None:
+        self.service, self.profile = service, profile
+
+    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        if handler_call_details.method not in UNAUTHENTICATED_METHODS:
+            wanted = dict(handler_call_details.invocation_metadata or ()).get(PROFILE_METADATA)
+            if wanted is not None and wanted != self.profile:
+                message = (
+                    f"this {self.service} server runs profile {self.profile!r}, not {wanted!r}: point the client at "
+                    f"a server of profile {wanted!r}, or drop --profile to use this one"
+                )
+                return deny(continuation(handler_call_details), grpc.StatusCode.FAILED_PRECONDITION, message)
+        return continuation(handler_call_details)
+
+
 class ZscServer:
     """A started gRPC server for one service. ``start()`` returns the bound port; models load in the background."""
 
@@ -139,6 +202,7 @@ class ZscServer:
             # Authentication runs first, so an unauthenticated caller learns nothing from validation errors.
             interceptors=[
                 *([BearerTokenInterceptor(config.auth_token)] if config.auth_token else []),
+                ProfileInterceptor(service_name, self.runtime.profile.name),
                 ErrorMappingInterceptor(),
             ],
             options=options,
@@ -146,7 +210,8 @@ class ZscServer:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         common_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(self.runtime.operations), self.server)
-        common_pb2_grpc.add_DiagnosticsServicer_to_server(DiagnosticsServicer(config.max_message_bytes), self.server)
+        diagnostics = DiagnosticsServicer(config.max_message_bytes, self.info)
+        common_pb2_grpc.add_DiagnosticsServicer_to_server(diagnostics, self.server)
         self.service.add_to_server(self.server)
         self.service_names = [*self.service.grpc_services, "zsc.common.v1.Operations", "zsc.common.v1.Diagnostics"]
         reflection.enable_server_reflection(
@@ -163,14 +228,40 @@ class ZscServer:
         for name in ["", *self.service_names]:
             self.health.set(name, status)
 
+    def info(self) -> common_pb2.ServerInfo:
+        """What GetServerInfo answers: this server's service, profile, models and process."""
+        return common_pb2.ServerInfo(
+            service=self.name,
+            profile=self.runtime.profile.name,
+            models=profile_models(self.runtime.profile),
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            version=__version__,
+            git_commit=tracking.git_commit(),
+        )
+
     def start(self) -> int:
+        """Check the startup models are on disk, bind, serve; return the port. Raises ModelUnavailable or
+        FailedPrecondition (busy port) before anything listens."""
+        require_startup_weights(self.name, self.runtime.profile)
         address = f"{self.config.host}:{self.config.port}"
-        if self.config.tls is not None:
-            self.port = self.server.add_secure_port(address, self.config.tls.server_credentials())
-        else:
-            self.port = self.server.add_insecure_port(address)
+        # Probed first: gRPC's own bind failure is a bare RuntimeError plus a C-core log line on stderr.
+        busy = port_unavailable(self.config.host, self.config.port) if self.config.port else None
+        if busy:
+            raise errors.FailedPrecondition(f"{self.name} cannot listen on {address}: {busy}")
+        try:
+            if self.config.tls is not None:
+                self.port = self.server.add_secure_port(address, self.config.tls.server_credentials())
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError as err:  # grpc >= 1.60 raises instead of returning 0
+            raise errors.FailedPrecondition(f"{self.name} cannot listen on {address}") from err
         if self.port == 0:
-            raise errors.ResourceExhausted(f"could not bind {address}")
+            raise errors.FailedPrecondition(f"{self.name} cannot listen on {address}")
+        tags = {"zsc.server.profile": self.runtime.profile.name}
+        tags["zsc.server.address"] = f"{self.config.host}:{self.port}"
+        tags.update({f"zsc.server.model.{role}": ref for role, ref in profile_models(self.runtime.profile).items()})
+        tracking.set_server_tags(self.name, tags)
         self.server.start()
         # Its own thread: a slow or unreachable tracking server must not hold back SERVING.
         threading.Thread(target=self._sweep, name=f"{self.name}-sweep", daemon=True).start()
