@@ -96,19 +96,54 @@ def run_command(fn: Callable[[argparse.Namespace], int], args: argparse.Namespac
     return 1
 
 
-def parse_names(value: str, option: str) -> list[str]:
-    """Comma-separated names, or @FILE with one name per line (blank lines ignored)."""
+def _entries(value: str, option: str) -> list[str]:
+    """The entries of a comma-separated list, or of @FILE (one a line, blank lines skipped), exactly as written."""
     if value.startswith("@"):
         path = Path(value[1:])
         if not path.is_file():
-            raise CommandError(f"no such class-name file: {path}")
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    else:
-        names = [n.strip() for n in value.split(",")]
-    names = [n for n in names if n]
-    if not names:
-        raise CommandError(f"{option} names no class")
-    return names
+            raise CommandError(f"no such {option} file: {path}")
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return value.split(",")
+
+
+def parse_names(value: str, option: str) -> list[str]:
+    """Comma-separated class names, or @FILE with one name per line (blank lines skipped), checked by the rule every
+    service applies (``zsc.data.check_class_names``): an empty entry (``cat,,dog``), a name with surrounding
+    whitespace (``cat, dog``) or a repeated name is refused, never dropped or stripped."""
+    from zsc.data import check_class_names
+
+    return list(check_class_names(_entries(value, option), option))
+
+
+def add_class_map_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--class-map",
+        default="",
+        metavar="FOLDER=NAME,...",
+        help="read these folders as these classes (e.g. n01440764=tench); every other folder must be named exactly "
+        "as its class, or the command fails naming the missing class or extra folder",
+    )
+
+
+def class_map(args: argparse.Namespace) -> dict[str, str]:
+    return parse_class_map(args.class_map) if args.class_map else {}
+
+
+def parse_class_map(value: str, option: str = "--class-map") -> dict[str, str]:
+    """FOLDER=NAME,... (or @FILE, one FOLDER=NAME a line): the explicit folder -> class map of a dataset whose
+    folders are not named as their classes; names follow the ``parse_names`` rule."""
+    from zsc.data import check_class_names
+
+    mapping: dict[str, str] = {}
+    for entry in _entries(value, option):
+        folder, sep, name = entry.partition("=")
+        if not sep or not folder:
+            raise CommandError(f"{option} takes FOLDER=NAME entries, got {entry!r}")
+        if folder in mapping:
+            raise CommandError(f"{option} maps folder {folder!r} twice")
+        mapping[folder] = name
+    check_class_names(list(mapping.values()), option)
+    return mapping
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
@@ -148,13 +183,20 @@ def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def write_per_class_accuracy(plots_dir: Path, class_names: list[str], per_class: list[float]) -> None:
+def write_per_class_accuracy(
+    plots_dir: Path, class_names: list[str], per_class: list[float], unseen: set[int] | None = None
+) -> None:
     """``per_class_accuracy.csv`` (class, accuracy) for DVC's bar template; classes without a finite accuracy (no test
-    sample) are left out."""
+    sample) are left out. With ``unseen`` (GZSL) a ``split`` column says seen or unseen, which the plot colours."""
     import math
 
-    rows = [[n, f"{a:.6f}"] for n, a in zip(class_names, per_class, strict=True) if math.isfinite(a)]
-    write_csv(plots_dir / "per_class_accuracy.csv", ["class", "accuracy"], rows)
+    header = ["class", "accuracy"] + (["split"] if unseen is not None else [])
+    rows = [
+        [n, f"{a:.6f}"] + ([] if unseen is None else ["unseen" if i in unseen else "seen"])
+        for i, (n, a) in enumerate(zip(class_names, per_class, strict=True))
+        if math.isfinite(a)
+    ]
+    write_csv(plots_dir / "per_class_accuracy.csv", header, rows)
 
 
 def save_evaluation(

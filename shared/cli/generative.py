@@ -7,8 +7,7 @@ import argparse
 import json
 import math
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from zsc import codec
 from zsc.cli.common import (
@@ -26,6 +25,9 @@ from zsc.cli.common import (
 from zsc.generative.v1 import generative_pb2 as pb
 from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
 from zsc.runtime.client import unpack
+
+if TYPE_CHECKING:  # torch costs seconds at import: only the commands that use it load it
+    import torch
 
 KINDS = {"tfvaegan": pb.TFVAEGAN, "clswgan": pb.CLSWGAN, "ship_vae": pb.SHIP_VAE}
 METHODS = {"coop": pb.COOP, "clip_adapter": pb.CLIP_ADAPTER, "tip_adapter_f": pb.TIP_ADAPTER_F}
@@ -46,6 +48,7 @@ FINETUNE_OPTIONS = (
     "init_alpha",
     "init_beta",
     "cache_synthetic_per_class",
+    "tip_adapter_preset",
 )
 # CLI option -> (request sub-message, field); only options the user gave are set, the rest keep the defaults.
 GENERATOR_OPTIONS = {
@@ -158,14 +161,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=float)
     g.add_argument("--momentum", type=float)
     g.add_argument("--weight-decay", type=float)
-    g.add_argument("--val-fraction", type=float, help="held-out base images for selection (default 0.2)")
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        help="hold out this fraction of base images and return the best epoch on them, a change of protocol "
+        "(default 0: the released protocol, all shots train and the last epoch is returned)",
+    )
     g.add_argument("--select-every", type=int)
     g.add_argument("--ctx-init", help='coop: the initial context phrase (default "a photo of a")')
     g.add_argument("--template", help='adapters: the zero-shot prompt (default "a photo of a {}.")')
     g.add_argument("--reduction", type=int, help="clip_adapter: bottleneck D/reduction (default 4)")
     g.add_argument("--ratio", type=float, help="clip_adapter: residual ratio (default 0.2)")
-    g.add_argument("--init-alpha", type=float, help="tip_adapter_f (default 1)")
-    g.add_argument("--init-beta", type=float, help="tip_adapter_f (default 1)")
+    g.add_argument(
+        "--tip-adapter-preset",
+        help="tip_adapter_f: the released per-dataset alpha/beta init, search grid and epochs (imagenet, default; "
+        "caltech101, dtd, eurosat, fgvc, food101, oxford_flowers, oxford_pets, stanford_cars, sun397, ucf101)",
+    )
+    g.add_argument("--init-alpha", type=float, help="tip_adapter_f (default: the preset's)")
+    g.add_argument("--init-beta", type=float, help="tip_adapter_f (default: the preset's)")
     g.add_argument("--cache-synthetic-per-class", type=int, help="tip_adapter_f (default: real shots per class)")
     p.add_argument("--test", type=Path, help="labelled test features: print S/U/H and B/N/HM of the fine-tuned model")
     p.add_argument("--seed", type=int, default=0)
@@ -182,6 +195,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test", required=True, type=Path, help="labelled test features file")
     p.add_argument("--unseen", help="unseen classes, comma-separated or @FILE (default: the classifier's own split)")
     p.add_argument("--calibration-gamma", type=float, help="override the classifier's calibrated stacking")
+    p.add_argument(
+        "--alignment", type=Path, help="FLPT alignment (the file `zsc align` wrote) to apply to the test features"
+    )
     p.add_argument("--metrics-out", type=Path, help="write the metrics as JSON (for DVC)")
     p.add_argument("--plots-dir", type=Path, help="write per-class accuracy as CSV (for DVC plots)")
     p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-generative)")
@@ -361,10 +377,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             )
             evaluation = unpack(follow(channel, stub.EvaluateGZSL(ask), "evaluating"), pb.EvaluateGZSLResult)
     synthetic = f" + {result.n_synthetic} synthesized" if result.n_synthetic else " (no synthesized features)"
+    if result.n_val:
+        kept = f"best epoch {result.best_epoch} of {result.epochs_run} on {result.n_val} held-out images, "
+        kept += f"base accuracy {result.val_accuracy:.4f}"
+    else:
+        kept = f"kept the last epoch of {result.epochs_run}"
     print(
         f"fine-tuned {args.method} over {len(result.class_names)} classes ({len(result.base_indices)} base, "
-        f"{len(result.new_indices)} new) on {result.n_fit} real images x {result.views} views{synthetic}; "
-        f"best epoch {result.best_epoch} of {result.epochs_run}, held-out base accuracy {result.val_accuracy:.4f}"
+        f"{len(result.new_indices)} new) on {result.n_fit} real images x {result.views} views{synthetic}; {kept}"
     )
     print_model("model", result.model)
     if evaluation is not None:
@@ -383,7 +403,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         request.unseen_classes.extend(parse_names(args.unseen, "--unseen"))
     if args.calibration_gamma is not None:
         request.calibration_gamma = args.calibration_gamma
-    with open_channel(args, "generative", [args.test]) as channel:
+    if args.alignment is not None:
+        request.alignment_uri = str(args.alignment.resolve())
+    with open_channel(args, "generative", [args.test, args.alignment or ""]) as channel:
         op = follow(channel, pb_grpc.GenerativeStub(channel).EvaluateGZSL(request), "evaluating")
     result = unpack(op, pb.EvaluateGZSLResult)
     gz, bn = result.gzsl, result.base_to_new
@@ -400,7 +422,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(markdown_table(["class", "split", "accuracy", "samples"], rows))
     print(f"\nclassifier: {result.classifier.model_uri}  MLflow run: {result.mlflow_run_id}")
     if args.plots_dir is not None:
-        write_per_class_accuracy(args.plots_dir, list(result.class_names), list(result.per_class_accuracy))
+        write_per_class_accuracy(args.plots_dir, list(result.class_names), list(result.per_class_accuracy), unseen)
     if args.metrics_out is not None:
         from zsc.io import atomic_write_bytes
 

@@ -33,6 +33,8 @@ from zsc.lineage import dvc_md5
 pytestmark = [pytest.mark.pipeline, pytest.mark.slow, pytest.mark.realdata]
 
 SERVICES = ("synthesis", "recovery", "generative", "classification")
+PAGE_TEMPLATE = REPO / ".dvc" / "page-template.html"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Feature-file metadata that names the run that wrote the file (or, for a file derived from another, that file's hash).
 RUN_IDENTITY = {"mlflow_run_id", "input_sha256", "generator_model_uri", "generator_run_id"}
 # Small enough for two full runs in a couple of minutes on 2 CPU cores; the shape of every pipeline stays.
@@ -93,7 +95,10 @@ def _make_repo(root: Path, env: dict[str, str]) -> None:
         shutil.copy2(src, root / rel)
     _git(root, env, "init", "-q")
     _run(["dvc", "init", "-q"], root, env)
-    shutil.copy2(REPO / ".dvc" / "config", root / ".dvc" / "config")  # the default local remote
+    shutil.copy2(REPO / ".dvc" / "config", root / ".dvc" / "config")  # the default local remote, the page template
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # zsc's own plot templates
+    if PAGE_TEMPLATE.is_file():  # written by `make install`; ignored by git
+        shutil.copy2(PAGE_TEMPLATE, root / ".dvc" / PAGE_TEMPLATE.name)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["data"] = {"real_test": str(CIFAR10_TEST), "real_train": str(CIFAR10_TRAIN)}
     for stage, values in SMALL.items():
@@ -132,6 +137,7 @@ def test_dvc_pipelines(tmp_path: Path) -> None:
         assert "Running stage 'evaluate_gzsl'" in printed and "Running stage 'evaluate_ship'" in printed
         first = _lock_hashes(repo)
         check_metrics_and_plots(repo)
+        check_plots_page_renders_offline(repo, env)
         check_lineage(repo, env, first)
         check_repro_is_a_no_op_and_deterministic(repo, env, first)
         check_stages_name_models_by_their_files_after_a_change_and_revert(repo, env)
@@ -175,6 +181,35 @@ def check_metrics_and_plots(repo: Path) -> None:
         files = {p.name for p in (repo / folder).iterdir()}
         assert "config.json" in files and any(f.endswith(".safetensors") for f in files), folder
         assert "MLmodel" not in files  # MLflow's wrapper differs run to run; DVC keeps the weights
+
+
+def check_plots_page_renders_offline(repo: Path, env: dict[str, str]) -> None:
+    """`dvc plots show` writes one chart per plot definition (no second default-template copy of a stage's CSV), with
+    vega inlined: no script comes from the network, and headless Chromium with every host unresolvable draws them."""
+    assert PAGE_TEMPLATE.is_file(), "make install writes .dvc/page-template.html (scripts/plots_template.py)"
+    _run(["dvc", "plots", "show", "--out", "dvc_plots"], repo, env)
+    page = (repo / "dvc_plots" / "index.html").read_text(encoding="utf-8")
+    definitions = yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]
+    assert page.count("vegaEmbed('#") == len(definitions)
+    assert '<meta charset="utf-8">' in page  # without it vega's minus signs (U+2212) are mojibake
+    assert "<script src=" not in page and "cdn.jsdelivr" not in page
+    specs = {
+        div.split('"', 1)[0]: json.loads(div.split("var spec = ", 1)[1].split(";\n", 1)[0])
+        for div in page.split('<div id = "')[1:]
+    }
+    assert set(specs) == {next(iter(d)) for d in definitions}
+    gzsl = specs["dfzsl_real_test_per_class"]
+    assert gzsl["encoding"]["color"]["field"] == "split"
+    assert {row["split"] for row in gzsl["data"]["values"]} == {"seen", "unseen"}
+    if CHROMIUM is None:  # .ci/run installs it, so CI always renders
+        assert not os.environ.get("CI"), "chromium is missing in CI"
+        return
+    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+    browser += ["--disable-background-networking", "--host-resolver-rules=MAP * ~NOTFOUND"]
+    browser += [f"--user-data-dir={repo / '.chromium'}", "--virtual-time-budget=20000", "--dump-dom"]
+    page_uri = (repo / "dvc_plots" / "index.html").as_uri()
+    dom = subprocess.run([*browser, page_uri], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert dom.count('class="marks"') == len(definitions), "every chart is drawn by vega"
 
 
 def check_lineage(repo: Path, env: dict[str, str], first_run: dict[str, str]) -> None:
