@@ -8,7 +8,8 @@ def _packages(root: str, name: str) -> list[str]:
 
 
 setup(
-    packages=_packages("shared", "zsc") + _packages("services", "zsc_services"),
+    # profiles/configs holds data only (JSON architectures); listing it keeps setuptools from warning about it.
+    packages=_packages("shared", "zsc") + ["zsc.profiles.configs"] + _packages("services", "zsc_services"),
     package_dir={"zsc": "shared", "zsc_services": "services"},
-    package_data={"zsc": ["profiles/configs/*.json", "py.typed"]},
+    package_data={"zsc": ["py.typed"], "zsc.profiles.configs": ["*.json"]},
 )
