@@ -11,6 +11,7 @@ base class, 30-60 epochs at lr 1e-3 instead of the paper's 1024/512 and 120 epoc
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,18 @@ from zsc_services.generative.core.common import (
     clone_state_dict,
     generate,
     gradient_penalty,
+    prepare_training_data,
 )
-from zsc_services.generative.core.gzsl import GZSLConfig, build_gzsl_classifier, train_gzsl_classifier
+from zsc_services.generative.core.gzsl import (
+    GZSLConfig,
+    build_gzsl_classifier,
+    choose_calibration_gamma,
+    class_log_prior,
+    fit_gzsl_classifier,
+    holdout_calibration,
+    resolved_batch_size,
+    train_gzsl_classifier,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -252,8 +263,22 @@ def test_config_round_trip_and_bad_values() -> None:
     }
     defaults = tfvaegan.TFVAEGANConfig().to_dict()
     assert {k: defaults[k] for k in expected} == expected
+    # The released loop (tfvaegan train_images.py): adaptive GP, the encoder on torch's default Adam betas.
+    assert (defaults["adaptive_gp"], defaults["encoder_beta1"], defaults["beta1"]) == (True, 0.9, 0.5)
+    assert (defaults["adv_weight"], defaults["feedback_weight"], defaults["generation_feedback_weight"]) == (
+        10.0,
+        0.01,
+        0.01,
+    )
+    assert (defaults["feedback_lr"], defaults["decoder_lr"], defaults["freeze_decoder"]) == (7e-4, 5e-4, True)
     gzsl_defaults = GZSLConfig()
     assert (gzsl_defaults.temperature, gzsl_defaults.lr, gzsl_defaults.epochs) == (0.01, 5e-5, 100)
+    assert (gzsl_defaults.beta1, gzsl_defaults.batch_size, gzsl_defaults.prior) == (0.5, 0, "seen_unseen")
+    earlier = GZSLConfig.frequency_prior(epochs=5)
+    assert (earlier.prior, earlier.batch_size, earlier.beta1, earlier.epochs) == ("frequency", 256, 0.9, 5)
+    for bad in ({"prior": "uniform"}, {"seen_mass": 1.0}, {"batch_size": -1}):
+        with pytest.raises(ValueError):
+            GZSLConfig(**bad).check()
     with pytest.raises(ValueError, match="unknown"):
         tfvaegan.TFVAEGANConfig.from_dict({"epochs": 3, "nepoch": 3})
     with pytest.raises(ValueError, match="epochs"):
@@ -293,19 +318,79 @@ def test_gzsl_classifier_rebuilds_from_state_dict_and_calibrates(problem: Proble
 
 
 def test_logit_adjustment_removes_the_majority_bias() -> None:
-    # Two overlapping classes, 10x more samples of class 0: plain CE favors class 0; logit adjustment evens it out
-    # (measured recall of class 1: 0.24 without, 0.82 with).
+    # Two overlapping seen classes, 10x more samples of class 0 (and an unseen class 2 far away, without samples):
+    # plain CE favors class 0; either prior's logit adjustment evens it out (both carry the 10:1 ratio).
     g = torch.Generator().manual_seed(0)
-    centers = F.normalize(torch.tensor([[1.0, 0.3], [1.0, -0.3]]), dim=-1)
+    centers = F.normalize(torch.tensor([[1.0, 0.3], [1.0, -0.3], [-1.0, 0.0]]), dim=-1)
     y = torch.cat((torch.zeros(1000, dtype=torch.int64), torch.ones(100, dtype=torch.int64)))
     x = centers[y] + 0.35 * torch.randn(len(y), 2, generator=g)
     test_y = torch.arange(2).repeat_interleave(2000)
     test_x = centers[test_y] + 0.35 * torch.randn(len(test_y), 2, generator=g)
-    text = centers.clone()
-    data = FeatureSet(x, y, ["a", "b"], text)
+    data = FeatureSet(x, y, ["a", "b", "c"], centers.clone())
     recall = {}
-    for adjust in (False, True):
-        config = GZSLConfig(seed=0, epochs=30, lr=1e-2, temperature=0.1, logit_adjustment=adjust)
-        pred = train_gzsl_classifier(data, [0], config).classifier.predict(test_x)
-        recall[adjust] = (pred[test_y == 1] == 1).float().mean().item()
-    assert recall[True] > recall[False] + 0.1
+    for adjust, prior in ((False, "seen_unseen"), (True, "seen_unseen"), (True, "frequency")):
+        config = GZSLConfig(seed=0, epochs=30, lr=1e-2, temperature=0.1, logit_adjustment=adjust, prior=prior)
+        pred = train_gzsl_classifier(data, [0, 1], config).classifier.predict(test_x)
+        recall[adjust, prior] = (pred[test_y == 1] == 1).float().mean().item()
+    assert recall[True, "seen_unseen"] > recall[False, "seen_unseen"] + 0.1, recall
+    assert recall[True, "frequency"] > recall[False, "seen_unseen"] + 0.1, recall
+
+
+def test_released_prior_and_batch_follow_the_formulas() -> None:
+    # 3 seen classes with 10/30/60 samples, 2 unseen with 25 synthesized each, 1 unseen without samples.
+    labels = torch.cat([torch.full((n,), c) for c, n in ((0, 10), (1, 30), (2, 60), (3, 25), (4, 25))])
+    seen = torch.tensor([True, True, True, False, False, False])
+    prior = class_log_prior(labels, 6, seen, GZSLConfig())
+    expected = torch.tensor([0.5 * 0.1, 0.5 * 0.3, 0.5 * 0.6, 0.5 / 3, 0.5 / 3, 0.5 / 3]).log()
+    torch.testing.assert_close(prior, expected)
+    assert prior.exp().sum().item() == pytest.approx(1.0)
+    lopsided = class_log_prior(labels, 6, seen, GZSLConfig(seen_mass=0.8))
+    torch.testing.assert_close(lopsided[:3].exp().sum(), torch.tensor(0.8))
+    freq = class_log_prior(labels, 6, seen, GZSLConfig(prior="frequency"))  # counts 10/30/60/25/25/1 of 151
+    torch.testing.assert_close(freq, (torch.tensor([10.0, 30, 60, 25, 25, 1]) / 151).log())
+    # Batch: the synthesized features per novel class; a fixed size when given; the released 100 without novel data.
+    assert resolved_batch_size(labels, seen, GZSLConfig()) == 25
+    assert resolved_batch_size(labels, seen, GZSLConfig(batch_size=7)) == 7
+    assert resolved_batch_size(labels[:100], seen, GZSLConfig()) == 100
+    x = F.normalize(torch.randn(len(labels), 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    result = fit_gzsl_classifier(x, labels, torch.randn(6, 8), [0, 1, 2], GZSLConfig(epochs=1))
+    assert result.batch_size == 25
+
+
+def test_calibration_gamma_is_chosen_on_held_out_scores() -> None:
+    # Seen class 0 wins every sample by a margin of 1 (class-1 samples) or 3 (class-0 samples): a gamma in (1, 3)
+    # gets both right (H = 1); gamma 0 misses every unseen sample (H = 0).
+    scores = torch.tensor([[3.0, 0.0]] * 4 + [[1.0, 0.0]] * 4)
+    y = torch.tensor([0] * 4 + [1] * 4)
+    gamma, h = choose_calibration_gamma(scores, y, [0], [1])
+    assert 1.0 < gamma < 3.0 and h == pytest.approx(1.0)
+
+
+def test_holdout_calibration_never_sees_the_held_out_classes(problem: Problem) -> None:
+    seen_by_generator: list[torch.Tensor] = []
+
+    def train(data: FeatureSet) -> torch.nn.Module:
+        seen_by_generator.append(data.labels.unique())
+        return clswgan.train_clswgan(
+            data, clswgan.CLSWGANConfig(seed=0, epochs=2, hidden_dim=32, noise_dim=8)
+        ).generator
+
+    cal = holdout_calibration(problem.train, train, GZSLConfig(epochs=3, lr=1e-2), n_per_class=10, seed=0)
+    assert len(cal.pseudo_novel) == 6 and not set(cal.pseudo_novel) & set(cal.pseudo_seen)  # 0.2 of 30 classes
+    assert set(cal.pseudo_seen) | set(cal.pseudo_novel) == set(problem.base.tolist())
+    # Its generator learned from the pseudo-seen classes only (local indices), and gamma never lowers held-out H.
+    assert seen_by_generator[0].numel() == 24
+    assert cal.harmonic >= cal.harmonic_uncalibrated
+
+
+def test_adaptive_gp_weight_follows_the_released_rule() -> None:
+    data = tiny_problem().train
+    config = tfvaegan.TFVAEGANConfig(seed=0, epochs=1, hidden_dim=16, noise_dim=4, batch_size=8)
+    trainer = tfvaegan._TFVAEGANTrainer(prepare_training_data(data, True, torch.device("cpu")), config)
+    for penalty, expected in ((2.0, 11.0), (1.02, 11.0), (0.5, 10.0), (0.5, 10.0 / 1.1)):
+        trainer.adapt_gp_weight(torch.tensor(penalty))
+        assert trainer.gp_weight.item() == pytest.approx(expected)
+    # In training the logged weight moves every step; without adaptive_gp it stays at gp_weight.
+    adaptive = tfvaegan.train_tfvaegan(data, config).history[0]["gp_weight"]
+    fixed = tfvaegan.train_tfvaegan(data, dataclasses.replace(config, adaptive_gp=False)).history[0]["gp_weight"]
+    assert fixed == pytest.approx(10.0) and adaptive != pytest.approx(10.0)

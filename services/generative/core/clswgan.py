@@ -1,11 +1,15 @@
 """f-CLSWGAN (Xian et al., CVPR 2018): a conditional WGAN-GP with a classification loss on generated features.
 
 G(z, a) and D(x, a) are one-hidden-layer MLPs (:mod:`.common`). Per generator step the critic takes
-``critic_iters`` (5) WGAN-GP steps (lambda ``gp_weight`` = 10); the generator minimizes -D(G(z, a), a) plus
-``cls_weight`` times the cross-entropy of a frozen classifier pre-trained on the training (base) features. That
-classifier is the cosine classifier of :mod:`.gzsl` fit on the training classes only, without logit adjustment.
-The original generator ends in a ReLU for non-negative ResNet features; here the output is L2-normalized by
-default (``normalize_output``) because zsc's features are CLIP features.
+``critic_iters`` (5) WGAN-GP steps (lambda ``gp_weight`` = 10, fixed); the generator then minimizes -D(G(z, a), a)
+plus ``cls_weight`` (0.01) times the cross-entropy of a frozen classifier pre-trained on the training (base)
+features, on the last critic batch's text and labels with fresh noise. Adam lr 1e-4, β1 0.5, batch 64, noise as
+wide as the text features. All of this is the reference loop's (checked against Xian et al.'s training script).
+
+Differences from it: the pre-trained classifier is the cosine classifier of :mod:`.gzsl` (no logit adjustment)
+where theirs is a linear softmax; its schedule is theirs (Adam lr 1e-3, β1 0.5, batch 100, 50 epochs). Their
+generator ends in a ReLU for non-negative ResNet features; here the output is L2-normalized by default
+(``normalize_output``) because zsc's features are CLIP features, and the text conditioning is L2-normalized.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ class CLSWGANConfig(GeneratorConfig):
     epochs: int = 50
     lr: float = 1e-4
     cls_weight: float = 0.01
-    cls_epochs: int = 20
+    cls_epochs: int = 50
     cls_lr: float = 1e-3
     cls_temperature: float = 0.01
     normalize_output: bool = True
@@ -87,6 +91,7 @@ class _CLSWGANTrainer(AdversarialTrainer):
             lr=self.cfg.cls_lr,
             temperature=self.cfg.cls_temperature,
             logit_adjustment=False,
+            batch_size=100,  # the reference pre-training: Adam lr 1e-3, beta1 0.5, batch 100, 50 epochs
         )
         k = self.data.num_classes
         clf = fit_gzsl_classifier(self.data.features, self.data.labels, self.data.class_text, range(k), cfg).classifier
@@ -101,12 +106,13 @@ class _CLSWGANTrainer(AdversarialTrainer):
         with torch.no_grad():  # G is fixed during the critic iterations: all their fakes in one pass
             fakes = self.generator(noise[:k].flatten(0, 1), cond[:k].flatten(0, 1)).view(k, *real.shape[1:])
         for j in range(k):
-            loss_d, wasserstein = self.critic_update(self.critic, self.opt_d, real[j], fakes[j], cond[j], alpha[j])
+            loss_d, wasserstein, _ = self.critic_update(self.critic, self.opt_d, real[j], fakes[j], cond[j], alpha[j])
 
         self.critic.requires_grad_(False)  # no critic weight gradients during the generator step
-        fake = self.generator(noise[k], cond[k])
-        adv = -self.critic(fake, cond[k]).mean()
-        cls = F.cross_entropy(self.classifier(fake), labels[k])
+        # The generator step reuses the last critic batch's text and labels with fresh noise, as Xian et al.'s code.
+        fake = self.generator(noise[k], cond[k - 1])
+        adv = -self.critic(fake, cond[k - 1]).mean()
+        cls = F.cross_entropy(self.classifier(fake), labels[k - 1])
         loss_g = adv + self.cfg.cls_weight * cls
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()

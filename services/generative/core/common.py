@@ -9,7 +9,10 @@ Conventions of both generators:
   weights are initialized on the CPU under ``zsc.seeding.seeded_init`` (the global RNG, seeded under a process-wide
   lock, then given back), so a run is reproducible on a given device even beside other jobs.
 - An *epoch* is ``ceil(N / batch_size)`` generator steps (times ``passes_per_epoch``), each preceded by
-  ``critic_iters`` critic steps on fresh batches; batches are drawn with replacement, on the device.
+  ``critic_iters`` critic steps on fresh batches; batches are drawn with replacement, on the device. The generator
+  step trains on the last critic batch (its features and text, with fresh noise), as both released loops do.
+- The WGAN-GP weight lives on the trainer (``gp_weight``, a device tensor starting at ``config.gp_weight``);
+  TF-VAEGAN adapts it after every step (:meth:`AdversarialTrainer.adapt_gp_weight`).
 
 Model selection never looks at test data. With ``select_every > 0`` a seeded ``select_holdout_fraction`` of the
 training classes becomes pseudo-novel and a ``select_val_fraction`` of every other class's samples is held out.
@@ -337,6 +340,9 @@ class AdversarialTrainer:
     normal draws and ``critic_iters`` GP mixing weights are drawn per step in two fused calls and handed to it.
     """
 
+    # The released adaptive GP rule (tfvaegan train_images.py): thresholds on the mean raw penalty and the factor.
+    GP_RAISE_ABOVE, GP_LOWER_BELOW, GP_FACTOR = 1.05, 1.001, 1.1
+
     noise_draws: int
     passes_per_epoch: int = 1
     loss_names: tuple[str, ...]
@@ -347,19 +353,21 @@ class AdversarialTrainer:
         self.config = config
         self.noise_dim = config.resolved_noise_dim(data.text_dim)
         self.betas = (config.beta1, config.beta2)
+        # A tensor, so that adapting it needs no host sync inside the loop.
+        self.gp_weight = torch.tensor(float(config.gp_weight), device=data.features.device)
 
     def modules(self) -> dict[str, nn.Module]:
         """Every trained module by name."""
         raise NotImplementedError
 
     def batches(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Features [k+1, B, D], labels [k+1, B] and conditioning text [k+1, B, D_t] of a step, in one gather each."""
+        """Features [k, B, D], labels [k, B] and conditioning text [k, B, D_t] of a step, in one gather each."""
         labels = self.data.labels[index]
         return self.data.features[index], labels, self.data.class_text[labels]
 
     def step(self, index: Tensor, noise: Tensor, alpha: Tensor, pass_index: int) -> dict[str, Tensor]:
-        """One generator step with its critic steps. ``index`` [critic_iters+1, B] selects the batches (the last
-        row is the generator's); returns detached scalar losses."""
+        """One generator step with its critic steps. ``index`` [critic_iters, B] selects the critic batches (the
+        generator step reuses the last); returns detached scalar losses."""
         raise NotImplementedError
 
     def critic_update(
@@ -370,18 +378,31 @@ class AdversarialTrainer:
         fake: Tensor,
         cond: Tensor,
         alpha: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        """One WGAN-GP critic step; ``fake`` must be detached. Returns (critic loss, Wasserstein estimate)."""
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One WGAN-GP critic step; ``fake`` must be detached. Returns (critic loss, Wasserstein estimate, raw
+        penalty E[(||∇|| - 1)²] before its weight)."""
         # Real and fake rows share one critic pass (fewer kernel launches). The mixed rows get their own pass: in a
         # joint one the penalty's double backward would run over all rows, measured 1.5x slower on CPU.
         b = real.shape[0]
         out = critic(torch.cat((real, fake)), cond.repeat(2, 1))
         wasserstein = out[:b].mean() - out[b:].mean()
-        loss = -wasserstein + self.config.gp_weight * gradient_penalty(critic, real, fake, cond, alpha)
+        gp = gradient_penalty(critic, real, fake, cond, alpha)
+        loss = -wasserstein + self.gp_weight * gp
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return loss.detach(), wasserstein.detach()
+        return loss.detach(), wasserstein.detach(), gp.detach()
+
+    def adapt_gp_weight(self, mean_penalty: Tensor) -> None:
+        """Multiply the GP weight by 1.1 if the critic steps' mean raw penalty is above 1.05, divide it by 1.1 if
+        below 1.001 (methods.md §3 step 3; on device, no sync)."""
+        up = self.gp_weight * self.GP_FACTOR
+        down = self.gp_weight / self.GP_FACTOR
+        self.gp_weight = torch.where(
+            mean_penalty > self.GP_RAISE_ABOVE,
+            up,
+            torch.where(mean_penalty < self.GP_LOWER_BELOW, down, self.gp_weight),
+        )
 
 
 @dataclass
@@ -432,7 +453,7 @@ def _run_epochs(
     best_score, best_epoch, best_state = -math.inf, epochs, None
     for epoch in range(1, epochs + 1):
         # One index draw per epoch and one noise draw per step keep the loop free of host work and syncs.
-        index = torch.randint(0, n, (steps, k + 1, b), device=device, generator=rng)
+        index = torch.randint(0, n, (steps, k, b), device=device, generator=rng)
         total = torch.zeros(len(trainer.loss_names), device=device)
         for s in range(steps):
             if progress.should_stop is not None and progress.should_stop():

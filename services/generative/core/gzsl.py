@@ -7,57 +7,132 @@ angles between classes but carries no image-space knowledge; the classifier lear
 training features. (A map fitted on the training classes would itself be a zero-shot learner and would blur what
 the synthesized features contribute.)
 
-Training uses the logit-adjusted loss of Menon et al. (2021): cross-entropy of logits + tau·log π_y, with π the
-class frequencies of the training set (base + synthesized features). A class without training samples counts as
-one sample so its adjusted logit stays finite. At inference no prior is added; calibrated stacking subtracts
-``calibration_gamma`` (in logit units) from the logits of the seen classes.
+Training minimizes the cross-entropy of logits + tau·log π_y (logit adjustment, Menon et al. 2021). The default
+follows the released ``classifiers/classifier_images.py``: Adam (β1 0.5), a batch of as many samples as each novel
+class has synthesized features, and the prior ``prior="seen_unseen"``: log π_c = log(seen_mass · n_c / n_seen) for a
+seen class (n_c its training samples, n_seen all seen-class samples) and log((1 - seen_mass) / n_unseen) for an
+unseen class, seen_mass = 0.5 (their ``ratio`` 1). ``prior="frequency"`` uses the class frequencies of the whole
+training set instead (a class without samples counts as one); :meth:`GZSLConfig.frequency_prior` is zsc's earlier
+setting (that prior, batch 256, β1 0.9), kept as a measured option (README, deviations). At inference no prior is
+added; calibrated stacking subtracts ``calibration_gamma`` (in logit units) from the seen-class logits, and
+:func:`holdout_calibration` chooses it on held-out training classes, never on test data.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zsc.evaluation import gzsl_metrics
 from zsc.features import FeatureSet
 
-from .common import ConfigMixin, EpochHook, StopHook, TrainingCancelled, clone_state_dict, make_adam
+from .common import (
+    ConfigMixin,
+    EpochHook,
+    StopHook,
+    TrainingCancelled,
+    clone_state_dict,
+    generate,
+    holdout_split,
+    make_adam,
+    prepare_training_data,
+)
 
 __all__ = [
+    "PRIORS",
+    "Calibration",
     "CosineClassifier",
     "GZSLConfig",
     "GZSLTrainResult",
     "build_gzsl_classifier",
+    "choose_calibration_gamma",
+    "class_log_prior",
     "fit_gzsl_classifier",
+    "holdout_calibration",
+    "resolved_batch_size",
     "text_prototypes",
     "train_gzsl_classifier",
 ]
 
+PRIORS = ("seen_unseen", "frequency")
+# The released classifier's own default batch (its CLASSIFIER(_batch_size=100)), used when no novel class has samples.
+_FALLBACK_BATCH = 100
+
 
 @dataclass
 class GZSLConfig(ConfigMixin):
-    """Defaults of DFZSL's final classifier; ``batch_size`` is our choice (the paper does not state one)."""
+    """The released DFZSL classifier's settings (``classifiers/classifier_images.py``, AWA2 script).
+
+    ``batch_size`` 0 means the number of synthesized features per novel class (their ``syn_num``); ``beta1`` is
+    Adam's (β2 0.999); ``prior`` and ``seen_mass`` define the logit adjustment (module docstring).
+    """
 
     seed: int = 0
     epochs: int = 100
     lr: float = 5e-5
-    batch_size: int = 256
+    batch_size: int = 0
+    beta1: float = 0.5
     weight_decay: float = 0.0
     temperature: float = 0.01
     logit_adjustment: bool = True
     logit_adjustment_tau: float = 1.0
+    prior: str = "seen_unseen"
+    seen_mass: float = 0.5
     calibration_gamma: float = 0.0
 
+    @classmethod
+    def frequency_prior(cls, **overrides: object) -> GZSLConfig:
+        """zsc's earlier settings: the class-frequency prior over the whole training set, batch 256, Adam β1 0.9.
+
+        Not the released code's; measured beside it in the README's deviations list.
+        """
+        return cls(**{"prior": "frequency", "batch_size": 256, "beta1": 0.9, **overrides})  # type: ignore[arg-type]
+
     def check(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 0:
+            raise ValueError(
+                f"batch_size must be >= 0 (0 = synthesized features per novel class), got {self.batch_size}"
+            )
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
+        if not 0.0 < self.seen_mass < 1.0:
+            raise ValueError(f"seen_mass must lie in (0, 1), got {self.seen_mass}")
+        if not 0.0 <= self.beta1 < 1.0:
+            raise ValueError(f"beta1 must lie in [0, 1), got {self.beta1}")
+
+
+def class_log_prior(labels: Tensor, num_classes: int, seen_mask: Tensor, config: GZSLConfig) -> Tensor:
+    """log π [C] of the logit adjustment, from the training labels (see the module docstring for both priors)."""
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    seen = seen_mask.to(counts.device)
+    if config.prior == "frequency":
+        counts = counts.clamp_min(1)
+        return (counts / counts.sum()).log()
+    n_unseen = int((~seen).sum())
+    seen_counts = torch.where(seen, counts, torch.zeros_like(counts))
+    # A seen class without samples gets log 0 = -inf in the released code; one sample keeps its logit finite.
+    within = seen_counts.clamp_min(1) / seen_counts.sum().clamp_min(1)
+    prior = torch.where(seen, config.seen_mass * within, (1 - config.seen_mass) / max(n_unseen, 1))
+    return prior.log()
+
+
+def resolved_batch_size(labels: Tensor, seen_mask: Tensor, config: GZSLConfig) -> int:
+    """``config.batch_size``, or for 0 the number of training samples of the novel classes that have any (their
+    synthesized features per class; the largest if they differ), else the released classifier's default 100."""
+    if config.batch_size > 0:
+        return config.batch_size
+    counts = torch.bincount(labels, minlength=seen_mask.numel())[~seen_mask.to(labels.device)]
+    counts = counts[counts > 0]
+    return int(counts.max()) if counts.numel() else _FALLBACK_BATCH
 
 
 class CosineClassifier(nn.Module):
@@ -97,11 +172,12 @@ class CosineClassifier(nn.Module):
 
 @dataclass
 class GZSLTrainResult:
-    """The trained classifier, a deep copy of its state dict, and the mean training loss of every epoch."""
+    """The trained classifier, a deep copy of its state dict, the mean training loss of every epoch, the batch."""
 
     classifier: CosineClassifier
     state_dict: dict[str, Tensor]
     history: list[dict[str, float]]
+    batch_size: int = 0
 
 
 def text_prototypes(text_features: Tensor, dim: int, seed: int = 0) -> Tensor:
@@ -147,11 +223,12 @@ def fit_gzsl_classifier(
 
     weight = text_prototypes(text_features.to(device), x.shape[1], config.seed)
     model = CosineClassifier(weight, seen_mask, config.temperature, config.calibration_gamma).to(device)
-    optimizer = make_adam(model, config.lr, weight_decay=config.weight_decay)
-    counts = torch.bincount(y, minlength=num_classes).clamp_min(1).float()
-    adjustment = config.logit_adjustment_tau * (counts / counts.sum()).log() if config.logit_adjustment else None
+    optimizer = make_adam(model, config.lr, (config.beta1, 0.999), weight_decay=config.weight_decay)
+    adjustment = None
+    if config.logit_adjustment:
+        adjustment = config.logit_adjustment_tau * class_log_prior(y, num_classes, seen_mask, config).to(device)
     rng = torch.Generator(device=device).manual_seed(config.seed)
-    n, b = x.shape[0], config.batch_size
+    n, b = x.shape[0], resolved_batch_size(y, seen_mask, config)
     steps = math.ceil(n / b)
     history: list[dict[str, float]] = []
     for epoch in range(1, config.epochs + 1):
@@ -173,7 +250,7 @@ def fit_gzsl_classifier(
         history.append(record)
         if on_epoch is not None:
             on_epoch(epoch, config.epochs, dict(record))
-    return GZSLTrainResult(classifier=model, state_dict=clone_state_dict(model), history=history)
+    return GZSLTrainResult(classifier=model, state_dict=clone_state_dict(model), history=history, batch_size=b)
 
 
 def train_gzsl_classifier(
@@ -209,3 +286,97 @@ def build_gzsl_classifier(state_dict: dict[str, Tensor], config: GZSLConfig) -> 
     )
     model.load_state_dict(state_dict)
     return model
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Calibrated stacking chosen on held-out training classes
+
+
+def choose_calibration_gamma(
+    scores: Tensor,
+    y_true: Tensor,
+    seen_classes: Sequence[int] | Tensor,
+    unseen_classes: Sequence[int] | Tensor,
+    num_grid: int = 201,
+) -> tuple[float, float]:
+    """The calibrated-stacking gamma that maximizes H on labelled scores [N, C]; returns (gamma, H at gamma).
+
+    Call it on held-out data only, never on test data. Predictions switch where gamma crosses a sample's margin
+    (best seen logit minus best other logit), so the candidates are 0 and just above ``num_grid`` quantiles of the
+    margins; ties go to the gamma closest to 0.
+    """
+    scores = scores.detach().float().cpu()
+    seen = torch.as_tensor(seen_classes, dtype=torch.int64)
+    unseen = torch.as_tensor(unseen_classes, dtype=torch.int64)
+    mask = torch.zeros(scores.shape[1], dtype=torch.bool)
+    mask[seen] = True
+    if mask.all():
+        raise ValueError("calibration needs at least one class that is not seen")
+    s_val, s_idx = scores.masked_fill(~mask, -math.inf).max(dim=1)
+    o_val, o_idx = scores.masked_fill(mask, -math.inf).max(dim=1)
+    margins = s_val - o_val
+    q = torch.quantile(margins.double(), torch.linspace(0, 1, num_grid, dtype=torch.float64)).float()
+    candidates = torch.cat((torch.zeros(1), q + 1e-4 * q.abs().clamp_min(1.0))).unique()
+    best = (-1.0, 0.0)  # (H, gamma)
+    for g in sorted(candidates.tolist(), key=abs):
+        pred = torch.where(margins > g, s_idx, o_idx)
+        h = gzsl_metrics(y_true, pred, seen, unseen).harmonic
+        if h > best[0]:
+            best = (h, g)
+    return best[1], best[0]
+
+
+@dataclass
+class Calibration:
+    """What :func:`holdout_calibration` chose, with the held-out H at that gamma and at gamma 0."""
+
+    gamma: float
+    harmonic: float
+    harmonic_uncalibrated: float
+    pseudo_seen: list[int]  # class indices of the source FeatureSet
+    pseudo_novel: list[int]
+
+
+def holdout_calibration(
+    data: FeatureSet,
+    train_generator: Callable[[FeatureSet], nn.Module],
+    config: GZSLConfig,
+    *,
+    n_per_class: int,
+    holdout_fraction: float = 0.2,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    normalize: bool = True,
+    device: str | torch.device | None = None,
+) -> Calibration:
+    """Choose calibrated stacking's gamma without test data, on the seen classes' own training features.
+
+    The split of the generator's selection (:func:`.common.holdout_split`): a seeded ``holdout_fraction`` of the
+    classes with samples become pseudo-novel and a ``val_fraction`` of every other class's samples is held out.
+    ``train_generator`` (any generator trainer) learns from the rest, synthesizes ``n_per_class`` features per
+    pseudo-novel class, a classifier with ``config`` is fit on them plus the kept real features, and gamma is the
+    value that maximizes H on the held-out real features (:func:`choose_calibration_gamma`). Then set
+    ``calibration_gamma`` of the final classifier to it.
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    full = prepare_training_data(data, normalize, dev)
+    split = holdout_split(full, holdout_fraction, val_fraction, seed)
+    fit, held = full.take(split.fit_index), full.take(split.eval_index)
+    names = [f"class {int(c)}" for c in full.classes]
+    generator = train_generator(FeatureSet(fit.features.cpu(), fit.labels.cpu(), names, full.class_text.cpu()))
+    text = full.class_text.to(next(generator.parameters()).device)
+    gen_x, gen_y = generate(generator, text[split.novel.to(text.device)], n_per_class, seed, class_indices=split.novel)
+    x = torch.cat((fit.features, gen_x.to(dev)))
+    y = torch.cat((fit.labels, gen_y.to(dev)))
+    clf = fit_gzsl_classifier(x, y, full.class_text, split.seen, replace(config, calibration_gamma=0.0)).classifier
+    scores = clf.scores(held.features, gamma=0.0)
+    gamma, h = choose_calibration_gamma(scores, held.labels.cpu(), split.seen, split.novel)
+    h0 = gzsl_metrics(held.labels.cpu(), scores.argmax(dim=1).cpu(), split.seen, split.novel).harmonic
+    classes = full.classes.tolist()
+    return Calibration(
+        gamma=gamma,
+        harmonic=h,
+        harmonic_uncalibrated=h0,
+        pseudo_seen=[classes[i] for i in split.seen.tolist()],
+        pseudo_novel=[classes[i] for i in split.novel.tolist()],
+    )

@@ -4,22 +4,24 @@ Parts: a VAE encoder E(x, a) → (mu, logvar); a generator G(z, a) with an L2-no
 D(x, a); a semantic decoder Dec(x) → â, whose hidden layer is the feedback signal; a feedback module F mapping
 that hidden layer to a term added (times a weight) to the generator's hidden layer.
 
-Each epoch runs ``feedback_loop`` (2) passes over the data. Per generator step: ``critic_iters`` (5) iterations,
-each updating Dec on real features (``recon_weight`` · weighted L1 between Dec(x) and a) and the critic with
-WGAN-GP on fakes G(z, a); then E, G (and, in passes after the first, F) minimize the VAE loss (squared error on
-the unit sphere + ``kl_weight`` · KL), ``adv_weight`` · -D(fake, a) and ``recon_weight`` · the decoder's loss on
-the fake (Dec is frozen there unless ``freeze_decoder`` is off). With ``encoded_noise`` (DFZSL's setting) the
-critic's fakes use z from the encoder and the generator's fake is the VAE reconstruction; without it both use
-z ~ N(0, I). From the second pass on, every fake goes through the feedback path: x = G(z, a);
-h = Dec.hidden(x) (detached); x = G(z, a, feedback=w·F(h)). Synthesis samples z ~ N(0, I) and uses the same path
-with ``generation_feedback_weight`` (:class:`FeedbackGenerator`).
+Each epoch runs ``feedback_loop`` (2) passes over the data. Per generator step: ``critic_iters`` (5) iterations
+on fresh batches, each updating Dec on real features (``recon_weight`` · weighted L1 between Dec(x) and a) and
+the critic with WGAN-GP on fakes G(z, a); then, on the last critic batch, E, G (and, in passes after the first, F)
+minimize the VAE loss (squared error on the unit sphere + ``kl_weight`` · KL), ``adv_weight`` · -D(fake, a) and
+``recon_weight`` · the decoder's loss on the fake (Dec is frozen there unless ``freeze_decoder`` is off). With
+``adaptive_gp`` (the released loop) the GP weight starts at ``gp_weight`` and after every step is multiplied by 1.1
+when the critic iterations' mean raw penalty E[(||∇|| - 1)²] is above 1.05 and divided by 1.1 when it is below
+1.001. Adam β1 0.5 for the critic, G, F and Dec; the encoder's Adam keeps torch's default betas, as released.
+With ``encoded_noise`` (DFZSL's setting) the critic's fakes use z from the encoder and the generator's fake is the
+VAE reconstruction; without it both use z ~ N(0, I). From the second pass on, every fake goes through the
+feedback path: x = G(z, a); h = Dec.hidden(x) (detached); x = G(z, a, feedback=w·F(h)). Synthesis samples
+z ~ N(0, I) and uses the same path with ``generation_feedback_weight`` (:class:`FeedbackGenerator`).
 
 Differences from the authors' code: without encoded noise, the fake's feedback comes from decoding the fake
 itself (their code decodes the reconstruction); the critic's fakes of one generator step come from one batched
 pass before its critic iterations (E, G and F do not change during them; the feedback reads the decoder as it
-is at the start of the step, not after each of its k small updates); the adaptive GP weight is not implemented
-(lambda stays ``gp_weight``); their gammaD, which scales the whole critic loss, is left out because Adam is
-invariant to that scale.
+is at the start of the step, not after each of its k small updates); their gammaD (10), which scales the whole
+critic loss, is left out because Adam is invariant to that scale (up to its epsilon).
 """
 
 from __future__ import annotations
@@ -61,8 +63,9 @@ __all__ = [
 
 @dataclass
 class TFVAEGANConfig(GeneratorConfig):
-    """methods.md's DFZSL settings; the rest follow DFZSL's AWA2 TF-VAEGAN script (gammaG 10, a1 = a2 = 0.01,
-    feedback lr 7e-4, decoder lr 5e-4, frozen decoder in the generator step, encoded noise)."""
+    """methods.md's DFZSL settings; the rest follow DFZSL's AWA2 TF-VAEGAN script and loop (gammaG = ``adv_weight``
+    10, a1 = a2 = 0.01, feedback lr 7e-4, decoder lr 5e-4, frozen decoder in the generator step, encoded noise,
+    the adaptive GP weight, Adam β1 0.5 except the encoder's ``encoder_beta1``)."""
 
     epochs: int = 120
     lr: float = 3e-5
@@ -77,11 +80,15 @@ class TFVAEGANConfig(GeneratorConfig):
     decoder_lr: float = 5e-4
     freeze_decoder: bool = True
     encoded_noise: bool = True
+    adaptive_gp: bool = True
+    encoder_beta1: float = 0.9  # torch's default: the released encoder optimizer sets no betas
 
     def check(self) -> None:
         super().check()
         if self.feedback_loop < 1:
             raise ValueError(f"feedback_loop must be >= 1, got {self.feedback_loop}")
+        if not 0.0 <= self.encoder_beta1 < 1.0:
+            raise ValueError(f"encoder_beta1 must lie in [0, 1), got {self.encoder_beta1}")
 
 
 class VAEEncoder(nn.Module):
@@ -186,7 +193,7 @@ def build_generator(config: TFVAEGANConfig, feature_dim: int, text_dim: int) -> 
 
 
 class _TFVAEGANTrainer(AdversarialTrainer):
-    loss_names = ("loss_d", "wasserstein", "loss_g", "loss_vae", "loss_dec")
+    loss_names = ("loss_d", "wasserstein", "loss_g", "loss_vae", "loss_dec", "gradient_penalty", "gp_weight")
 
     def __init__(self, data: TrainingData, config: TFVAEGANConfig) -> None:
         super().__init__(data, config)
@@ -205,7 +212,7 @@ class _TFVAEGANTrainer(AdversarialTrainer):
             self.critic = ConditionalCritic(data.feature_dim, data.text_dim, config.hidden_dim).to(device)
             self.encoder = VAEEncoder(data.feature_dim, data.text_dim, config.hidden_dim, self.noise_dim).to(device)
         self.opt_g = make_adam(self.generator, config.lr, self.betas)
-        self.opt_e = make_adam(self.encoder, config.lr, self.betas)
+        self.opt_e = make_adam(self.encoder, config.lr, (config.encoder_beta1, config.beta2))
         self.opt_d = make_adam(self.critic, config.lr, self.betas)
         self.opt_dec = make_adam(self.decoder, config.decoder_lr, self.betas)
         self.opt_f = make_adam(self.feedback, config.feedback_lr, self.betas)
@@ -235,14 +242,22 @@ class _TFVAEGANTrainer(AdversarialTrainer):
             r, c = reals[:k].flatten(0, 1), conds[:k].flatten(0, 1)
             z = self._encode(r, c, noise[:k].flatten(0, 1))[0] if cfg.encoded_noise else noise[:k].flatten(0, 1)
             fakes = self.sampler(z, c, feedback_weight=w).view(k, *reals.shape[1:])
+        gp_weight = self.gp_weight  # the weight these critic steps used, for the log
+        penalties = []
         for j in range(k):
             loss_dec = cfg.recon_weight * weighted_l1(self.decoder(reals[j]), conds[j])
             self.opt_dec.zero_grad(set_to_none=True)
             loss_dec.backward()
             self.opt_dec.step()
-            loss_d, wasserstein = self.critic_update(self.critic, self.opt_d, reals[j], fakes[j], conds[j], alpha[j])
+            loss_d, wasserstein, gp = self.critic_update(
+                self.critic, self.opt_d, reals[j], fakes[j], conds[j], alpha[j]
+            )
+            penalties.append(gp)
+        mean_penalty = torch.stack(penalties).mean()
+        if cfg.adaptive_gp:
+            self.adapt_gp_weight(mean_penalty)
 
-        real, cond = reals[k], conds[k]
+        real, cond = reals[k - 1], conds[k - 1]
         self.critic.requires_grad_(False)
         if cfg.freeze_decoder:
             self.decoder.requires_grad_(False)
@@ -272,6 +287,8 @@ class _TFVAEGANTrainer(AdversarialTrainer):
             "loss_g": loss_g.detach(),
             "loss_vae": (loss_rec + loss_kl).detach(),
             "loss_dec": loss_dec.detach(),
+            "gradient_penalty": mean_penalty,
+            "gp_weight": gp_weight,
         }
 
 
