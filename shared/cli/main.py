@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from zsc.cli import data, downstream, features, generative, recovery, registry, servers, synthesize, zeroshot
@@ -19,8 +20,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (it is swapped when main() runs under a test's capture)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _say_who_served() -> None:
+    """Client commands print one stderr line naming the server that answered (``zsc.client`` at INFO) and nothing
+    else of the logging tree; `zsc serve` configures the rest for itself."""
+    log = logging.getLogger("zsc.client")
+    if not log.handlers:  # main() may run several times in one process (tests)
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("zsc: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _say_who_served()
     return run_command(args.func, args)
 
 

@@ -16,12 +16,15 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from zsc import data
-from zsc.runtime.client import address_from_env, connect, wait_until_serving
+from zsc.cli.common import CommandError
+from zsc.runtime.client import address_from_env, connect, server_info
 from zsc.runtime.security import TlsFiles, read_token
-from zsc.runtime.server import DEFAULT_PORTS, ServerConfig, ZscServer, serve_forever
+from zsc.runtime.server import DEFAULT_PORTS, ServerConfig, ZscServer, port_unavailable, serve_forever
 
 STATE_FILE = Path(".zsc") / "up.json"
 LOG_DIR = Path(".zsc") / "logs"
+READY_TIMEOUT = 600.0  # real weights on a slow disk; a service that dies is reported at once, not after this
+STOP_GRACE = 15.0  # seconds a stopped service gets to drain before SIGKILL
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -112,9 +115,17 @@ def _tls(args: argparse.Namespace) -> TlsFiles | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    level = logging.getLevelName(args.log_level.upper())
+    if not isinstance(level, int):
+        raise ValueError(f"unknown --log-level {args.log_level!r}")
+    # --log-level is zsc's; the libraries (open_clip logs through the root logger) speak up only for warnings,
+    # unless DEBUG asks for everything.
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
+        level=min(level, logging.WARNING) if level <= logging.DEBUG else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
     )
+    logging.getLogger("zsc").setLevel(level)
     port = DEFAULT_PORTS[args.service] if args.port is None else args.port
     server = ZscServer(args.service, _config(args, port))
     return serve_forever(server, on_ready=lambda s: print(f"{args.service} on {args.host}:{s.port}", flush=True))
@@ -154,47 +165,169 @@ def _serve_argv(args: argparse.Namespace, service: str, port: int) -> list[str]:
     return argv
 
 
-def _spawn(argv: list[str], name: str, detach: bool) -> subprocess.Popen:
-    """Detached services log to .zsc/logs/ and hold none of our pipes, so a caller reading our output sees EOF."""
-    if not detach:
-        return subprocess.Popen(argv)
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    with open(LOG_DIR / f"{name}.log", "ab") as log_file:
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
-        )
+class _Child:
+    """A service `zsc up` started, and where its own last words go (its log file when detached)."""
+
+    def __init__(self, name: str, argv: list[str], detach: bool) -> None:
+        self.name = name
+        self.log: Path | None = None
+        self.log_start = 0
+        if not detach:
+            self.proc = subprocess.Popen(argv)  # its stderr is ours: its one-line error shows as it happens
+            return
+        # Detached services log to .zsc/logs/ and hold none of our pipes, so a caller reading our output sees EOF.
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.log = LOG_DIR / f"{name}.log"
+        with open(self.log, "ab") as log_file:
+            self.log_start = log_file.tell()
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
+            )
+
+    def last_words(self) -> str:
+        """The last line this run of the service wrote to its log ("" when not detached: it is on our stderr)."""
+        if self.log is None or not self.log.is_file():
+            return ""
+        with open(self.log, "rb") as f:
+            f.seek(self.log_start)
+            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+    def failure(self) -> str:
+        """Why the service is gone, in one line (it exited)."""
+        words = self.last_words()
+        where = f" (log: {self.log})" if self.log else ""
+        return f"{self.name} exited with code {self.proc.returncode}{': ' + words if words else ''}{where}"
+
+
+def _stop(children: list[_Child]) -> None:
+    """SIGTERM every child still running, then SIGKILL what has not drained within STOP_GRACE: no orphan."""
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.terminate()
+    deadline = time.monotonic() + STOP_GRACE
+    for child in children:
+        try:
+            child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            child.proc.wait()
+
+
+def _check_ports(args: argparse.Namespace, ports: dict[str, int]) -> None:
+    """Fail before starting anything: one busy port would otherwise leave the other three services running."""
+    taken: dict[int, str] = {}
+    for name, port in ports.items():
+        if port in taken:
+            raise CommandError(f"{name} and {taken[port]} would both listen on port {port}: give --{name}-port")
+        taken[port] = name
+        busy = port_unavailable(args.host, port)
+        if busy:
+            raise CommandError(
+                f"{name} cannot listen on {args.host}:{port}: {busy}; stop what holds the port "
+                f"(`zsc down` for a detached zsc up) or give --{name}-port"
+            )
+
+
+def _check_no_detached_up() -> None:
+    """A second detached `zsc up` would overwrite up.json and leave the first one's services unreachable by down."""
+    if not STATE_FILE.exists():
+        return
+    alive = []
+    for name, pid in json.loads(STATE_FILE.read_text()).items():
+        try:
+            os.kill(pid, 0)
+            alive.append(f"{name} (pid {pid})")
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            alive.append(f"{name} (pid {pid})")
+    if alive:
+        raise CommandError(f"a detached zsc up is still running here: {', '.join(alive)}; stop it with `zsc down`")
+
+
+def _wait_serving(args: argparse.Namespace, children: list[_Child], ports: dict[str, int]) -> str | None:
+    """Print a SERVING line per service once it is up *and* is the process we started; return why not otherwise.
+
+    Every round polls each child's exit first, so a service that dies at startup is reported within a second."""
+    token = read_token(path=args.auth_token_file)
+    channels = {c.name: connect(f"{args.host}:{ports[c.name]}", token=token) for c in children}
+    pending = list(children)
+    deadline = time.monotonic() + READY_TIMEOUT
+    try:
+        while pending:
+            for child in list(pending):
+                if child.proc.poll() is not None:
+                    return child.failure()
+                address = f"{args.host}:{ports[child.name]}"
+                try:
+                    health = health_pb2_grpc.HealthStub(channels[child.name]).Check(
+                        health_pb2.HealthCheckRequest(), timeout=1
+                    )
+                    if health.status != health_pb2.HealthCheckResponse.SERVING:
+                        continue
+                    info = server_info(channels[child.name], timeout=5)
+                except grpc.RpcError:
+                    continue  # not listening yet, or still loading
+                if info.pid != child.proc.pid:
+                    return (
+                        f"{address} answers for another server (pid {info.pid}, {info.service}, profile "
+                        f"{info.profile}), not the {child.name} zsc up started"
+                    )
+                print(f"{child.name:15s} {address} SERVING (profile {info.profile})", flush=True)
+                pending.remove(child)
+            if pending and time.monotonic() > deadline:
+                return f"{', '.join(c.name for c in pending)} not SERVING after {READY_TIMEOUT:.0f} s"
+            time.sleep(0.2)
+    finally:
+        for channel in channels.values():
+            channel.close()
+    return None
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     ports = {name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS}
-    procs = {name: _spawn(_serve_argv(args, name, port), name, args.detach) for name, port in ports.items()}
+    if args.detach:
+        _check_no_detached_up()
+    _check_ports(args, ports)
+    children: list[_Child] = []
+    ok = False
     try:
         for name, port in ports.items():
-            channel = connect(f"{args.host}:{port}")
-            try:
-                wait_until_serving(channel, timeout=600)
-            finally:
-                channel.close()
-            print(f"{name:15s} {args.host}:{port} SERVING", flush=True)
-    except TimeoutError as err:
-        for p in procs.values():
-            p.terminate()
-        print(f"zsc: {err}", file=sys.stderr)
-        return 1
-    if args.detach:
-        STATE_FILE.parent.mkdir(exist_ok=True)
-        STATE_FILE.write_text(json.dumps({n: p.pid for n, p in procs.items()}))
-        print(f"started in the background (logs in {LOG_DIR}/); stop with `zsc down`")
-        return 0
+            children.append(_Child(name, _serve_argv(args, name, port), args.detach))
+        if args.detach:  # recorded at once: `zsc down` can stop them even if this command is killed while waiting
+            STATE_FILE.parent.mkdir(exist_ok=True)
+            STATE_FILE.write_text(json.dumps({c.name: c.proc.pid for c in children}))
+        failure = _wait_serving(args, children, ports)
+        if failure:
+            print(f"zsc: {failure}; stopping the other services", file=sys.stderr, flush=True)
+            return 1
+        ok = True
+        if args.detach:
+            print(f"started in the background (logs in {LOG_DIR}/); stop with `zsc down`")
+            return 0
+        return _run_until_stopped(children)
+    finally:
+        if not ok or not args.detach:
+            _stop(children)
+            if args.detach:
+                STATE_FILE.unlink(missing_ok=True)
+
+
+def _run_until_stopped(children: list[_Child]) -> int:
+    """Foreground `zsc up`: run until SIGTERM/SIGINT or until a service exits (then say which, and stop the rest)."""
     stop = {"signal": 0}
     signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s))
     signal.signal(signal.SIGINT, lambda s, f: stop.update(signal=s))
-    while not stop["signal"] and all(p.poll() is None for p in procs.values()):
+    while not stop["signal"]:
+        gone = [c for c in children if c.proc.poll() is not None]
+        if gone:
+            print(f"zsc: {gone[0].failure()}; stopping the other services", file=sys.stderr, flush=True)
+            _stop(children)
+            return 1
         time.sleep(0.5)
-    for p in procs.values():
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    return max((p.wait() for p in procs.values()), default=0)
+    _stop(children)
+    return max((c.proc.returncode for c in children), default=0)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
