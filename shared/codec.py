@@ -2,42 +2,54 @@
 
 Every decode checks dtype, shape and byte length before touching the data, so a hostile message fails with one clear
 ``InvalidArgument`` line. Tensors over a few MB travel as a stream of ``TensorChunk`` messages.
+
+torch is imported only when a tensor is asked for: the CLI imports this module, and importing torch costs seconds
+that ``zsc --help`` and a numpy-only client should not pay.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import numpy as np
-import torch
 
 from zsc.common.v1 import common_pb2
 from zsc.errors import InvalidArgument, ResourceExhausted
 
-# name -> (torch dtype, numpy dtype or None when numpy has no such type, itemsize)
-DTYPES: dict[str, tuple[torch.dtype, np.dtype | None, int]] = {
-    "float32": (torch.float32, np.dtype("<f4"), 4),
-    "float16": (torch.float16, np.dtype("<f2"), 2),
-    "bfloat16": (torch.bfloat16, None, 2),
-    "int64": (torch.int64, np.dtype("<i8"), 8),
-    "int32": (torch.int32, np.dtype("<i4"), 4),
-    "uint8": (torch.uint8, np.dtype("u1"), 1),
-    "bool": (torch.bool, np.dtype("?"), 1),
+if TYPE_CHECKING:
+    import torch
+
+# name -> (numpy dtype or None when numpy has no such type, itemsize); each name is also torch's (torch.<name>)
+DTYPES: dict[str, tuple[np.dtype | None, int]] = {
+    "float32": (np.dtype("<f4"), 4),
+    "float16": (np.dtype("<f2"), 2),
+    "bfloat16": (None, 2),
+    "int64": (np.dtype("<i8"), 8),
+    "int32": (np.dtype("<i4"), 4),
+    "uint8": (np.dtype("u1"), 1),
+    "bool": (np.dtype("?"), 1),
 }
-_TORCH_NAMES = {v[0]: k for k, v in DTYPES.items()}
-_NUMPY_NAMES = {v[1]: k for k, v in DTYPES.items() if v[1] is not None}
+_NUMPY_NAMES = {v[0]: k for k, v in DTYPES.items() if v[0] is not None}
 
 CHUNK_BYTES = 2 << 20  # 2 MiB: well under any message limit, large enough to amortize per-message cost
 MAX_TENSOR_BYTES = 1 << 30
 
-ArrayLike = np.ndarray | torch.Tensor
+ArrayLike: TypeAlias = "np.ndarray | torch.Tensor"
+
+
+def _is_tensor(x: object) -> bool:
+    """A torch tensor, without importing torch: one cannot exist unless torch was imported."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def dtype_name(x: ArrayLike) -> str:
-    if isinstance(x, torch.Tensor):
-        name = _TORCH_NAMES.get(x.dtype)
+    if _is_tensor(x):
+        name = str(x.dtype).removeprefix("torch.")
+        name = name if name in DTYPES else None
     else:
         name = _NUMPY_NAMES.get(x.dtype.newbyteorder("<") if x.dtype.byteorder == ">" else x.dtype)
     if name is None:
@@ -47,12 +59,14 @@ def dtype_name(x: ArrayLike) -> str:
 
 def _raw_bytes(x: ArrayLike) -> tuple[str, list[int], memoryview]:
     name = dtype_name(x)
-    if isinstance(x, torch.Tensor):
+    if _is_tensor(x):
+        import torch
+
         t = x.detach().to("cpu").contiguous()
         # numpy has no bfloat16: move its bits as int16, which has the same bytes.
         arr = t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
     else:
-        arr = np.asarray(x, dtype=DTYPES[name][1])
+        arr = np.asarray(x, dtype=DTYPES[name][0])
         if not arr.flags.c_contiguous:
             arr = arr.copy(order="C")
     return name, list(arr.shape), memoryview(arr.reshape(-1).view(np.uint8))
@@ -72,22 +86,28 @@ def _check_header(dtype: str, shape: Iterable[int], max_bytes: int) -> tuple[str
         raise InvalidArgument(f"tensor rank {len(shape)} is over the limit of 8")
     if any(s < 0 for s in shape):
         raise InvalidArgument(f"tensor shape {list(shape)} has a negative dimension")
-    nbytes = math.prod(shape) * DTYPES[dtype][2]
+    nbytes = math.prod(shape) * DTYPES[dtype][1]
     if nbytes > max_bytes:
         raise ResourceExhausted(f"tensor of shape {list(shape)} ({nbytes} bytes) is over the limit of {max_bytes}")
     return dtype, shape, nbytes
 
 
 def _from_buffer(dtype: str, shape: tuple[int, ...], data: bytes | bytearray, as_: str) -> ArrayLike:
-    np_dtype = DTYPES[dtype][1]
+    np_dtype = DTYPES[dtype][0]
     if dtype == "bfloat16":
+        import torch
+
         arr = np.frombuffer(data, dtype="<i2").reshape(shape)
         t = torch.from_numpy(arr.copy()).view(torch.bfloat16)
         return t if as_ == "torch" else t.float().numpy()
     arr = np.frombuffer(data, dtype=np_dtype).reshape(shape)
     if dtype == "bool" and arr.size and arr.view(np.uint8).max() > 1:
         raise InvalidArgument("bool tensor holds bytes other than 0 and 1")
-    return torch.from_numpy(arr.copy()) if as_ == "torch" else arr.copy()
+    if as_ == "torch":
+        import torch
+
+        return torch.from_numpy(arr.copy())
+    return arr.copy()
 
 
 def decode(
@@ -121,8 +141,8 @@ def decode(
 
 def _check_finite(x: ArrayLike, dtype: str, name: str) -> None:
     if dtype in ("float32", "float16", "bfloat16"):
-        values = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
-        if not bool(torch.isfinite(values).all()):
+        finite = bool(x.isfinite().all()) if _is_tensor(x) else bool(np.isfinite(x).all())
+        if not finite:
             raise InvalidArgument(f"{name} contains NaN or Inf")
 
 

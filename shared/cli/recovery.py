@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from zsc import codec
 from zsc.cli.common import (
@@ -22,6 +21,9 @@ from zsc.common.v1 import common_pb2
 from zsc.recovery.v1 import recovery_pb2 as pb
 from zsc.recovery.v1 import recovery_pb2_grpc as pb_grpc
 from zsc.runtime.client import unpack
+
+if TYPE_CHECKING:  # torch costs seconds at import: only the commands that use it load it
+    import torch
 
 METRICS = {"cosine": pb.COSINE, "linear": pb.LINEAR}
 POLICIES = {"angular": pb.ANGULAR, "fixed": pb.FIXED}
@@ -193,6 +195,7 @@ def cmd_fit_teacher(args: argparse.Namespace) -> int:
     import json
 
     import numpy as np
+    import torch
     from safetensors.torch import save
     from sklearn.linear_model import LogisticRegression
 

@@ -17,10 +17,12 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from zsc.errors import InvalidArgument, NotFound
+
+if TYPE_CHECKING:  # the CLI imports profiles; torch is imported where a device or dtype is asked for
+    import torch
 
 # torch.compile's modes (torch.compile(mode=...)).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -55,12 +57,16 @@ class Profile:
             )
 
     def torch_device(self) -> torch.device:
+        import torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
     def torch_dtype(self) -> torch.dtype:
         """fp32 on CPU, fp16 on CUDA unless the profile says otherwise (diffusers' convention)."""
+        import torch
+
         if self.dtype == "auto":
             return torch.float16 if self.torch_device().type == "cuda" else torch.float32
         return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[self.dtype]

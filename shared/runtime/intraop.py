@@ -17,8 +17,6 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 log = logging.getLogger(__name__)
 _state = threading.local()
 
@@ -54,6 +52,8 @@ def use_one_intraop_thread() -> None:
     """Give the calling thread (only) one torch intra-op thread; later calls on the same thread cost nothing."""
     if getattr(_state, "single", False):
         return
+    import torch  # here, not at the top: the CLI imports the server module, and torch costs seconds
+
     torch.get_num_threads()  # torch's lazy per-thread initialization first, or it would undo the settings below
     for setter in _thread_count_setters():
         setter(1)
