@@ -3,13 +3,24 @@
 One file holds three tensors (``features`` [N, D] float32, ``labels`` [N] int64, ``text_features`` [C, D_t]
 float32) and, in the safetensors header metadata, the JSON-encoded class names and free-form string metadata.
 Nothing is pickled; loading a file never executes code.
+
+**Alignments.** DFZSL's FLPT moves every image feature by one shared residual, x' = x + weight * r, and the generator
+and the GZSL classifier learn in that moved space; test features must be moved the same way (the released code adds
+the residual to every image feature it saves). A feature set written by FLPT (or moved by :meth:`Alignment.apply`)
+records the move in its metadata: ``zsc.alignment.id`` (a content hash of r and the weight; a feature set that
+carries it is *aligned*) and ``zsc.alignment`` (JSON: the weight and r as base64 little-endian float32, a few KB).
+The aligned text features of the classes are the file's own ``text_features``, so the file Align writes is itself
+the alignment a consumer applies (:meth:`Alignment.from_features`).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import math
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +29,19 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from zsc.data import duplicate_class
 from zsc.io import atomic_write_bytes
 
-__all__ = ["FORMAT", "FeatureSet", "content_hash"]
+__all__ = [
+    "ALIGNMENT_ID_KEY",
+    "ALIGNMENT_KEY",
+    "FORMAT",
+    "Alignment",
+    "FeatureSet",
+    "alignment_id",
+    "content_hash",
+    "read_alignment",
+]
 
 #: Value of the ``zsc.format`` header key; bump the suffix on an incompatible change.
 FORMAT = "zsc.featureset/1"
@@ -29,6 +50,9 @@ _KEY_FORMAT = "format"
 _KEY_CLASS_NAMES = "class_names"
 _KEY_METADATA = "metadata"
 _TENSORS = ("features", "labels", "text_features")
+#: Metadata keys of an aligned feature set (see the module docstring).
+ALIGNMENT_ID_KEY = "zsc.alignment.id"
+ALIGNMENT_KEY = "zsc.alignment"
 
 
 @dataclass
@@ -76,8 +100,11 @@ class FeatureSet:
             raise ValueError(f"features has {f.shape[0]} rows but labels has {y.shape[0]}")
         if not isinstance(self.class_names, list) or not all(isinstance(n, str) and n for n in self.class_names):
             raise ValueError("class_names must be a list of non-empty strings")
-        if len(set(self.class_names)) != len(self.class_names):
-            raise ValueError("class_names contains duplicates")
+        seen: set[str] = set()
+        for name in self.class_names:
+            if name in seen:
+                raise ValueError(duplicate_class(name, "class_names"))
+            seen.add(name)
         if t.shape[0] != len(self.class_names):
             raise ValueError(f"text_features has {t.shape[0]} rows but there are {len(self.class_names)} class names")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= len(self.class_names)):
@@ -161,6 +188,109 @@ class FeatureSet:
             text_features=self.text_features[idx.to(self.text_features.device)],
             metadata=dict(self.metadata),
         )
+
+
+def alignment_id(metadata: dict[str, str]) -> str:
+    """The alignment id a feature set's metadata records ("" for features in the encoder's own space)."""
+    return metadata.get(ALIGNMENT_ID_KEY, "")
+
+
+@dataclass(frozen=True, eq=False)
+class Alignment:
+    """A shared shift of the image features, x' = x + weight * residual, and the aligned text features of its
+    classes (FLPT's output; ``class_names`` and ``text_features`` may be empty for a shift alone)."""
+
+    residual: torch.Tensor  # [D] float32, CPU
+    weight: float
+    class_names: tuple[str, ...] = ()
+    text_features: torch.Tensor | None = None  # [len(class_names), D_t] float32, CPU
+
+    def __post_init__(self) -> None:
+        r = self.residual
+        if not isinstance(r, torch.Tensor) or r.dtype != torch.float32 or r.ndim != 1 or r.numel() == 0:
+            raise ValueError("the alignment residual must be a non-empty 1-D float32 tensor")
+        if not bool(torch.isfinite(r).all()):
+            raise ValueError("the alignment residual contains NaN or Inf")
+        if not (isinstance(self.weight, float) and math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"the alignment weight must be a finite float >= 0, got {self.weight!r}")
+        t = self.text_features
+        if (t is None) != (not self.class_names) or (t is not None and t.shape[0] != len(self.class_names)):
+            raise ValueError("the alignment needs one aligned text feature per class name, or neither")
+
+    @property
+    def dim(self) -> int:
+        return int(self.residual.numel())
+
+    def _residual_bytes(self) -> bytes:
+        return self.residual.detach().cpu().contiguous().numpy().astype("<f4").tobytes()
+
+    @property
+    def id(self) -> str:
+        """sha256 of the residual's little-endian float32 bytes and the weight as a little-endian double."""
+        return "sha256:" + hashlib.sha256(self._residual_bytes() + struct.pack("<d", self.weight)).hexdigest()
+
+    def metadata(self) -> dict[str, str]:
+        """The metadata entries of a feature set in this alignment's space."""
+        residual = base64.b64encode(self._residual_bytes()).decode("ascii")
+        record = {"dim": self.dim, "weight": self.weight, "residual": residual}
+        return {ALIGNMENT_ID_KEY: self.id, ALIGNMENT_KEY: json.dumps(record, sort_keys=True)}
+
+    @classmethod
+    def from_features(cls, data: FeatureSet) -> Alignment:
+        """The alignment a feature set records, with the set's text features as the aligned ones; ValueError (one
+        line) when it records none or its record does not hash to its id."""
+        if ALIGNMENT_KEY not in data.metadata:
+            raise ValueError("the feature set records no alignment (it was not written by FLPT Align)")
+        try:
+            record = json.loads(data.metadata[ALIGNMENT_KEY])
+            raw = base64.b64decode(record["residual"], validate=True)
+            residual = torch.frombuffer(bytearray(raw), dtype=torch.float32).clone()
+            weight, dim = float(record["weight"]), int(record["dim"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"bad alignment record ({type(err).__name__})") from None
+        if residual.numel() != dim:
+            raise ValueError(f"bad alignment record (residual has {residual.numel()} values, dim says {dim})")
+        alignment = cls(residual, weight, tuple(data.class_names), data.text_features.float().cpu())
+        if alignment.id != alignment_id(data.metadata):
+            raise ValueError("the alignment record does not match its id (the file was edited)")
+        return alignment
+
+    def apply(self, data: FeatureSet, text: bool = True) -> FeatureSet:
+        """``data`` moved into this alignment's space: features + weight * residual, the alignment's metadata and,
+        with ``text``, the aligned text features of data's classes. ValueError (one line) when data is already
+        aligned, has another D, or (with ``text``) names a class the alignment has no text feature of."""
+        if alignment_id(data.metadata):
+            raise ValueError(f"the features are already aligned (alignment {alignment_id(data.metadata)[:19]})")
+        if data.dim != self.dim:
+            raise ValueError(f"the features have D={data.dim} but the alignment residual has D={self.dim}")
+        text_features = data.text_features
+        if text:
+            index = {n: i for i, n in enumerate(self.class_names)}
+            missing = [n for n in data.class_names if n not in index]
+            if missing:
+                raise ValueError(f"the alignment has no aligned text feature of class {missing[0]!r}")
+            assert self.text_features is not None  # class_names is non-empty, so the text features exist
+            text_features = self.text_features[[index[n] for n in data.class_names]]
+        shift = self.weight * self.residual.to(data.features.device)  # the order FLPT's core computes it in
+        metadata = {**data.metadata, **self.metadata()}
+        return FeatureSet(data.features + shift, data.labels, list(data.class_names), text_features, metadata)
+
+
+def read_alignment(uri: str, roots: list[Path], field: str = "alignment_uri") -> tuple[Path, Alignment]:
+    """The alignment recorded by the feature set at ``uri`` inside ``roots`` (a request's alignment reference);
+    InvalidArgument (one line) when the file is missing, unreadable or records none."""
+    from zsc.data import resolve_uri
+    from zsc.errors import InvalidArgument, first_line
+
+    path = resolve_uri(uri, roots)
+    if not path.is_file():
+        raise InvalidArgument(f"{field} {uri!r} is not a file")
+    try:
+        return path, Alignment.from_features(FeatureSet.load(path))
+    except (ValueError, OSError) as err:
+        raise InvalidArgument(f"{field} {path.name}: {first_line(err).replace(str(path) + ': ', '')}") from err
+    except Exception as err:  # safetensors raises its own error type on a corrupt header
+        raise InvalidArgument(f"cannot read {field} {path.name}: {type(err).__name__}") from err
 
 
 def content_hash(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:

@@ -4,17 +4,18 @@ Virtual base features x (from vMF recovery) and CLIP's text encoder are pulled t
 
 - 4 shared learnable context tokens ctx [n_ctx, W], initialized from the token embeddings of "a photo of a", go in
   front of every class name in the frozen text encoder (the shared :class:`zsc.models.prompt_learner.PromptLearner`);
-- an MLP maps the **mean context token** to a residual r in feature space, and every feature becomes
-  x' = x + residual_scale * r (residual_scale 0.005 by default);
+- an MLP is applied to **each** context token and the residual r is the mean of its outputs (the authors'
+  ``t2i(ctx).mean(dim=0)``); every feature becomes x' = x + residual_scale * r (residual_scale 0.005 by default);
 - the loss is cross-entropy over the base classes of logit_scale * cos(x', text(ctx, class)).
 
-How the mean context token feeds the MLP: m = ctx.mean(dim=0) is one vector of the token width W; the MLP is
-Linear(W, 4W) -> QuickGELU -> Linear(4W, D), so r = MLP(m) has the feature dimension D. W is the token embedding
-width and D the text projection's output; they differ in general (the tiny profile: W=64, D=32) and coincide for
-CLIP ViT-B/16 (512) and ViT-L/14 (768), where the MLP is exactly the paper's D -> 4D -> D. The hidden width
-follows the MLP's input (4W), as in the authors' code. The first layer starts N(0, 0.02) with zero bias; the last
-layer starts at zero, so r = 0 and x' = x at step 0. The authors' code instead runs the MLP on every context token
-and averages the outputs; zsc follows the method as published (the MLP of the mean token).
+The MLP is Linear(W, 4W) -> QuickGELU -> Linear(4W, D), run on every one of the n_ctx tokens [n_ctx, W], so r =
+mean_i MLP(ctx_i) has the feature dimension D. Because of the GELU this is not the MLP of the mean token. W is the
+token embedding width and D the text projection's output; they differ in general (the tiny profile: W=64, D=32) and
+coincide for CLIP ViT-B/16 (512) and ViT-L/14 (768). The hidden width follows the MLP's input (4W), as in the
+authors' code. The first layer starts N(0, 0.02) with zero bias; the last layer starts at zero, so r = 0 and x' = x
+at step 0. The optimizer is AdamW with torch's default weight decay (0.01: the authors pass only the lr) and the
+batches follow the input order (the authors' loader does not shuffle; ``shuffle=True`` is zsc's seeded option).
+The authors train under CUDA autocast; zsc trains in the CLIP model's dtype (fp32 on CPU).
 
 The residual depends only on ctx, so it is one shared shift of every feature; the aligned features are x + s*r, not
 re-normalized (the loss normalizes, as the authors do). Text features come out L2-normalized for the base *and*
@@ -44,7 +45,8 @@ _TEXT_CHUNK = 256
 
 @dataclass
 class FlptConfig:
-    """FLPT settings; defaults are the paper's (AdamW lr 3e-3, batch 4, 1 epoch, residual scale 0.005)."""
+    """FLPT settings; defaults are the released code's (AdamW lr 3e-3 with torch's default weight decay, batch 4 in
+    input order, 1 epoch, residual scale 0.005)."""
 
     ctx_init: str = DEFAULT_CTX_INIT  # the phrase whose token embeddings start the context (its token count = n_ctx)
     residual_scale: float = 0.005  # x' = x + residual_scale * r
@@ -55,6 +57,7 @@ class FlptConfig:
     seed: int = 0
     logit_scale: float | None = None  # None: the CLIP model's exp(logit_scale)
     log_every: int = 10  # steps between on_step calls (the last step always reports)
+    shuffle: bool = False  # the authors' loader keeps the input order; True: a seeded shuffle per epoch
 
     def __post_init__(self) -> None:
         self.validate()
@@ -63,6 +66,8 @@ class FlptConfig:
         """Raise ValueError with a one-line message on any bad setting."""
         if not isinstance(self.ctx_init, str) or not self.ctx_init.strip():
             raise ValueError("ctx_init must be a non-empty phrase")
+        if not isinstance(self.shuffle, bool):
+            raise ValueError(f"shuffle must be a bool, got {self.shuffle!r}")
         for name in ("residual_scale", "weight_decay"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -109,8 +114,8 @@ class FlptModel(nn.Module):
         self.residual_scale = float(residual_scale)
 
     def residual(self) -> torch.Tensor:
-        """r = MLP(mean of the context tokens), shape [D]."""
-        return self.mlp(self.prompt.ctx.mean(dim=0))
+        """r = mean over the context tokens of MLP(token), shape [D]."""
+        return self.mlp(self.prompt.ctx).mean(dim=0)
 
     def align(self, features: torch.Tensor) -> torch.Tensor:
         """x' = x + residual_scale * r for features [N, D]."""
@@ -208,7 +213,7 @@ def align_features(
     losses = torch.empty(total, dtype=torch.float32, device=device)
     step = 0
     for _ in range(cfg.epochs):
-        order = torch.randperm(count, generator=gen).to(device)  # seeded shuffle (the authors' loader did not shuffle)
+        order = torch.randperm(count, generator=gen).to(device) if cfg.shuffle else torch.arange(count, device=device)
         for batch in order.split(cfg.batch_size):
             if should_stop is not None and should_stop():
                 raise RecoveryCancelled(f"alignment cancelled after {step} of {total} steps")
