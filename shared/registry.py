@@ -551,6 +551,18 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([*lines, *("| " + " | ".join(map(cell, r)) + " |" for r in rows)])
 
 
+CHANCE_LEVEL_NOTE = (
+    "versions {versions} come from the tiny profile: random-weight models, so their accuracies are chance level by "
+    "design"
+)
+
+
+def chance_level_note(versions: list[VersionSummary]) -> str:
+    """One line naming the versions trained with the tiny profile, whose numbers mean nothing; "" if none."""
+    tiny = [f"v{v.version}" for v in versions if v.lineage.get("profile") == "tiny"]
+    return CHANCE_LEVEL_NOTE.format(versions=", ".join(tiny)) if tiny else ""
+
+
 def review_html(name: str, versions: list[VersionSummary], history: list[dict[str, Any]]) -> str:
     """A self-contained HTML report: the table, the alias history and each version's evaluation plots."""
     header, rows = review_rows(versions)
@@ -565,6 +577,7 @@ def review_html(name: str, versions: list[VersionSummary], history: list[dict[st
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:13px}"
         "img{max-width:48%;margin:4px;border:1px solid #eee}</style></head><body>",
         f"<h1>{e(name)}</h1>",
+        *([f"<p style='color:#a00'><b>Note:</b> {e(note)}.</p>"] if (note := chance_level_note(versions)) else []),
         *table,
         "<h2>Alias history</h2><ul>",
         *[
@@ -585,6 +598,23 @@ def review_html(name: str, versions: list[VersionSummary], history: list[dict[st
     return "\n".join(parts)
 
 
+def write_report_index(folder: Path, extra: dict[str, Path] | None = None) -> Path:
+    """``folder/index.html``: a link to every HTML report in ``folder`` (and to ``extra`` pages by title)."""
+    e = html.escape
+    reports = sorted(p for p in folder.glob("*.html") if p.name != "index.html")
+    links = [(p.stem, p.name) for p in reports]
+    links += [(title, os.path.relpath(path, folder)) for title, path in (extra or {}).items() if path.is_file()]
+    items = "\n".join(f"<li><a href='{e(href)}'>{e(title)}</a></li>" for title, href in links)
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>zsc reports</title>"
+        "<style>body{font-family:sans-serif;margin:2em}</style></head><body>"
+        f"<h1>zsc reports</h1><ul>\n{items}\n</ul></body></html>"
+    )
+    index = folder / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
 def review(name: str, html_path: Path | None = None, client: Any = None) -> tuple[str, Path | None]:
     """The markdown table of every version and, with ``html_path``, the HTML report written there."""
     client = client or tracking.client()
@@ -593,6 +623,8 @@ def review(name: str, html_path: Path | None = None, client: Any = None) -> tupl
         raise NotFound(f"registered model {name!r} has no versions")
     history = alias_history(name, client)
     text = markdown(*review_rows(versions))
+    if note := chance_level_note(versions):
+        text += f"\n\nNote: {note}."
     if history:
         last = history[-1]
         text += f"\n\nlast promotion: @{last['alias']} -> v{last['version']} at {last['time']}"

@@ -55,4 +55,8 @@ def cmd_review(args: argparse.Namespace) -> int:
             print(f"\n### {name}" if i else f"### {name}")
         print(text)
         print(f"\nHTML report: {written}")
+    if written is not None:
+        # dvc plots show writes dvc_plots/index.html beside reports/ in a pipeline checkout
+        index = registry.write_report_index(written.parent, {"DVC plots": Path("dvc_plots/index.html").resolve()})
+        print(f"index of the reports: {index}")
     return 0

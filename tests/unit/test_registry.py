@@ -161,6 +161,29 @@ def test_review_shows_every_version_and_embeds_evaluation_plots(tmp_path: Path) 
         registry.review(f"missing-{uuid.uuid4().hex[:6]}")
 
 
+def test_review_says_tiny_profile_accuracy_is_chance_level_and_the_index_links_every_report(tmp_path: Path) -> None:
+    name = f"tiny-{uuid.uuid4().hex[:8]}"
+    real, tiny = (_register(name, tmp_path, seed=i)[0] for i in range(2))
+    registry.tag_version(name, tiny, {"zsc.profile": "tiny"})
+    registry.tag_version(name, real, {"zsc.profile": "paper"})
+    text, html_path = registry.review(name, tmp_path / "reports" / f"{name}-review.html")
+    note = [line for line in text.splitlines() if "chance level" in line]
+    assert note == [f"Note: versions v{tiny} come from the tiny profile: random-weight models, so their accuracies are "
+                    "chance level by design."]  # fmt: skip
+    assert "chance level by design" in html_path.read_text()
+    registry.tag_version(name, tiny, {"zsc.profile": "lite"})
+    assert "chance level" not in registry.review(name)[0]
+
+    (tmp_path / "reports" / "other-review.html").write_text("<html></html>")
+    plots = tmp_path / "dvc_plots" / "index.html"
+    plots.parent.mkdir()
+    plots.write_text("<html></html>")
+    index = registry.write_report_index(tmp_path / "reports", {"DVC plots": plots, "absent": tmp_path / "nothing.html"})
+    page = index.read_text()
+    assert f"href='{name}-review.html'" in page and "href='other-review.html'" in page
+    assert "href='../dvc_plots/index.html'" in page and "absent" not in page and "href='index.html'" not in page
+
+
 @pytest.mark.slow
 def test_cli_promote_refusal_is_one_line_and_exit_1(tmp_path: Path, isolated_mlflow: Path) -> None:
     name = f"cli-{uuid.uuid4().hex[:8]}"
