@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -74,23 +75,80 @@ def output_file(uri: str, roots: list[Path], field: str = "output_uri", what: st
 MAX_CLASS_NAME_CHARS = 256
 
 
-def check_class_names(values: Sequence[str], field: str, max_classes: int) -> tuple[str, ...]:
-    """Non-empty, unique, non-blank class names of sane length and count, or InvalidArgument naming the first fault."""
+def duplicate_class(name: str, field: str) -> str:
+    """The one wording of a repeated class name, everywhere one is refused."""
+    return f"class {name!r} appears twice in {field}"
+
+
+def check_class_names(
+    values: Sequence[str], field: str = "class_names", max_classes: int | None = None
+) -> tuple[str, ...]:
+    """Class names exactly as given, or InvalidArgument naming the first fault: the list is non-empty and within
+    ``max_classes``; each name is a non-empty printable string of sane length without surrounding whitespace
+    (refused, never stripped: a name is matched to a folder and written into prompts as it is); no name repeats."""
+    if isinstance(values, str):
+        raise InvalidArgument(f"{field} must be a list of names, not one string")
     names = tuple(values)
     if not names:
         raise InvalidArgument(f"{field} is empty")
-    if len(names) > max_classes:
+    if max_classes is not None and len(names) > max_classes:
         raise InvalidArgument(f"{len(names)} class names is over the limit of {max_classes}")
     seen: set[str] = set()
     for i, name in enumerate(names):
-        if not name.strip():
+        if not isinstance(name, str) or not name.strip():
             raise InvalidArgument(f"{field}[{i}] is empty")
         if len(name) > MAX_CLASS_NAME_CHARS:
             raise InvalidArgument(f"{field}[{i}] is longer than {MAX_CLASS_NAME_CHARS} characters")
+        if name != name.strip():
+            raise InvalidArgument(f"class name {name!r} in {field} has leading or trailing whitespace")
+        if not name.isprintable():
+            raise InvalidArgument(f"class name {name[:40]!r} in {field} contains control characters")
         if name in seen:
-            raise InvalidArgument(f"class {name!r} appears twice in {field}")
+            raise InvalidArgument(duplicate_class(name, field))
         seen.add(name)
     return names
+
+
+def match_class_folders(
+    folders: Sequence[str],
+    class_names: Sequence[str] = (),
+    folder_to_class: Mapping[str, str] | None = None,
+    *,
+    root: Path | str = "the dataset",
+    field: str = "class_names",
+) -> tuple[tuple[str, ...], list[int]]:
+    """The label order and each folder's label, matching class names to folders by name, never by position.
+
+    A folder holds the class of its own name unless ``folder_to_class`` (asked for explicitly) maps it to another.
+    Given ``class_names`` define the label order and every one needs exactly one folder; without them the classes
+    are the (mapped) folder names in sorted folder order. A missing class, an extra folder, a map entry naming no
+    folder, or two folders of one class is an InvalidArgument naming them."""
+    mapping = dict(folder_to_class or {})
+    unknown = sorted(set(mapping) - set(folders))
+    if unknown:
+        raise InvalidArgument(f"folder_to_class names folders that {root} does not hold: {unknown[:10]}")
+    mapped = [mapping.get(f, f) for f in folders]
+    holder: dict[str, str] = {}
+    for folder, name in zip(folders, mapped, strict=True):
+        if name in holder:
+            raise InvalidArgument(f"folders {holder[name]!r} and {folder!r} of {root} both hold class {name!r}")
+        holder[name] = folder
+    if not class_names:
+        return check_class_names(mapped, f"the class folders of {root}"), list(range(len(folders)))
+    names = check_class_names(class_names, field)
+    wanted = set(names)
+    missing = [n for n in names if n not in holder]
+    extra = [f for f, n in zip(folders, mapped, strict=True) if n not in wanted]
+    if missing or extra:
+        faults = ([f"missing class {missing[:10]} (no folder of that name)"] if missing else []) + (
+            [f"extra folder {extra[:10]} (no such class)"] if extra else []
+        )
+        raise InvalidArgument(
+            f"{field} do not match the class folders of {root}: {', '.join(faults)}; folders are matched to class "
+            "names exactly (map others explicitly with folder_to_class, e.g. zsc --class-map FOLDER=NAME)"
+        )
+    label = {n: i for i, n in enumerate(names)}
+    return names, [label[n] for n in mapped]
 
 
 def _show(uri: str, limit: int = 200) -> str:
@@ -135,30 +193,54 @@ def load_image_file(path: Path, **limits: int) -> Image.Image:
 
 @dataclass
 class ImageFolder:
-    """``<root>/<class>/<image>``: classes are the sorted sub-folders, samples sorted within each class."""
+    """``<root>/<class>/<image>``: samples sorted within each class; ``classes`` are the label order and ``folders``
+    the folder that holds each label's images (by default the sorted folder names, which are then the classes)."""
 
     root: Path
     classes: list[str]
     samples: list[tuple[Path, int]]
+    folders: list[str] = dataclass_field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.folders = list(self.folders or self.classes)
 
     @classmethod
-    def open(cls, root: Path, limit: int = 0) -> ImageFolder:
+    def open(
+        cls,
+        root: Path,
+        limit: int = 0,
+        class_names: Sequence[str] = (),
+        folder_to_class: Mapping[str, str] | None = None,
+        *,
+        field: str = "class_names",
+    ) -> ImageFolder:
+        """The dataset under ``root``; with ``class_names`` (and an explicit ``folder_to_class``) matched to the
+        folders by name as ``match_class_folders`` does, labels in the order of ``class_names``."""
         if not root.is_dir():
             raise InvalidArgument(f"dataset {root} is not a directory")
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not classes:
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:
             raise InvalidArgument(f"dataset {root} has no class folders")
-        per_class = [
-            sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            for c in classes
+        classes, labels = match_class_folders(folders, class_names, folder_to_class, root=root, field=field)
+        per_folder = [
+            sorted(p for p in (root / f).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            for f in folders
         ]
-        if not any(per_class):
+        if not any(per_folder):
             raise InvalidArgument(f"dataset {root} has no images")
-        samples = _balanced(per_class, limit)
-        return cls(root=root, classes=classes, samples=samples)
+        # picked in folder order, so which images a limit keeps does not depend on the order the names came in
+        samples = sorted(((p, labels[i]) for p, i in _balanced(per_folder, limit)), key=lambda s: (s[1], s[0]))
+        by_label = [""] * len(classes)
+        for folder, label in zip(folders, labels, strict=True):
+            by_label[label] = folder
+        return cls(root=root, classes=list(classes), samples=samples, folders=by_label)
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def mapped_folders(self) -> dict[str, str]:
+        """{folder: class} of the folders not named as their class (what an explicit map renamed), for the record."""
+        return {f: c for f, c in zip(self.folders, self.classes, strict=True) if f != c}
 
 
 def _balanced(per_class: list[list[Path]], limit: int) -> list[tuple[Path, int]]:

@@ -8,11 +8,13 @@ version is picked up at the next call.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -121,9 +123,15 @@ class ModelCache:
         return classifier
 
 
-def _open_folder(root: Path, limit: int = 0) -> ImageFolder:
+def _open_folder(
+    root: Path,
+    limit: int = 0,
+    class_names: Sequence[str] = (),
+    folder_to_class: Mapping[str, str] | None = None,
+    field: str = "class_names",
+) -> ImageFolder:
     try:
-        return ImageFolder.open(root, limit=limit)
+        return ImageFolder.open(root, limit, class_names, folder_to_class, field=field)
     except OSError as err:  # e.g. a folder the service may not list
         raise InvalidArgument(f"dataset {root} cannot be read: {type(err).__name__}") from err
 
@@ -144,7 +152,9 @@ class DownstreamServicer(pb_grpc.DownstreamServicer):
     def TrainClassifier(self, request: pb.TrainClassifierRequest, context: grpc.ServicerContext):
         profile = self.runtime.profile
         root = resolve_uri(request.data_uri, self.runtime.data_roots)
-        folder = _open_folder(root)
+        # a synthetic dataset's folders must be exactly the classes it was generated for (a stray or missing folder
+        # would silently change what the model learns); labels then follow the request's class order
+        folder = _open_folder(root, class_names=core.synthesis_classes(root), field="the synthesis request's classes")
         core.check_trainable(folder)
         arch = core.resolve_arch(request.arch or profile.downstream_arch)
         if min(request.epochs, request.batch_size, request.image_size) < 0 or request.lr < 0:
@@ -274,9 +284,15 @@ class DownstreamServicer(pb_grpc.DownstreamServicer):
             raise InvalidArgument("limit and batch_size must be >= 0")
         model = registry.resolve(request.model_uri)
         root = resolve_uri(request.data_uri, self.runtime.data_roots)
-        folder = _open_folder(root, request.limit)
         loaded = self.cache.get(model)
-        core.check_classes(loaded.class_names, folder.classes, root)
+        # labels in the model's order; each of its classes read from the folder of that name (or the one mapped to it)
+        folder = _open_folder(
+            root,
+            request.limit,
+            class_names=loaded.class_names,
+            folder_to_class=request.folder_to_class,
+            field=f"the model's {len(loaded.class_names)} classes",
+        )
         experiment = request.experiment or EXPERIMENT
         batch_size = request.batch_size or 64
 
@@ -305,6 +321,7 @@ class DownstreamServicer(pb_grpc.DownstreamServicer):
                     "limit": limit,
                     "n_images": len(folder),
                     "n_classes": len(folder.classes),
+                    **({"folder_to_class": json.dumps(folder.mapped_folders())} if folder.mapped_folders() else {}),
                 }
             )
             classifier = loaded.classifier

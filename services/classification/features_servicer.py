@@ -12,6 +12,7 @@ run the core (``core/extract.py``) as an Operation with progress and cancel, log
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,10 +124,8 @@ class FeaturesServicer(pb_grpc.FeaturesServicer):
         if template.count("{}") != 1 or len(template) > 1000:
             raise InvalidArgument(f"prompt_template {template[:80]!r} must contain exactly one '{{}}'")
         self.models.check(request.image_size)
-        dataset = ImageFolder.open(root, limit=request.limit)
-        names = validate_class_names(list(request.class_names) or dataset.classes)
-        if len(names) != len(dataset.classes):
-            raise InvalidArgument(f"{len(names)} class names given for {len(dataset.classes)} class folders in {root}")
+        dataset = ImageFolder.open(root, request.limit, request.class_names, request.folder_to_class)
+        names = validate_class_names(dataset.classes)  # label order: as given, else the sorted folders
         profile = runtime.profile
         params: dict[str, Any] = {
             "profile": profile.name,
@@ -140,6 +139,7 @@ class FeaturesServicer(pb_grpc.FeaturesServicer):
             "prompt_template": template,
             "cache_dir": str(cache_dir) if cache_dir else "",
             "class_names": ",".join(names),
+            **({"folder_to_class": json.dumps(dataset.mapped_folders())} if dataset.mapped_folders() else {}),
         }
         tags = {"zsc.profile": profile.name, "zsc.kind": "extract-features"}
 

@@ -3,6 +3,7 @@ join with their issue). A thin gRPC layer: validate, convert, call the core, rep
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 import grpc
@@ -115,18 +116,14 @@ class ClassificationServicer(pb_grpc.ClassificationServicer):
         root = resolve_uri(request.data_uri, roots)
         if min(request.limit, request.batch_size, request.shard_start, request.shard_stop) < 0:
             raise InvalidArgument("limit, batch_size and the shard bounds must be >= 0")
-        dataset = ImageFolder.open(root, limit=request.limit)
+        dataset = ImageFolder.open(root, request.limit, request.class_names, request.folder_to_class)
         stop = request.shard_stop or len(dataset)
         if not request.shard_start < stop <= len(dataset):
             raise InvalidArgument(f"shard [{request.shard_start}, {stop}) is not a range of the {len(dataset)} samples")
         results_path = (
             output_file(request.results_uri, roots, "results_uri", "the JSONL file") if request.results_uri else None
         )
-        class_names = validate_class_names(list(request.class_names) or dataset.classes)
-        if len(class_names) != len(dataset.classes):
-            raise InvalidArgument(
-                f"{len(class_names)} class names given for {len(dataset.classes)} class folders in {root}"
-            )
+        class_names = validate_class_names(dataset.classes)  # label order: as given, else the sorted folders
         method = self.service.method(request.method, class_names, request.prompts, request.diffusion)
         params: dict[str, Any] = {
             "method": method.name,
@@ -137,6 +134,7 @@ class ClassificationServicer(pb_grpc.ClassificationServicer):
             "n_images": stop - request.shard_start,
             "n_classes": len(class_names),
             "class_names": ",".join(class_names),
+            **({"folder_to_class": json.dumps(dataset.mapped_folders())} if dataset.mapped_folders() else {}),
             **method.params,
         }
         batch_size = request.batch_size or (8 if method.name == "diffusion" else 64)

@@ -34,7 +34,7 @@ import torch
 from google.protobuf import message as pb_message
 
 from zsc import codec, tracking
-from zsc.data import check_class_names, output_file, resolve_uri
+from zsc.data import check_class_names, duplicate_class, output_file, resolve_uri
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument, first_line
 from zsc.evaluation import base_to_new_metrics, confusion_matrix, gzsl_metrics, per_class_accuracy
 from zsc.features import FeatureSet, content_hash
@@ -879,8 +879,11 @@ def split_unseen(request: pb.EvaluateGZSLRequest, names: list[str], trained_seen
     else:
         known = set(trained_seen)
         unseen = [i for i in range(len(names)) if i not in known]
-    if len(set(unseen)) != len(unseen):
-        raise InvalidArgument("the unseen classes list a class twice")
+    listed: set[int] = set()
+    for i in unseen:
+        if i in listed:
+            raise InvalidArgument(duplicate_class(names[i], "the unseen classes"))
+        listed.add(i)
     if not unseen:
         raise InvalidArgument("the split has no unseen class; name the unseen classes")
     return sorted(unseen)

@@ -11,8 +11,10 @@ from zsc.classification.v1 import downstream_pb2 as pb
 from zsc.classification.v1 import downstream_pb2_grpc as pb_grpc
 from zsc.cli.common import (
     CommandError,
+    add_class_map_arg,
     add_client_args,
     add_training_outputs,
+    class_map,
     follow,
     markdown_table,
     model_uri,
@@ -51,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("evaluate", help="evaluate a registered downstream model on a real ImageFolder")
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model")
-    p.add_argument("--data", required=True, help="real test ImageFolder with the model's class folders")
+    p.add_argument("--data", required=True, help="real test ImageFolder with one folder per class of the model")
+    add_class_map_arg(p)
     p.add_argument("--limit", type=int, default=0, help="evaluate at most N images, spread over the classes")
     p.add_argument("--batch-size", type=int, default=0)
     p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-downstream)")
@@ -110,6 +113,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         limit=args.limit,
         batch_size=args.batch_size,
         experiment=args.experiment,
+        folder_to_class=class_map(args),
     )
     with open_channel(args, "classification", [args.data]) as channel:
         op = follow(channel, pb_grpc.DownstreamStub(channel).Evaluate(request), "evaluate")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from zsc.classification.v1 import features_pb2 as pb
 from zsc.classification.v1 import features_pb2_grpc as pb_grpc
-from zsc.cli.common import add_client_args, follow, open_channel
+from zsc.cli.common import add_class_map_arg, add_client_args, class_map, follow, open_channel, parse_names
 from zsc.runtime.client import unpack
 
 
@@ -22,7 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="features file to write (safetensors)")
     p.add_argument("--limit", type=int, default=0, help="at most N images, spread over the classes (default all)")
     p.add_argument("--batch-size", type=int, default=0, help="images per model call (default 64)")
-    p.add_argument("--classes", help="comma-separated class names for the text features (default: the folder names)")
+    p.add_argument(
+        "--classes",
+        help="comma-separated class names, or @FILE one a line, for the text features (default: the folder names); "
+        "each is matched to the folder of that name and their order is the label order",
+    )
+    add_class_map_arg(p)
     p.add_argument("--template", default="", help='prompt for the class text features (default "a photo of a {}.")')
     p.add_argument("--image-size", type=int, default=0, help="input resolution of the lite image model (default 224)")
     p.add_argument(
@@ -43,7 +48,8 @@ def cmd_extract_features(args: argparse.Namespace) -> int:
         output_uri=str(out),
         limit=args.limit,
         batch_size=args.batch_size,
-        class_names=[c.strip() for c in args.classes.split(",")] if args.classes else [],
+        class_names=parse_names(args.classes, "--classes") if args.classes else [],
+        folder_to_class=class_map(args),
         prompt_template=args.template,
         image_size=args.image_size,
         cache_uri=str(args.cache_dir.resolve()) if args.cache_dir else "",

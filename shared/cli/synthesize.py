@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from zsc.cli.common import CommandError, follow, open_channel
+from zsc.cli.common import CommandError, follow, open_channel, parse_names
 from zsc.common.v1 import common_pb2, common_pb2_grpc
 from zsc.runtime import client
 from zsc.synthesis.v1 import synthesis_pb2 as pb
@@ -127,7 +127,7 @@ def parse_classes(value: str, describe: list[str]) -> list[pb.ClassSpec]:
             if description.strip():
                 descriptions[name.strip()] = description.strip()
     else:
-        names = [c.strip() for c in value.split(",") if c.strip()]
+        names = parse_names(value, "--classes")
     for item in describe:
         name, sep, text = item.partition("=")
         if not sep or not name.strip():

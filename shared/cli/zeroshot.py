@@ -13,7 +13,17 @@ import numpy as np
 from zsc import codec
 from zsc.classification.v1 import classification_pb2 as pb
 from zsc.classification.v1 import classification_pb2_grpc as pb_grpc
-from zsc.cli.common import CommandError, add_client_args, follow, markdown_table, open_channel, save_evaluation
+from zsc.cli.common import (
+    CommandError,
+    add_class_map_arg,
+    add_client_args,
+    class_map,
+    follow,
+    markdown_table,
+    open_channel,
+    parse_names,
+    save_evaluation,
+)
 from zsc.common.v1 import common_pb2
 from zsc.data import ImageFolder
 from zsc.runtime.client import service_channel, unpack
@@ -27,7 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="ImageFolder to evaluate (<root>/<class>/<image>)")
     src.add_argument("--image", nargs="+", type=Path, help="image files to classify (needs --classes)")
-    p.add_argument("--classes", help="comma-separated class names (default for --data: the folder names)")
+    p.add_argument(
+        "--classes",
+        help="comma-separated class names, or @FILE one a line (default for --data: the folder names); with --data "
+        "each is matched to the folder of that name and their order is the label order",
+    )
+    add_class_map_arg(p)
     p.add_argument("--templates", nargs="+", default=[], help='custom prompt templates, each with "{}"')
     p.add_argument("--template-set", default="", help="openai_imagenet (default), simple_imagenet, cifar, single")
     p.add_argument("--limit", type=int, default=0, help="evaluate at most N images, spread over the classes")
@@ -65,7 +80,7 @@ def _diffusion_options(args: argparse.Namespace) -> pb.DiffusionOptions:
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes else []
+    classes = parse_names(args.classes, "--classes") if args.classes else []
     prompts = pb.PromptSpec(templates=args.templates, template_set=args.template_set)
     diffusion = _diffusion_options(args) if args.method == "diffusion" else None
     if args.image:
@@ -76,6 +91,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
         method=METHODS[args.method],
         data_uri=str(data),
         class_names=classes,
+        folder_to_class=class_map(args),
         prompts=prompts,
         limit=args.limit,
         batch_size=args.batch_size,

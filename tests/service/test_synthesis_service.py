@@ -316,7 +316,7 @@ def _bad(**changes) -> pb.GenerateDatasetRequest:
 
 BAD_REQUESTS = {
     "no classes": (lambda: _bad(classes=()), "no classes given"),
-    "duplicate class": (lambda: _bad(classes=("cat", "dog", "cat")), "duplicate class 'cat'"),
+    "duplicate class": (lambda: _bad(classes=("cat", "dog", "cat")), "class 'cat' appears twice in classes"),
     "zero count": (lambda: _bad(per_class=0), "must be positive"),
     "negative count": (lambda: _bad(per_class=-5), "must be positive"),
     "count over the cap": (lambda: _bad(per_class=CAP + 1), f"over the cap of {CAP}"),
@@ -494,5 +494,6 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.delenv("ZSC_SYNTHESIS_ADDRESS", raising=False)
     assert main(["synthesize", "--classes", "cat,cat", "--per-class", "2", "--out", str(tmp_path / "x")]) == 1
-    assert capsys.readouterr().err.strip() == "zsc: INVALID_ARGUMENT: duplicate class 'cat'"
+    # refused by the client, with the message the server gives (the library's one rule)
+    assert capsys.readouterr().err.strip() == "zsc: class 'cat' appears twice in --classes"
     assert not (tmp_path / "x").exists()

@@ -252,8 +252,8 @@ def test_bad_options_raise_one_line_value_errors(make, message):
     ("images", "names", "preset", "message"),
     [
         ([torch.zeros(3, 32, 32)], [], None, "class_names must be a non-empty list"),
-        ([torch.zeros(3, 32, 32)], ["cat", "dog", "cat", "bird"], None, r"duplicate class names: \['cat'\]"),
-        ([torch.zeros(3, 32, 32)], ["cat", " "], None, "class names must be non-empty strings"),
+        ([torch.zeros(3, 32, 32)], ["cat", "dog", "cat", "bird"], None, "class 'cat' appears twice in class_names"),
+        ([torch.zeros(3, 32, 32)], ["cat", " "], None, r"class_names\[1\] is empty"),
         (torch.zeros(2, 1, 32, 32), ["cat", "dog"], None, r"images must be a \[N, 3, H, W\] tensor"),
         (torch.zeros(3, 32, 32), ["cat", "dog"], None, r"images must be a \[N, 3, H, W\] tensor"),
         ([torch.zeros(4, 32, 32)], ["cat", "dog"], None, r"each image must have shape \[3, H, W\]"),

@@ -92,7 +92,7 @@ def test_file_has_no_pickle_and_readable_header(tmp_path: Path) -> None:
         (lambda fs: setattr(fs, "features", fs.features.double()), "float32"),
         (lambda fs: setattr(fs, "labels", fs.labels.int()), "int64"),
         (lambda fs: setattr(fs, "class_names", ["a", "b", "c"]), "rows but there are 3 class names"),
-        (lambda fs: setattr(fs, "class_names", ["a", "a", "b", "c"]), "duplicates"),
+        (lambda fs: setattr(fs, "class_names", ["a", "a", "b", "c"]), "class 'a' appears twice in class_names"),
         (lambda fs: setattr(fs, "metadata", {"k": 1}), "metadata"),
         (lambda fs: setattr(fs, "features", fs.features[:, :, None]), "2-D"),
     ],

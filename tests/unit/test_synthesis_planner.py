@@ -169,7 +169,7 @@ def test_list_tricks_describes_defaults():
     ("kwargs", "message"),
     [
         ({"classes": []}, "no classes"),
-        ({"classes": ["cat", "cat"]}, "duplicate class"),
+        ({"classes": ["cat", "cat"]}, "class 'cat' appears twice in classes"),
         ({"classes": ["cat", "  "]}, "empty"),
         ({"classes": ["a/b"]}, "folder name"),
         ({"classes": ["manifest.jsonl"]}, "reserved"),

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zsc.data import check_class_names
 from zsc.errors import Cancelled
 from zsc.models.diffusion import SDComponents
 from zsc.profiles import COMPILE_MODES
@@ -239,14 +240,7 @@ def build_prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[
 def _check_class_names(class_names: Sequence[str]) -> list[str]:
     if isinstance(class_names, str) or not class_names:
         raise ValueError("class_names must be a non-empty list of names")
-    names = list(class_names)
-    blank = [n for n in names if not isinstance(n, str) or not n.strip()]
-    if blank:
-        raise ValueError(f"class names must be non-empty strings, got {blank!r}")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate class names: {duplicates}")
-    return names
+    return list(check_class_names(class_names))  # InvalidArgument is a ValueError
 
 
 def _check_prompts(prompts: Sequence[Sequence[str]], n_classes: int) -> list[list[str]]:

@@ -264,18 +264,6 @@ def model_code_path() -> str:
     return str(Path(mlflow_model.__file__).resolve())
 
 
-def check_classes(model_classes: list[str], folder_classes: list[str], root: Path) -> None:
-    """The evaluation folders must be exactly the model's classes (same names; both sorted)."""
-    if list(model_classes) == list(folder_classes):
-        return
-    missing = sorted(set(model_classes) - set(folder_classes))
-    extra = sorted(set(folder_classes) - set(model_classes))
-    raise InvalidArgument(
-        f"class folders of {root} differ from the model's {len(model_classes)} classes: "
-        f"missing {missing[:10]}, unexpected {extra[:10]}"
-    )
-
-
 # --- lineage -------------------------------------------------------------------------------------------------------
 def dataset_fingerprint(root: Path) -> str:
     """``dvc-md5:<md5>`` when ``<root>.dvc`` tracks the directory, else ``sha256:<hex>`` over the sorted relative
@@ -298,6 +286,21 @@ def dataset_fingerprint(root: Path) -> str:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + len(data).to_bytes(8, "little"))
         digest.update(data)
     return f"sha256:{digest.hexdigest()}"
+
+
+def synthesis_classes(root: Path) -> list[str]:
+    """The class names a zsc synthesis directory was generated for, from its ``request.json`` (empty for any other
+    ImageFolder), so training can check that the folders are those classes and no others."""
+    path = root / "request.json"
+    if not path.is_file():
+        return []
+    try:
+        header = json.loads(path.read_text(encoding="utf-8"))
+        if not str(header.get("format", "")).startswith("zsc-synthesis/"):
+            return []  # someone else's request.json: not ours to interpret
+        return [c["name"] for c in header["request"]["classes"]]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError) as err:
+        raise InvalidArgument(f"{path} is not a readable zsc synthesis request ({type(err).__name__})") from err
 
 
 def synthesis_summary(root: Path) -> dict[str, str]:

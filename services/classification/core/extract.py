@@ -200,7 +200,7 @@ def extract_features(
 ) -> ExtractionResult:
     """Image features of every sample, the class text features of ``template.format(name)``, as a FeatureSet.
 
-    ``class_names`` (default: the folder names) name the folders in sorted order. Images are decoded with
+    ``class_names`` (default: the dataset's classes) rename its labels in label order. Images are decoded with
     zsc.data's limits. ``on_progress(done, total)`` is called after the cache lookup and after every batch;
     ``should_stop()`` is polled between batches and raises :class:`ExtractionCancelled`.
     """
@@ -256,7 +256,7 @@ def extract_features(
         "aligned": json.dumps(extractors.aligned),
         "normalized": json.dumps(extractors.normalized),
         "dataset_sha256": digest,
-        "class_folders": json.dumps(list(dataset.classes)),
+        "class_folders": json.dumps(list(dataset.folders)),  # the folder behind each label, in label order
         **(metadata or {}),
     }
     labels = torch.tensor([label for _, label in dataset.samples], dtype=torch.int64)

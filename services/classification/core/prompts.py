@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
+from zsc.data import check_class_names
 from zsc.errors import InvalidArgument
 
 MAX_CLASSES = 10_000
-MAX_NAME_CHARS = 256
 MAX_TEMPLATES = 256
 
 # CLIP's CIFAR-10/100 prompt ensemble (Radford et al. 2021, the prompts published with CLIP).
@@ -54,21 +54,6 @@ def resolve_templates(templates: list[str] | tuple[str, ...], template_set: str 
     return TEMPLATE_SETS[name]
 
 
-def validate_class_names(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """Non-empty, unique, printable class names of sane length."""
-    if not names:
-        raise InvalidArgument("class_names is empty")
-    if len(names) > MAX_CLASSES:
-        raise InvalidArgument(f"{len(names)} classes is over the limit of {MAX_CLASSES}")
-    seen: set[str] = set()
-    for name in names:
-        if not name.strip():
-            raise InvalidArgument("a class name is empty")
-        if len(name) > MAX_NAME_CHARS:
-            raise InvalidArgument(f"class name {name[:40]!r}... is longer than {MAX_NAME_CHARS} characters")
-        if not name.isprintable():
-            raise InvalidArgument(f"class name {name[:40]!r} contains control characters")
-        if name in seen:
-            raise InvalidArgument(f"class name {name!r} appears twice")
-        seen.add(name)
-    return tuple(names)
+def validate_class_names(names: list[str] | tuple[str, ...], field: str = "class_names") -> tuple[str, ...]:
+    """The zero-shot methods' class names: ``zsc.data.check_class_names`` under their class limit."""
+    return check_class_names(names, field, MAX_CLASSES)

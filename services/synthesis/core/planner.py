@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from zsc.data import check_class_names
 from zsc.errors import InvalidArgument
 
 DEFAULT_DOMAINS: tuple[str, ...] = (
@@ -310,20 +311,11 @@ def normalize_classes(classes: Sequence[str | ClassSpec]) -> tuple[ClassSpec, ..
     if isinstance(classes, str) or not classes:
         raise InvalidArgument("no classes given" if not classes else "classes must be a list, not one string")
     specs = tuple(c if isinstance(c, ClassSpec) else ClassSpec(c) for c in classes)
-    seen: set[str] = set()
-    for spec in specs:
-        name = spec.name
-        if not isinstance(name, str) or not name.strip():
-            raise InvalidArgument("a class name is empty")
-        if name != name.strip():
-            raise InvalidArgument(f"class name {name!r} has leading or trailing spaces")
-        if "/" in name or "\\" in name or name in (".", "..") or any(ord(ch) < 32 for ch in name):
+    for name in check_class_names([spec.name for spec in specs], "classes"):  # the rules every class list follows
+        if "/" in name or "\\" in name or name in (".", ".."):
             raise InvalidArgument(f"class name {name!r} cannot be a folder name")
         if name in RESERVED_NAMES:
             raise InvalidArgument(f"class name {name!r} is reserved for the dataset's own files")
-        if name in seen:
-            raise InvalidArgument(f"duplicate class {name!r}")
-        seen.add(name)
     return specs
 
 

@@ -441,6 +441,14 @@ def _check_dir(root: Path, header: dict[str, Any], batch_size: int | None) -> in
             f"{root} holds a different synthesis request (differs in {', '.join(differ) or 'fingerprint'}); "
             "rerun the same request to resume, or use another output dir"
         )
+    # A resumed dataset may lack classes not generated yet, but a folder of no requested class (a typo'd or leftover
+    # `dgo/`) would become an extra class for whatever trains on the directory.
+    classes = {c.get("name") for c in header["request"]["classes"]}
+    extra = [n for n in names if n not in classes and (root / n).is_dir()]
+    if extra:
+        raise InvalidArgument(
+            f"{root} holds folders of no class in this request: {extra[:10]}; remove them or use another output dir"
+        )
     grid = int(existing["batch_size"])
     if batch_size is not None and batch_size != grid:
         raise FailedPrecondition(

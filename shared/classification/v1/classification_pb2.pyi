@@ -118,7 +118,14 @@ class ZeroShotResponse(_message.Message):
     def __init__(self, logits: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., probs: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ..., diffusion: _Optional[_Iterable[_Union[DiffusionImageResult, _Mapping]]] = ...) -> None: ...
 
 class EvaluateZeroShotRequest(_message.Message):
-    __slots__ = ("method", "data_uri", "class_names", "prompts", "limit", "batch_size", "experiment", "diffusion", "shard_start", "shard_stop", "results_uri")
+    __slots__ = ("method", "data_uri", "class_names", "prompts", "limit", "batch_size", "experiment", "diffusion", "shard_start", "shard_stop", "results_uri", "folder_to_class")
+    class FolderToClassEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     METHOD_FIELD_NUMBER: _ClassVar[int]
     DATA_URI_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +137,7 @@ class EvaluateZeroShotRequest(_message.Message):
     SHARD_START_FIELD_NUMBER: _ClassVar[int]
     SHARD_STOP_FIELD_NUMBER: _ClassVar[int]
     RESULTS_URI_FIELD_NUMBER: _ClassVar[int]
+    FOLDER_TO_CLASS_FIELD_NUMBER: _ClassVar[int]
     method: ZeroShotMethod
     data_uri: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
@@ -141,7 +149,8 @@ class EvaluateZeroShotRequest(_message.Message):
     shard_start: int
     shard_stop: int
     results_uri: str
-    def __init__(self, method: _Optional[_Union[ZeroShotMethod, str]] = ..., data_uri: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., prompts: _Optional[_Union[PromptSpec, _Mapping]] = ..., limit: _Optional[int] = ..., batch_size: _Optional[int] = ..., experiment: _Optional[str] = ..., diffusion: _Optional[_Union[DiffusionOptions, _Mapping]] = ..., shard_start: _Optional[int] = ..., shard_stop: _Optional[int] = ..., results_uri: _Optional[str] = ...) -> None: ...
+    folder_to_class: _containers.ScalarMap[str, str]
+    def __init__(self, method: _Optional[_Union[ZeroShotMethod, str]] = ..., data_uri: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., prompts: _Optional[_Union[PromptSpec, _Mapping]] = ..., limit: _Optional[int] = ..., batch_size: _Optional[int] = ..., experiment: _Optional[str] = ..., diffusion: _Optional[_Union[DiffusionOptions, _Mapping]] = ..., shard_start: _Optional[int] = ..., shard_stop: _Optional[int] = ..., results_uri: _Optional[str] = ..., folder_to_class: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class EvaluationResult(_message.Message):
     __slots__ = ("class_names", "n_images", "top1", "macro_accuracy", "per_class_accuracy", "confusion", "mlflow_run_id", "seconds_per_image")

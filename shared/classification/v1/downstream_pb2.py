@@ -25,27 +25,31 @@ _sym_db = _symbol_database.Default()
 from zsc.common.v1 import common_pb2 as zsc_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&zsc/classification/v1/downstream.proto\x12\x15zsc.classification.v1\x1a\x1azsc/common/v1/common.proto\"\xb7\x02\n\x16TrainClassifierRequest\x12\x10\n\x08\x64\x61ta_uri\x18\x01 \x01(\t\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x0e\n\x06\x65pochs\x18\x03 \x01(\x05\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\n\n\x02lr\x18\x05 \x01(\x01\x12\x19\n\x0cweight_decay\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cval_fraction\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x02\x88\x01\x01\x12\x1d\n\x15registered_model_name\x18\t \x01(\t\x12\x12\n\npretrained\x18\n \x01(\x08\x12\x12\n\nimage_size\x18\x0b \x01(\x05\x12\x12\n\nexperiment\x18\x0c \x01(\tB\x0f\n\r_weight_decayB\x0f\n\r_val_fractionB\x07\n\x05_seed\"\xdc\x02\n\x15TrainClassifierResult\x12\x11\n\tmodel_uri\x18\x01 \x01(\t\x12\x1d\n\x15registered_model_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rmlflow_run_id\x18\x04 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x0c\n\x04\x61rch\x18\x06 \x01(\t\x12\x12\n\nimage_size\x18\x07 \x01(\x05\x12\x12\n\nbest_epoch\x18\x08 \x01(\x05\x12\x19\n\x11\x62\x65st_val_accuracy\x18\t \x01(\x01\x12\x15\n\rbest_val_loss\x18\n \x01(\x01\x12\x0f\n\x07n_train\x18\x0b \x01(\x03\x12\r\n\x05n_val\x18\x0c \x01(\x03\x12\x14\n\x0c\x64\x61taset_hash\x18\r \x01(\t\x12\x1f\n\x17train_images_per_second\x18\x0e \x01(\x01\x12\x0f\n\x07seconds\x18\x0f \x01(\x01\"r\n\x14\x45valuateModelRequest\x12\x11\n\tmodel_uri\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61ta_uri\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x12\n\nexperiment\x18\x05 \x01(\t\"\x9f\x02\n\x0fModelEvaluation\x12\x11\n\tmodel_uri\x18\x01 \x01(\t\x12\x1d\n\x15registered_model_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x04 \x03(\t\x12\x10\n\x08n_images\x18\x05 \x01(\x03\x12\x0c\n\x04top1\x18\x06 \x01(\x01\x12\x16\n\x0emacro_accuracy\x18\x07 \x01(\x01\x12\x1a\n\x12per_class_accuracy\x18\x08 \x03(\x01\x12(\n\tconfusion\x18\t \x01(\x0b\x32\x15.zsc.common.v1.Tensor\x12\x15\n\rmlflow_run_id\x18\n \x01(\t\x12\x19\n\x11seconds_per_image\x18\x0b \x01(\x01\"X\n\x0ePredictRequest\x12\x11\n\tmodel_uri\x18\x01 \x01(\t\x12$\n\x06images\x18\x02 \x03(\x0b\x32\x14.zsc.common.v1.Image\x12\r\n\x05top_k\x18\x03 \x01(\x05\">\n\x0cRankedLabels\x12\x0f\n\x07indices\x18\x01 \x03(\x05\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\r\n\x05probs\x18\x03 \x03(\x02\"\xbc\x01\n\x0fPredictResponse\x12\x38\n\x0bpredictions\x18\x01 \x03(\x0b\x32#.zsc.classification.v1.RankedLabels\x12$\n\x05probs\x18\x02 \x01(\x0b\x32\x15.zsc.common.v1.Tensor\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x1d\n\x15registered_model_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t2\x95\x02\n\nDownstream\x12Z\n\x0fTrainClassifier\x12-.zsc.classification.v1.TrainClassifierRequest\x1a\x18.zsc.common.v1.Operation\x12Q\n\x08\x45valuate\x12+.zsc.classification.v1.EvaluateModelRequest\x1a\x18.zsc.common.v1.Operation\x12X\n\x07Predict\x12%.zsc.classification.v1.PredictRequest\x1a&.zsc.classification.v1.PredictResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&zsc/classification/v1/downstream.proto\x12\x15zsc.classification.v1\x1a\x1azsc/common/v1/common.proto\"\xb7\x02\n\x16TrainClassifierRequest\x12\x10\n\x08\x64\x61ta_uri\x18\x01 \x01(\t\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x0e\n\x06\x65pochs\x18\x03 \x01(\x05\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\n\n\x02lr\x18\x05 \x01(\x01\x12\x19\n\x0cweight_decay\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cval_fraction\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x02\x88\x01\x01\x12\x1d\n\x15registered_model_name\x18\t \x01(\t\x12\x12\n\npretrained\x18\n \x01(\x08\x12\x12\n\nimage_size\x18\x0b \x01(\x05\x12\x12\n\nexperiment\x18\x0c \x01(\tB\x0f\n\r_weight_decayB\x0f\n\r_val_fractionB\x07\n\x05_seed\"\xdc\x02\n\x15TrainClassifierResult\x12\x11\n\tmodel_uri\x18\x01 \x01(\t\x12\x1d\n\x15registered_model_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rmlflow_run_id\x18\x04 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x0c\n\x04\x61rch\x18\x06 \x01(\t\x12\x12\n\nimage_size\x18\x07 \x01(\x05\x12\x12\n\nbest_epoch\x18\x08 \x01(\x05\x12\x19\n\x11\x62\x65st_val_accuracy\x18\t \x01(\x01\x12\x15\n\rbest_val_loss\x18\n \x01(\x01\x12\x0f\n\x07n_train\x18\x0b \x01(\x03\x12\r\n\x05n_val\x18\x0c \x01(\x03\x12\x14\n\x0c\x64\x61taset_hash\x18\r \x01(\t\x12\x1f\n\x17train_images_per_second\x18\x0e \x01(\x01\x12\x0f\n\x07seconds\x18\x0f \x01(\x01\"\x81\x02\n\x14\x45valuateModelRequest\x12\x11\n\tmodel_uri\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61ta_uri\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x12\n\nexperiment\x18\x05 \x01(\t\x12W\n\x0f\x66older_to_class\x18\x06 \x03(\x0b\x32>.zsc.classification.v1.EvaluateModelRequest.FolderToClassEntry\x1a\x34\n\x12\x46olderToClassEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9f\x02\n\x0fModelEvaluation\x12\x11\n\tmodel_uri\x18\x01 \x01(\t\x12\x1d\n\x15registered_model_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x04 \x03(\t\x12\x10\n\x08n_images\x18\x05 \x01(\x03\x12\x0c\n\x04top1\x18\x06 \x01(\x01\x12\x16\n\x0emacro_accuracy\x18\x07 \x01(\x01\x12\x1a\n\x12per_class_accuracy\x18\x08 \x03(\x01\x12(\n\tconfusion\x18\t \x01(\x0b\x32\x15.zsc.common.v1.Tensor\x12\x15\n\rmlflow_run_id\x18\n \x01(\t\x12\x19\n\x11seconds_per_image\x18\x0b \x01(\x01\"X\n\x0ePredictRequest\x12\x11\n\tmodel_uri\x18\x01 \x01(\t\x12$\n\x06images\x18\x02 \x03(\x0b\x32\x14.zsc.common.v1.Image\x12\r\n\x05top_k\x18\x03 \x01(\x05\">\n\x0cRankedLabels\x12\x0f\n\x07indices\x18\x01 \x03(\x05\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\r\n\x05probs\x18\x03 \x03(\x02\"\xbc\x01\n\x0fPredictResponse\x12\x38\n\x0bpredictions\x18\x01 \x03(\x0b\x32#.zsc.classification.v1.RankedLabels\x12$\n\x05probs\x18\x02 \x01(\x0b\x32\x15.zsc.common.v1.Tensor\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x1d\n\x15registered_model_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t2\x95\x02\n\nDownstream\x12Z\n\x0fTrainClassifier\x12-.zsc.classification.v1.TrainClassifierRequest\x1a\x18.zsc.common.v1.Operation\x12Q\n\x08\x45valuate\x12+.zsc.classification.v1.EvaluateModelRequest\x1a\x18.zsc.common.v1.Operation\x12X\n\x07Predict\x12%.zsc.classification.v1.PredictRequest\x1a&.zsc.classification.v1.PredictResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zsc.classification.v1.downstream_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_EVALUATEMODELREQUEST_FOLDERTOCLASSENTRY']._loaded_options = None
+  _globals['_EVALUATEMODELREQUEST_FOLDERTOCLASSENTRY']._serialized_options = b'8\001'
   _globals['_TRAINCLASSIFIERREQUEST']._serialized_start=94
   _globals['_TRAINCLASSIFIERREQUEST']._serialized_end=405
   _globals['_TRAINCLASSIFIERRESULT']._serialized_start=408
   _globals['_TRAINCLASSIFIERRESULT']._serialized_end=756
-  _globals['_EVALUATEMODELREQUEST']._serialized_start=758
-  _globals['_EVALUATEMODELREQUEST']._serialized_end=872
-  _globals['_MODELEVALUATION']._serialized_start=875
-  _globals['_MODELEVALUATION']._serialized_end=1162
-  _globals['_PREDICTREQUEST']._serialized_start=1164
-  _globals['_PREDICTREQUEST']._serialized_end=1252
-  _globals['_RANKEDLABELS']._serialized_start=1254
-  _globals['_RANKEDLABELS']._serialized_end=1316
-  _globals['_PREDICTRESPONSE']._serialized_start=1319
-  _globals['_PREDICTRESPONSE']._serialized_end=1507
-  _globals['_DOWNSTREAM']._serialized_start=1510
-  _globals['_DOWNSTREAM']._serialized_end=1787
+  _globals['_EVALUATEMODELREQUEST']._serialized_start=759
+  _globals['_EVALUATEMODELREQUEST']._serialized_end=1016
+  _globals['_EVALUATEMODELREQUEST_FOLDERTOCLASSENTRY']._serialized_start=964
+  _globals['_EVALUATEMODELREQUEST_FOLDERTOCLASSENTRY']._serialized_end=1016
+  _globals['_MODELEVALUATION']._serialized_start=1019
+  _globals['_MODELEVALUATION']._serialized_end=1306
+  _globals['_PREDICTREQUEST']._serialized_start=1308
+  _globals['_PREDICTREQUEST']._serialized_end=1396
+  _globals['_RANKEDLABELS']._serialized_start=1398
+  _globals['_RANKEDLABELS']._serialized_end=1460
+  _globals['_PREDICTRESPONSE']._serialized_start=1463
+  _globals['_PREDICTRESPONSE']._serialized_end=1651
+  _globals['_DOWNSTREAM']._serialized_start=1654
+  _globals['_DOWNSTREAM']._serialized_end=1931
 # @@protoc_insertion_point(module_scope)

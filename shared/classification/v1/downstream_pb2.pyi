@@ -70,18 +70,27 @@ class TrainClassifierResult(_message.Message):
     def __init__(self, model_uri: _Optional[str] = ..., registered_model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., mlflow_run_id: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., arch: _Optional[str] = ..., image_size: _Optional[int] = ..., best_epoch: _Optional[int] = ..., best_val_accuracy: _Optional[float] = ..., best_val_loss: _Optional[float] = ..., n_train: _Optional[int] = ..., n_val: _Optional[int] = ..., dataset_hash: _Optional[str] = ..., train_images_per_second: _Optional[float] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class EvaluateModelRequest(_message.Message):
-    __slots__ = ("model_uri", "data_uri", "limit", "batch_size", "experiment")
+    __slots__ = ("model_uri", "data_uri", "limit", "batch_size", "experiment", "folder_to_class")
+    class FolderToClassEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     MODEL_URI_FIELD_NUMBER: _ClassVar[int]
     DATA_URI_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    FOLDER_TO_CLASS_FIELD_NUMBER: _ClassVar[int]
     model_uri: str
     data_uri: str
     limit: int
     batch_size: int
     experiment: str
-    def __init__(self, model_uri: _Optional[str] = ..., data_uri: _Optional[str] = ..., limit: _Optional[int] = ..., batch_size: _Optional[int] = ..., experiment: _Optional[str] = ...) -> None: ...
+    folder_to_class: _containers.ScalarMap[str, str]
+    def __init__(self, model_uri: _Optional[str] = ..., data_uri: _Optional[str] = ..., limit: _Optional[int] = ..., batch_size: _Optional[int] = ..., experiment: _Optional[str] = ..., folder_to_class: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ModelEvaluation(_message.Message):
     __slots__ = ("model_uri", "registered_model_name", "model_version", "class_names", "n_images", "top1", "macro_accuracy", "per_class_accuracy", "confusion", "mlflow_run_id", "seconds_per_image")

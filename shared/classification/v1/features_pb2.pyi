@@ -2,13 +2,20 @@ from zsc.common.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ExtractFeaturesRequest(_message.Message):
-    __slots__ = ("data_uri", "output_uri", "limit", "batch_size", "class_names", "prompt_template", "image_size", "cache_uri", "disable_cache", "experiment")
+    __slots__ = ("data_uri", "output_uri", "limit", "batch_size", "class_names", "prompt_template", "image_size", "cache_uri", "disable_cache", "experiment", "folder_to_class")
+    class FolderToClassEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     DATA_URI_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_URI_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +26,7 @@ class ExtractFeaturesRequest(_message.Message):
     CACHE_URI_FIELD_NUMBER: _ClassVar[int]
     DISABLE_CACHE_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    FOLDER_TO_CLASS_FIELD_NUMBER: _ClassVar[int]
     data_uri: str
     output_uri: str
     limit: int
@@ -29,7 +37,8 @@ class ExtractFeaturesRequest(_message.Message):
     cache_uri: str
     disable_cache: bool
     experiment: str
-    def __init__(self, data_uri: _Optional[str] = ..., output_uri: _Optional[str] = ..., limit: _Optional[int] = ..., batch_size: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., prompt_template: _Optional[str] = ..., image_size: _Optional[int] = ..., cache_uri: _Optional[str] = ..., disable_cache: _Optional[bool] = ..., experiment: _Optional[str] = ...) -> None: ...
+    folder_to_class: _containers.ScalarMap[str, str]
+    def __init__(self, data_uri: _Optional[str] = ..., output_uri: _Optional[str] = ..., limit: _Optional[int] = ..., batch_size: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., prompt_template: _Optional[str] = ..., image_size: _Optional[int] = ..., cache_uri: _Optional[str] = ..., disable_cache: _Optional[bool] = ..., experiment: _Optional[str] = ..., folder_to_class: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ExtractFeaturesResult(_message.Message):
     __slots__ = ("features_uri", "n_images", "class_names", "dim", "text_dim", "image_encoder", "text_encoder", "aligned", "cache_hits", "computed", "dataset_sha256", "seconds", "mlflow_run_id")
