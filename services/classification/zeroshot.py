@@ -66,6 +66,10 @@ def diffusion_options(msg: pb.DiffusionOptions, prompts: pb.PromptSpec) -> Diffu
         raise InvalidArgument("diffusion.batch_size must be >= 0")
     if msg.batch_size:
         overrides["batch_size"] = msg.batch_size
+    if msg.n_trials < 0:
+        raise InvalidArgument("diffusion.n_trials must be >= 0 (0 means 1)")
+    if msg.n_trials:
+        overrides["n_trials"] = msg.n_trials
     if msg.dtype:
         if msg.dtype not in DTYPES:
             raise InvalidArgument(f"unknown dtype {msg.dtype!r}; one of {', '.join(DTYPES)}")
@@ -99,7 +103,7 @@ def diffusion_method(
         raise InvalidArgument(f"{len(class_prompts)} class_prompts entries for {len(class_names)} classes")
     per_class = len(class_prompts[0]) if class_prompts else len(opts.templates)
     # Validate the whole schedule against the class count now, before an operation starts.
-    passes = unet_passes(opts.stages, len(class_names), per_class)
+    passes = unet_passes(opts.stages, len(class_names), per_class, n_trials=opts.n_trials)
 
     def classify(images: list[Image.Image], indices: list[int], should_stop: StopFn | None) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
@@ -118,6 +122,7 @@ def diffusion_method(
         "templates": list(opts.templates),
         "seed": opts.seed,
         "batch_size": opts.batch_size,
+        "n_trials": opts.n_trials,
     }
     return ZeroShotMethod("diffusion", classify, params, expected_passes=passes)
 

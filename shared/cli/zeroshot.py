@@ -56,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     dc.add_argument("--seed", type=int, default=0)
     dc.add_argument("--unet-batch-size", type=int, default=0, help="UNet batch (default 64)")
     dc.add_argument("--dtype", default="", choices=["", "float32", "float16", "bfloat16"])
+    dc.add_argument("--n-trials", type=int, default=0, help="noise draws per timestep (default 1, the authors')")
     p.add_argument("--results", type=Path, help="append per-image results to this JSONL file; a rerun resumes from it")
     p.add_argument("--metrics-out", type=Path, help="write the metrics as JSON (for DVC)")
     p.add_argument("--plots-dir", type=Path, help="write per-class accuracy and confusion CSVs (for DVC plots)")
@@ -76,6 +77,7 @@ def _diffusion_options(args: argparse.Namespace) -> pb.DiffusionOptions:
         seed=args.seed,
         batch_size=args.unet_batch_size,
         dtype=args.dtype,
+        n_trials=args.n_trials,
     )
 
 

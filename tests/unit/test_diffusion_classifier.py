@@ -72,7 +72,7 @@ def _reference(parts, images, options):
     prompts = [p for class_prompts in build_prompts(CLASSES, options.templates) for p in class_prompts]
     pixels = preprocess_images(images, parts.native_resolution)
     latent_shape = (parts.unet.config.in_channels, parts.unet.config.sample_size, parts.unet.config.sample_size)
-    n_noise = options.stages[-1][0]
+    n_noise = options.stages[-1][0] * options.n_trials
     return [
         reference_classify(
             parts,
@@ -81,6 +81,7 @@ def _reference(parts, images, options):
             options.stages,
             options.loss,
             draw_noise(options.seed, i, n_noise, latent_shape),
+            n_trials=options.n_trials,
         )
         for i in range(len(images))
     ]
@@ -88,23 +89,28 @@ def _reference(parts, images, options):
 
 @pytest.mark.realdata
 @pytest.mark.parametrize(
-    ("loss", "templates", "stages"),
+    ("loss", "templates", "stages", "n_trials"),
     [
-        ("l1", ("a photo of a {}.",), SMALL),
-        ("l2", ("a photo of a {}.",), SMALL),
-        ("huber", ("a photo of a {}.",), SMALL),
-        ("l1", ("a photo of a {}.", "a blurry photo of a {}."), SMALL),
-        ("l2", ("a photo of a {}.", "a blurry photo of a {}."), UNNESTED),
+        ("l1", ("a photo of a {}.",), SMALL, 1),
+        ("l2", ("a photo of a {}.",), SMALL, 1),
+        ("huber", ("a photo of a {}.",), SMALL, 1),
+        ("l1", ("a photo of a {}.", "a blurry photo of a {}."), SMALL, 1),
+        ("l2", ("a photo of a {}.", "a blurry photo of a {}."), UNNESTED, 1),
+        ("l1", ("a photo of a {}.",), SMALL, 3),
+        ("l2", ("a photo of a {}.",), UNNESTED, 2),
     ],
 )
-def test_core_matches_literal_reference(parts, classifier, cifar_images, loss, templates, stages):
-    options = DiffusionClassifierOptions(stages=stages, loss=loss, templates=templates, seed=3, batch_size=7)
+def test_core_matches_literal_reference(parts, classifier, cifar_images, loss, templates, stages, n_trials):
+    options = DiffusionClassifierOptions(
+        stages=stages, loss=loss, templates=templates, seed=3, batch_size=7, n_trials=n_trials
+    )
     results = classifier.classify(cifar_images, CLASSES, options)
     references = _reference(parts, cifar_images, options)
     prompt_class = [c for c in range(len(CLASSES)) for _ in templates]
+    expected_passes = unet_passes(stages, len(CLASSES), len(templates), n_trials=n_trials)
     for result, reference in zip(results, references, strict=True):
         assert result.label == prompt_class[reference.best_prompt]
-        assert result.unet_passes == reference.unet_passes == unet_passes(stages, len(CLASSES), len(templates))
+        assert result.unet_passes == reference.unet_passes == expected_passes
         expected = reference.class_errors(prompt_class)
         assert len(result.class_errors) == len(expected) == len(stages)
         for core_stage, ref_stage in zip(result.class_errors, expected, strict=True):
@@ -168,6 +174,19 @@ def test_unet_passes_closed_form():
         assert unet_passes(preset.stages, n_classes) == total, name
 
 
+def test_one_trial_is_the_default_and_trials_share_noise_rows_with_the_authors_layout(classifier, images):
+    options = DiffusionClassifierOptions(stages=SMALL, loss="l1", seed=4)
+    assert options.n_trials == 1
+    assert classifier.classify(images, CLASSES, options) == classifier.classify(
+        images, CLASSES, dataclasses.replace(options, n_trials=1)
+    )
+    # Trial 0 of slot j is row 2j of a two-trial draw, so two trials are not one trial over the same first rows.
+    two = classifier.classify(images[:1], CLASSES, dataclasses.replace(options, n_trials=2))[0]
+    one = classifier.classify(images[:1], CLASSES, options)[0]
+    assert two.unet_passes == 2 * one.unet_passes == unet_passes(SMALL, len(CLASSES), n_trials=2)
+    assert two.class_errors[0] != one.class_errors[0]
+
+
 def test_same_seed_same_result_other_seed_other_errors(classifier, images):
     options = DiffusionClassifierOptions(stages=SMALL, loss="l1", seed=11)
     first = classifier.classify(images, CLASSES, options)
@@ -193,6 +212,38 @@ def test_noise_is_per_seed_and_index():
     assert torch.equal(a, draw_noise(0, 1, 4, (4, 8, 8)))
     assert not torch.equal(a, draw_noise(0, 2, 4, (4, 8, 8)))
     assert not torch.equal(a, draw_noise(1, 1, 4, (4, 8, 8)))
+
+
+@pytest.mark.parametrize("size", [(37, 83), (83, 37), (300, 201), (64, 64), (5, 7), (512, 640)])
+def test_preprocess_of_pil_images_and_bytes_equals_torchvision_resize_and_center_crop(size):
+    """The authors' transform exactly: PIL bicubic Resize (8-bit, long side truncated), CenterCrop, [-1, 1].
+
+    The long sides of (37, 83) and (5, 7) truncate: int(512 * 83 / 37) = 1148 and int(512 * 7 / 5) = 716, where
+    rounding would give 1149 and 717."""
+    import io
+
+    import torchvision.transforms as T
+
+    from zsc.data import decode_image
+
+    released = T.Compose(
+        [
+            T.Resize(512, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(512),
+            T.ToTensor(),
+            T.Normalize([0.5], [0.5]),
+        ]
+    )
+    h, w = size
+    pixels = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(h * w))
+    image = Image.fromarray(pixels.numpy())
+    expected = released(image)
+    assert torch.equal(preprocess_images([image], 512)[0], expected)
+    # the same through PNG bytes (the ZeroShot path) and as a uint8 tensor
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    assert torch.equal(preprocess_images([decode_image(buf.getvalue())], 512)[0], expected)
+    assert torch.equal(preprocess_images([pixels.permute(2, 0, 1)], 512)[0], expected)
 
 
 def test_preprocess_resizes_crops_and_scales():
@@ -237,6 +288,8 @@ def test_progress_and_cancellation(classifier, images):
         (lambda: DiffusionClassifierOptions.from_preset("mnist"), "unknown preset 'mnist'"),
         (lambda: DiffusionClassifierOptions(stages=SMALL, templates=("a photo",)), "must contain '{}'"),
         (lambda: DiffusionClassifierOptions(stages=SMALL, batch_size=0), "batch_size"),
+        (lambda: DiffusionClassifierOptions(stages=SMALL, n_trials=0), r"n_trials must be an int in \[1, 64\]"),
+        (lambda: unet_passes(SMALL, 5, n_trials=65), r"n_trials must be an int in \[1, 64\]"),
         (lambda: unet_passes(((50, 5), (1001, 1)), 10), "exceeds the model's 1000 training timesteps"),
         (lambda: unet_passes(PRESETS["imagenet"].stages, 10), "stage 1 keeps 500 candidates but there are only 10"),
         (lambda: DiffusionClassifier(None, compile="fastest"), "unknown torch.compile mode 'fastest'"),
@@ -350,3 +403,15 @@ def test_compiled_unet_on_cuda_matches_eager(images):
         values_a = torch.tensor([a.class_errors[0][c] for c in range(len(CLASSES))])
         values_b = torch.tensor([b.class_errors[0][c] for c in range(len(CLASSES))])
         assert torch.allclose(values_a, values_b, rtol=1e-2, atol=1e-3)
+
+
+def test_request_n_trials_reaches_the_options_and_the_pass_count():
+    from zsc.classification.v1 import classification_pb2 as pb
+    from zsc_services.classification.zeroshot import diffusion_options
+
+    assert diffusion_options(pb.DiffusionOptions(preset="cifar10"), pb.PromptSpec()).n_trials == 1
+    options = diffusion_options(pb.DiffusionOptions(preset="cifar10", n_trials=3), pb.PromptSpec())
+    assert options.n_trials == 3
+    assert unet_passes(options.stages, 10, n_trials=options.n_trials) == 3 * 2_750
+    with pytest.raises(InvalidArgument, match="n_trials must be >= 0"):
+        diffusion_options(pb.DiffusionOptions(preset="cifar10", n_trials=-1), pb.PromptSpec())

@@ -11,8 +11,10 @@ Conventions, as in the authors' ``eval_prob_adaptive.py``:
   stage evaluated are reused, not recomputed;
 - a candidate's error after a stage is the mean over *all* timesteps evaluated for it so far (for nested grids,
   such as every two-stage preset, that is exactly the stage's timesteps);
-- noise slot ``j`` (row ``j`` of the per-image noise tensor) belongs to the ``j``-th distinct timestep evaluated,
-  in stage order, so a saved noise tensor of the authors' code gives the same errors here;
+- noise slot ``j`` belongs to the ``j``-th distinct timestep evaluated, in stage order; with ``n_trials`` trials
+  per timestep (default 1) trial ``k`` of slot ``j`` uses row ``j * n_trials + k`` of the per-image noise tensor,
+  the authors' layout, so a saved noise tensor of their code gives the same errors here;
+- with several trials a candidate's error is the mean over every (timestep, trial) evaluated, as theirs;
 - candidates are prompts: with several prompts per class, stages eliminate prompts and the class of the best prompt
   wins; per-class errors are reported as the minimum over that class's prompts that reached the stage.
 
@@ -41,6 +43,7 @@ from zsc.profiles import COMPILE_MODES
 Stage = tuple[int, int]  # (n_samples, to_keep)
 LOSSES = ("l1", "l2", "huber")
 DEFAULT_TEMPLATE = "a photo of a {}."
+MAX_TRIALS = 64  # noise draws per timestep; the authors' default is 1
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -158,21 +161,31 @@ def _plan(stages: Sequence[Stage], num_train_timesteps: int) -> _Plan:
 
 
 def unet_passes(
-    stages: Sequence[Stage], n_classes: int, prompts_per_class: int = 1, num_train_timesteps: int = 1000
+    stages: Sequence[Stage],
+    n_classes: int,
+    prompts_per_class: int = 1,
+    num_train_timesteps: int = 1000,
+    n_trials: int = 1,
 ) -> int:
     """UNet passes per image: at each stage only the surviving candidates' *new* timesteps are evaluated.
 
-    ``sum_k alive_k * (|U_k| - |U_{k-1}|)`` with ``alive_1 = n_classes * prompts_per_class``,
+    ``n_trials * sum_k alive_k * (|U_k| - |U_{k-1}|)`` with ``alive_1 = n_classes * prompts_per_class``,
     ``alive_k = to_keep_{k-1}`` and ``U_k`` the timesteps evaluated up to stage k. The cifar10 preset with 10 classes
     gives 10 * 50 + 5 * 450 = 2,750; the imagenet preset with 1,000 classes gives 124,500.
     """
     if n_classes < 1 or prompts_per_class < 1:
         raise ValueError(f"need at least one class and one prompt per class, got {n_classes} and {prompts_per_class}")
+    _check_trials(n_trials)
     n_candidates = n_classes * prompts_per_class
     checked = validate_schedule(stages, n_candidates, num_train_timesteps)
     ends = _plan(checked, num_train_timesteps).stage_ends
     alive = [n_candidates] + [k for _, k in checked[:-1]]
-    return sum(a * (end - start) for a, start, end in zip(alive, (0, *ends[:-1]), ends, strict=True))
+    return n_trials * sum(a * (end - start) for a, start, end in zip(alive, (0, *ends[:-1]), ends, strict=True))
+
+
+def _check_trials(n_trials: Any) -> None:
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int | np.integer) or not 1 <= n_trials <= MAX_TRIALS:
+        raise ValueError(f"n_trials must be an int in [1, {MAX_TRIALS}], got {n_trials!r}")
 
 
 @dataclass(frozen=True)
@@ -181,7 +194,8 @@ class DiffusionClassifierOptions:
 
     ``dtype`` is the UNet compute dtype (None: the model's own); a float16/bfloat16 dtype on a float32 model runs
     under autocast. ``batch_size`` is the UNet batch; ``image_chunk`` is how many images are evaluated together
-    (their noise and latents stay on the device meanwhile).
+    (their noise and latents stay on the device meanwhile). ``n_trials`` (the authors' default, 1) evaluates every
+    timestep with that many noise draws, each shared by all candidates.
     """
 
     stages: tuple[Stage, ...]
@@ -191,6 +205,7 @@ class DiffusionClassifierOptions:
     batch_size: int = 64
     dtype: torch.dtype | None = None
     image_chunk: int = 8
+    n_trials: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", _check_stages(self.stages))
@@ -211,6 +226,7 @@ class DiffusionClassifierOptions:
             raise ValueError(f"batch_size and image_chunk must be >= 1, got {self.batch_size} and {self.image_chunk}")
         if self.dtype is not None and self.dtype not in (torch.float32, *_HALF_DTYPES):
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {self.dtype}")
+        _check_trials(self.n_trials)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> DiffusionClassifierOptions:
@@ -270,49 +286,53 @@ def draw_noise(seed: int, index: int, n: int, shape: Sequence[int]) -> torch.Ten
     return torch.randn((n, *shape), generator=generator, dtype=torch.float32)
 
 
-def _as_float_image(image: Any) -> torch.Tensor:
-    if not isinstance(image, torch.Tensor):
-        from PIL import Image
-        from torchvision.transforms.functional import pil_to_tensor
+def _released_transform(image: Any, resolution: int) -> torch.Tensor:
+    """One image through the authors' transform, ``[3, r, r]`` float32 in [0, 1].
 
-        if not isinstance(image, Image.Image):
-            raise ValueError(f"images must be tensors or PIL images, got {type(image).__name__}")
-        image = pil_to_tensor(image.convert("RGB"))
-    if image.dim() != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
-        raise ValueError(f"each image must have shape [3, H, W], got {list(image.shape)}")
-    if image.dtype == torch.uint8:
-        return image.float() / 255.0
-    if not image.is_floating_point():
-        raise ValueError(f"images must be uint8 or float in [0, 1], got {image.dtype}")
-    image = image.float()
-    if image.numel() and (image.min() < -1e-3 or image.max() > 1 + 1e-3):
-        raise ValueError("float images must be in [0, 1] (not normalized to [-1, 1])")
-    return image
+    That transform is torchvision ``Resize(r, BICUBIC)`` then ``CenterCrop(r)`` on a PIL image: PIL resamples in 8
+    bits (the result is rounded to uint8), the long side becomes ``int(r * long / short)`` (truncated), and the crop
+    offset is ``round((size - r) / 2)``. PIL images and uint8 tensors (lossless as PIL) take exactly that path.
+    Float tensors, which the authors' code never sees, take torchvision's tensor path with the same sizes and crop
+    (antialiased bicubic in float, clamped to [0, 1]).
+    """
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
+            raise ValueError(f"each image must have shape [3, H, W], got {list(image.shape)}")
+        if image.dtype == torch.uint8:
+            image = TF.to_pil_image(image.cpu())
+        elif not image.is_floating_point():
+            raise ValueError(f"images must be uint8 or float in [0, 1], got {image.dtype}")
+        elif image.numel() and (image.min() < -1e-3 or image.max() > 1 + 1e-3):
+            raise ValueError("float images must be in [0, 1] (not normalized to [-1, 1])")
+    elif isinstance(image, Image.Image):
+        image = image.convert("RGB")  # zsc decodes to RGB; for RGB and L images this equals the authors' order
+    else:
+        raise ValueError(f"images must be tensors or PIL images, got {type(image).__name__}")
+    if isinstance(image, Image.Image) and min(image.size) < 1:
+        raise ValueError(f"each image must be at least 1x1, got {image.size[0]}x{image.size[1]}")
+    if isinstance(image, torch.Tensor):
+        x = TF.resize(image.float(), resolution, InterpolationMode.BICUBIC, antialias=True)
+        return TF.center_crop(x, resolution).clamp(0, 1)
+    x = TF.center_crop(TF.resize(image, resolution, InterpolationMode.BICUBIC), resolution)
+    return TF.pil_to_tensor(x).float() / 255.0  # ToTensor's scaling
 
 
 def preprocess_images(images: Any, resolution: int) -> torch.Tensor:
-    """Images (``[N, 3, H, W]`` tensor, or a list of ``[3, H, W]`` tensors / PIL images) to ``[N, 3, r, r]``.
-
-    As the authors' transform: resize the short side to ``resolution`` (bicubic, antialiased), centre-crop, and map
-    [0, 1] to [-1, 1].
-    """
+    """Images (``[N, 3, H, W]`` tensor, or a list of ``[3, H, W]`` tensors / PIL images) to ``[N, 3, r, r]`` in
+    [-1, 1], as the authors' transform does (see ``_released_transform``); PIL images, and so decoded image bytes,
+    give exactly its pixels."""
     if isinstance(images, torch.Tensor):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be a [N, 3, H, W] tensor, got shape {list(images.shape)}")
         items: Sequence[Any] = list(images)
     else:
         items = list(images)
-    out = []
-    for image in items:
-        x = _as_float_image(image)
-        h, w = x.shape[1:]
-        scale = resolution / min(h, w)
-        size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
-        if size != (h, w):
-            x = F.interpolate(x[None], size=size, mode="bicubic", align_corners=False, antialias=True)[0]
-        top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-        x = x[:, top : top + resolution, left : left + resolution].clamp(0, 1)
-        out.append(x * 2 - 1)
+    # x * 2 - 1 equals the authors' Normalize(0.5, 0.5) bit for bit: both round the same real number once
+    out = [_released_transform(image, resolution) * 2 - 1 for image in items]
     if not out:
         return torch.empty(0, 3, resolution, resolution)
     return torch.stack(out)
@@ -433,7 +453,9 @@ class DiffusionClassifier:
                 latents = self.encode_images(chunk)
                 noise = torch.stack(
                     [
-                        draw_noise(options.seed, first_index + start + i, plan.n_noise, latents.shape[1:])
+                        draw_noise(
+                            options.seed, first_index + start + i, plan.n_noise * options.n_trials, latents.shape[1:]
+                        )
                         for i in range(len(chunk))
                     ]
                 ).to(self.device)
@@ -472,15 +494,18 @@ class DiffusionClassifier:
         """Adaptive elimination for a chunk of images in lockstep; returns winners, per-stage class errors, passes."""
         device = self.device
         n_images, n_candidates = len(latents), len(text)
-        slot_t = torch.tensor(plan.slot_timesteps, device=device)
+        trials = options.n_trials
+        # one noise row per (slot, trial), slot-major as the authors lay out their noise; one trial: a row is a slot
+        slot_t = torch.tensor(plan.slot_timesteps, device=device).repeat_interleave(trials)
         slot_a, slot_b = self._sqrt_abar[slot_t], self._sqrt_one_minus_abar[slot_t]
-        # errors[i, c, j]: candidate c's error on image i at noise slot j (NaN until evaluated).
-        errors = torch.full((n_images, n_candidates, plan.n_noise), float("nan"), device=device)
+        # errors[i, c, j]: candidate c's error on image i at noise row j (NaN until evaluated).
+        errors = torch.full((n_images, n_candidates, plan.n_noise * trials), float("nan"), device=device)
         alive = [torch.arange(n_candidates) for _ in range(n_images)]
         class_errors: list[list[dict[int, float]]] = [[] for _ in range(n_images)]
         passes = [0] * n_images
         previous_end = 0
-        for (_, keep), end in zip(stages, plan.stage_ends, strict=True):
+        for (_, keep), stage_end in zip(stages, plan.stage_ends, strict=True):
+            end = stage_end * trials
             new_slots = torch.arange(previous_end, end)
             img, cand, slot = [], [], []
             for i, candidates in enumerate(alive):
@@ -491,7 +516,7 @@ class DiffusionClassifier:
             triples = torch.stack([torch.cat(img), torch.cat(cand), torch.cat(slot)]).to(device)
             self._evaluate(triples, latents, noise, text, slot_t, slot_a, slot_b, errors, options, should_stop)
             for i, candidates in enumerate(alive):
-                # Mean over every slot evaluated so far, in evaluation order (as the authors concatenate them).
+                # Mean over every row evaluated so far, in evaluation order (as the authors concatenate them).
                 mean = errors[i, candidates.to(device), :end].mean(1).cpu()
                 per_class: dict[int, float] = {}
                 for c, e in zip(candidates.tolist(), mean.tolist(), strict=True):

@@ -46,10 +46,12 @@ def reference_classify(
     loss: str,
     noise: torch.Tensor,
     batch_size: int = 32,
+    n_trials: int = 1,
 ) -> ReferenceResult:
     """Classify one preprocessed image (``[3, r, r]`` in [-1, 1]) among ``prompts``.
 
-    ``noise[j]`` is the noise of the j-th distinct timestep evaluated (the authors' ``all_noise``).
+    ``noise[j * n_trials + k]`` is the noise of trial k of the j-th distinct timestep evaluated (the authors'
+    ``all_noise``).
     """
     device, dtype = parts.device, parts.dtype
     T = parts.scheduler.config.num_train_timesteps
@@ -82,10 +84,12 @@ def reference_classify(
         new_ts = [t for t in stage_ts if t not in evaluated]
         first_slot = len(evaluated)
         evaluated.extend(new_ts)
+        # every (timestep, trial) in the authors' order: timestep-major, trial-minor
+        rows = [(t, (first_slot + j) * n_trials + k) for j, t in enumerate(new_ts) for k in range(n_trials)]
         for prompt in remaining:
-            for b in range(0, len(new_ts), batch_size):
-                ts = torch.tensor(new_ts[b : b + batch_size])
-                eps = noise[first_slot + b : first_slot + b + len(ts)].to(device)
+            for b in range(0, len(rows), batch_size):
+                ts = torch.tensor([t for t, _ in rows[b : b + batch_size]])
+                eps = noise[[r for _, r in rows[b : b + batch_size]]].to(device)
                 abar = alphas_cumprod[ts].view(-1, 1, 1, 1).to(device)
                 x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
                 cond = text_embeddings[prompt : prompt + 1].expand(len(ts), -1, -1)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from zsc.common.v1 import common_pb2 as zsc_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*zsc/classification/v1/classification.proto\x12\x15zsc.classification.v1\x1a\x1azsc/common/v1/common.proto\"5\n\nPromptSpec\x12\x11\n\ttemplates\x18\x01 \x03(\t\x12\x14\n\x0ctemplate_set\x18\x02 \x01(\t\"4\n\x0e\x44iffusionStage\x12\x11\n\tn_samples\x18\x01 \x01(\x05\x12\x0f\n\x07to_keep\x18\x02 \x01(\x05\"\x1f\n\x0c\x43lassPrompts\x12\x0f\n\x07prompts\x18\x01 \x03(\t\"\xd4\x01\n\x10\x44iffusionOptions\x12\x0e\n\x06preset\x18\x01 \x01(\t\x12\x35\n\x06stages\x18\x02 \x03(\x0b\x32%.zsc.classification.v1.DiffusionStage\x12\x0c\n\x04loss\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12:\n\rclass_prompts\x18\x07 \x03(\x0b\x32#.zsc.classification.v1.ClassPrompts\"\x82\x02\n\x0fZeroShotRequest\x12\x35\n\x06method\x18\x01 \x01(\x0e\x32%.zsc.classification.v1.ZeroShotMethod\x12\x13\n\x0b\x63lass_names\x18\x02 \x03(\t\x12\x32\n\x07prompts\x18\x03 \x01(\x0b\x32!.zsc.classification.v1.PromptSpec\x12$\n\x06images\x18\x04 \x03(\x0b\x32\x14.zsc.common.v1.Image\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12:\n\tdiffusion\x18\x06 \x01(\x0b\x32\'.zsc.classification.v1.DiffusionOptions\"4\n\x0bStageErrors\x12\x15\n\rclass_indices\x18\x01 \x03(\x05\x12\x0e\n\x06\x65rrors\x18\x02 \x03(\x01\"\x92\x01\n\x14\x44iffusionImageResult\x12\r\n\x05label\x18\x01 \x01(\x05\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x32\n\x06stages\x18\x04 \x03(\x0b\x32\".zsc.classification.v1.StageErrors\x12\x13\n\x0bunet_passes\x18\x05 \x01(\x03\"6\n\x04TopK\x12\x0f\n\x07indices\x18\x01 \x03(\x05\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\r\n\x05probs\x18\x03 \x03(\x02\"\xcb\x01\n\x10ZeroShotResponse\x12%\n\x06logits\x18\x01 \x01(\x0b\x32\x15.zsc.common.v1.Tensor\x12$\n\x05probs\x18\x02 \x01(\x0b\x32\x15.zsc.common.v1.Tensor\x12*\n\x05top_k\x18\x03 \x03(\x0b\x32\x1b.zsc.classification.v1.TopK\x12>\n\tdiffusion\x18\x04 \x03(\x0b\x32+.zsc.classification.v1.DiffusionImageResult\"\xee\x03\n\x17\x45valuateZeroShotRequest\x12\x35\n\x06method\x18\x01 \x01(\x0e\x32%.zsc.classification.v1.ZeroShotMethod\x12\x10\n\x08\x64\x61ta_uri\x18\x02 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x32\n\x07prompts\x18\x04 \x01(\x0b\x32!.zsc.classification.v1.PromptSpec\x12\r\n\x05limit\x18\x05 \x01(\x05\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12\x12\n\nexperiment\x18\x07 \x01(\t\x12:\n\tdiffusion\x18\x08 \x01(\x0b\x32\'.zsc.classification.v1.DiffusionOptions\x12\x13\n\x0bshard_start\x18\t \x01(\x05\x12\x12\n\nshard_stop\x18\n \x01(\x05\x12\x13\n\x0bresults_uri\x18\x0b \x01(\t\x12Z\n\x0f\x66older_to_class\x18\x0c \x03(\x0b\x32\x41.zsc.classification.v1.EvaluateZeroShotRequest.FolderToClassEntry\x1a\x34\n\x12\x46olderToClassEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd7\x01\n\x10\x45valuationResult\x12\x13\n\x0b\x63lass_names\x18\x01 \x03(\t\x12\x10\n\x08n_images\x18\x02 \x01(\x03\x12\x0c\n\x04top1\x18\x03 \x01(\x01\x12\x16\n\x0emacro_accuracy\x18\x04 \x01(\x01\x12\x1a\n\x12per_class_accuracy\x18\x05 \x03(\x01\x12(\n\tconfusion\x18\x06 \x01(\x0b\x32\x15.zsc.common.v1.Tensor\x12\x15\n\rmlflow_run_id\x18\x07 \x01(\t\x12\x19\n\x11seconds_per_image\x18\x08 \x01(\x01*K\n\x0eZeroShotMethod\x12 \n\x1cZERO_SHOT_METHOD_UNSPECIFIED\x10\x00\x12\x08\n\x04\x43LIP\x10\x01\x12\r\n\tDIFFUSION\x10\x02\x32\xcb\x01\n\x0e\x43lassification\x12[\n\x08ZeroShot\x12&.zsc.classification.v1.ZeroShotRequest\x1a\'.zsc.classification.v1.ZeroShotResponse\x12\\\n\x10\x45valuateZeroShot\x12..zsc.classification.v1.EvaluateZeroShotRequest\x1a\x18.zsc.common.v1.Operationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*zsc/classification/v1/classification.proto\x12\x15zsc.classification.v1\x1a\x1azsc/common/v1/common.proto\"5\n\nPromptSpec\x12\x11\n\ttemplates\x18\x01 \x03(\t\x12\x14\n\x0ctemplate_set\x18\x02 \x01(\t\"4\n\x0e\x44iffusionStage\x12\x11\n\tn_samples\x18\x01 \x01(\x05\x12\x0f\n\x07to_keep\x18\x02 \x01(\x05\"\x1f\n\x0c\x43lassPrompts\x12\x0f\n\x07prompts\x18\x01 \x03(\t\"\xe6\x01\n\x10\x44iffusionOptions\x12\x0e\n\x06preset\x18\x01 \x01(\t\x12\x35\n\x06stages\x18\x02 \x03(\x0b\x32%.zsc.classification.v1.DiffusionStage\x12\x0c\n\x04loss\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12:\n\rclass_prompts\x18\x07 \x03(\x0b\x32#.zsc.classification.v1.ClassPrompts\x12\x10\n\x08n_trials\x18\x08 \x01(\x05\"\x82\x02\n\x0fZeroShotRequest\x12\x35\n\x06method\x18\x01 \x01(\x0e\x32%.zsc.classification.v1.ZeroShotMethod\x12\x13\n\x0b\x63lass_names\x18\x02 \x03(\t\x12\x32\n\x07prompts\x18\x03 \x01(\x0b\x32!.zsc.classification.v1.PromptSpec\x12$\n\x06images\x18\x04 \x03(\x0b\x32\x14.zsc.common.v1.Image\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12:\n\tdiffusion\x18\x06 \x01(\x0b\x32\'.zsc.classification.v1.DiffusionOptions\"4\n\x0bStageErrors\x12\x15\n\rclass_indices\x18\x01 \x03(\x05\x12\x0e\n\x06\x65rrors\x18\x02 \x03(\x01\"\x92\x01\n\x14\x44iffusionImageResult\x12\r\n\x05label\x18\x01 \x01(\x05\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x32\n\x06stages\x18\x04 \x03(\x0b\x32\".zsc.classification.v1.StageErrors\x12\x13\n\x0bunet_passes\x18\x05 \x01(\x03\"6\n\x04TopK\x12\x0f\n\x07indices\x18\x01 \x03(\x05\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\r\n\x05probs\x18\x03 \x03(\x02\"\xcb\x01\n\x10ZeroShotResponse\x12%\n\x06logits\x18\x01 \x01(\x0b\x32\x15.zsc.common.v1.Tensor\x12$\n\x05probs\x18\x02 \x01(\x0b\x32\x15.zsc.common.v1.Tensor\x12*\n\x05top_k\x18\x03 \x03(\x0b\x32\x1b.zsc.classification.v1.TopK\x12>\n\tdiffusion\x18\x04 \x03(\x0b\x32+.zsc.classification.v1.DiffusionImageResult\"\xee\x03\n\x17\x45valuateZeroShotRequest\x12\x35\n\x06method\x18\x01 \x01(\x0e\x32%.zsc.classification.v1.ZeroShotMethod\x12\x10\n\x08\x64\x61ta_uri\x18\x02 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x32\n\x07prompts\x18\x04 \x01(\x0b\x32!.zsc.classification.v1.PromptSpec\x12\r\n\x05limit\x18\x05 \x01(\x05\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12\x12\n\nexperiment\x18\x07 \x01(\t\x12:\n\tdiffusion\x18\x08 \x01(\x0b\x32\'.zsc.classification.v1.DiffusionOptions\x12\x13\n\x0bshard_start\x18\t \x01(\x05\x12\x12\n\nshard_stop\x18\n \x01(\x05\x12\x13\n\x0bresults_uri\x18\x0b \x01(\t\x12Z\n\x0f\x66older_to_class\x18\x0c \x03(\x0b\x32\x41.zsc.classification.v1.EvaluateZeroShotRequest.FolderToClassEntry\x1a\x34\n\x12\x46olderToClassEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd7\x01\n\x10\x45valuationResult\x12\x13\n\x0b\x63lass_names\x18\x01 \x03(\t\x12\x10\n\x08n_images\x18\x02 \x01(\x03\x12\x0c\n\x04top1\x18\x03 \x01(\x01\x12\x16\n\x0emacro_accuracy\x18\x04 \x01(\x01\x12\x1a\n\x12per_class_accuracy\x18\x05 \x03(\x01\x12(\n\tconfusion\x18\x06 \x01(\x0b\x32\x15.zsc.common.v1.Tensor\x12\x15\n\rmlflow_run_id\x18\x07 \x01(\t\x12\x19\n\x11seconds_per_image\x18\x08 \x01(\x01*K\n\x0eZeroShotMethod\x12 \n\x1cZERO_SHOT_METHOD_UNSPECIFIED\x10\x00\x12\x08\n\x04\x43LIP\x10\x01\x12\r\n\tDIFFUSION\x10\x02\x32\xcb\x01\n\x0e\x43lassification\x12[\n\x08ZeroShot\x12&.zsc.classification.v1.ZeroShotRequest\x1a\'.zsc.classification.v1.ZeroShotResponse\x12\\\n\x10\x45valuateZeroShot\x12..zsc.classification.v1.EvaluateZeroShotRequest\x1a\x18.zsc.common.v1.Operationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVALUATEZEROSHOTREQUEST_FOLDERTOCLASSENTRY']._loaded_options = None
   _globals['_EVALUATEZEROSHOTREQUEST_FOLDERTOCLASSENTRY']._serialized_options = b'8\001'
-  _globals['_ZEROSHOTMETHOD']._serialized_start=1895
-  _globals['_ZEROSHOTMETHOD']._serialized_end=1970
+  _globals['_ZEROSHOTMETHOD']._serialized_start=1913
+  _globals['_ZEROSHOTMETHOD']._serialized_end=1988
   _globals['_PROMPTSPEC']._serialized_start=97
   _globals['_PROMPTSPEC']._serialized_end=150
   _globals['_DIFFUSIONSTAGE']._serialized_start=152
@@ -43,23 +43,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLASSPROMPTS']._serialized_start=206
   _globals['_CLASSPROMPTS']._serialized_end=237
   _globals['_DIFFUSIONOPTIONS']._serialized_start=240
-  _globals['_DIFFUSIONOPTIONS']._serialized_end=452
-  _globals['_ZEROSHOTREQUEST']._serialized_start=455
-  _globals['_ZEROSHOTREQUEST']._serialized_end=713
-  _globals['_STAGEERRORS']._serialized_start=715
-  _globals['_STAGEERRORS']._serialized_end=767
-  _globals['_DIFFUSIONIMAGERESULT']._serialized_start=770
-  _globals['_DIFFUSIONIMAGERESULT']._serialized_end=916
-  _globals['_TOPK']._serialized_start=918
-  _globals['_TOPK']._serialized_end=972
-  _globals['_ZEROSHOTRESPONSE']._serialized_start=975
-  _globals['_ZEROSHOTRESPONSE']._serialized_end=1178
-  _globals['_EVALUATEZEROSHOTREQUEST']._serialized_start=1181
-  _globals['_EVALUATEZEROSHOTREQUEST']._serialized_end=1675
-  _globals['_EVALUATEZEROSHOTREQUEST_FOLDERTOCLASSENTRY']._serialized_start=1623
-  _globals['_EVALUATEZEROSHOTREQUEST_FOLDERTOCLASSENTRY']._serialized_end=1675
-  _globals['_EVALUATIONRESULT']._serialized_start=1678
-  _globals['_EVALUATIONRESULT']._serialized_end=1893
-  _globals['_CLASSIFICATION']._serialized_start=1973
-  _globals['_CLASSIFICATION']._serialized_end=2176
+  _globals['_DIFFUSIONOPTIONS']._serialized_end=470
+  _globals['_ZEROSHOTREQUEST']._serialized_start=473
+  _globals['_ZEROSHOTREQUEST']._serialized_end=731
+  _globals['_STAGEERRORS']._serialized_start=733
+  _globals['_STAGEERRORS']._serialized_end=785
+  _globals['_DIFFUSIONIMAGERESULT']._serialized_start=788
+  _globals['_DIFFUSIONIMAGERESULT']._serialized_end=934
+  _globals['_TOPK']._serialized_start=936
+  _globals['_TOPK']._serialized_end=990
+  _globals['_ZEROSHOTRESPONSE']._serialized_start=993
+  _globals['_ZEROSHOTRESPONSE']._serialized_end=1196
+  _globals['_EVALUATEZEROSHOTREQUEST']._serialized_start=1199
+  _globals['_EVALUATEZEROSHOTREQUEST']._serialized_end=1693
+  _globals['_EVALUATEZEROSHOTREQUEST_FOLDERTOCLASSENTRY']._serialized_start=1641
+  _globals['_EVALUATEZEROSHOTREQUEST_FOLDERTOCLASSENTRY']._serialized_end=1693
+  _globals['_EVALUATIONRESULT']._serialized_start=1696
+  _globals['_EVALUATIONRESULT']._serialized_end=1911
+  _globals['_CLASSIFICATION']._serialized_start=1991
+  _globals['_CLASSIFICATION']._serialized_end=2194
 # @@protoc_insertion_point(module_scope)

@@ -40,7 +40,7 @@ class ClassPrompts(_message.Message):
     def __init__(self, prompts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DiffusionOptions(_message.Message):
-    __slots__ = ("preset", "stages", "loss", "seed", "batch_size", "dtype", "class_prompts")
+    __slots__ = ("preset", "stages", "loss", "seed", "batch_size", "dtype", "class_prompts", "n_trials")
     PRESET_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class DiffusionOptions(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     CLASS_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    N_TRIALS_FIELD_NUMBER: _ClassVar[int]
     preset: str
     stages: _containers.RepeatedCompositeFieldContainer[DiffusionStage]
     loss: str
@@ -55,7 +56,8 @@ class DiffusionOptions(_message.Message):
     batch_size: int
     dtype: str
     class_prompts: _containers.RepeatedCompositeFieldContainer[ClassPrompts]
-    def __init__(self, preset: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[DiffusionStage, _Mapping]]] = ..., loss: _Optional[str] = ..., seed: _Optional[int] = ..., batch_size: _Optional[int] = ..., dtype: _Optional[str] = ..., class_prompts: _Optional[_Iterable[_Union[ClassPrompts, _Mapping]]] = ...) -> None: ...
+    n_trials: int
+    def __init__(self, preset: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[DiffusionStage, _Mapping]]] = ..., loss: _Optional[str] = ..., seed: _Optional[int] = ..., batch_size: _Optional[int] = ..., dtype: _Optional[str] = ..., class_prompts: _Optional[_Iterable[_Union[ClassPrompts, _Mapping]]] = ..., n_trials: _Optional[int] = ...) -> None: ...
 
 class ZeroShotRequest(_message.Message):
     __slots__ = ("method", "class_names", "prompts", "images", "top_k", "diffusion")
