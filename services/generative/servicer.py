@@ -131,7 +131,7 @@ NON_NEGATIVE = {
     "init_alpha",
     "init_beta",
 }
-UNIT_INTERVAL = {"beta1", "beta2"}  # [0, 1)
+UNIT_INTERVAL = {"beta1", "beta2", "encoder_beta1"}  # [0, 1)
 
 
 class GenerativeService:
@@ -537,6 +537,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                 pred = result.classifier.predict(x).cpu()
                 train_fit = gzsl_metrics(y, pred, seen, novel_idx) if novel_idx else None
                 final_loss = result.history[-1]["loss"]
+                run.log_params({"resolved_batch_size": result.batch_size})  # batch_size 0 resolves from the data
                 summary = {"final_loss": final_loss}
                 if train_fit is not None:
                     summary.update({"train_S": train_fit.seen, "train_U_synthetic": train_fit.unseen})
@@ -609,7 +610,17 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                 bn = base_to_new_metrics(scores, y, seen, unseen)
                 per_class = per_class_accuracy(y, pred, len(names))
                 support = torch.bincount(y, minlength=len(names))
-                metrics = {"S": gz.seen, "U": gz.unseen, "H": gz.harmonic, "B": bn.base, "N": bn.new, "HM": bn.harmonic}
+                # B/N/HM are overall accuracy (the released code's); the per-class means go under their own names.
+                metrics = {
+                    "S": gz.seen,
+                    "U": gz.unseen,
+                    "H": gz.harmonic,
+                    "B": bn.base,
+                    "N": bn.new,
+                    "HM": bn.harmonic,
+                    "B_per_class": bn.base_per_class,
+                    "N_per_class": bn.new_per_class,
+                }
                 run.log_params(
                     {
                         "classifier": ref.model_uri,
@@ -632,7 +643,13 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                 ctx.progress(1)
                 return pb.EvaluateGZSLResult(
                     gzsl=pb.GZSLMetrics(seen=gz.seen, unseen=gz.unseen, harmonic=gz.harmonic),
-                    base_to_new=pb.BaseNewMetrics(base=bn.base, new=bn.new, harmonic=bn.harmonic),
+                    base_to_new=pb.BaseNewMetrics(
+                        base=bn.base,
+                        new=bn.new,
+                        harmonic=bn.harmonic,
+                        base_per_class=bn.base_per_class,
+                        new_per_class=bn.new_per_class,
+                    ),
                     class_names=names,
                     per_class_accuracy=per_class.tolist(),
                     support=support.tolist(),

@@ -7,10 +7,12 @@ names. Sizes differ from methods.md's defaults because the problem is small (160
 per epoch): the VAE trains 25 epochs at batch 8, lr 3e-3, widths 256 and latent 32 (500 steps); CoOp 25 epochs at
 batch 16 and lr 5e-4 (the tiny random encoder's loss surface is sharp, and lr 2e-3 without momentum diverges on some
 seeds); CLIP-Adapter 50 epochs at batch 16, lr 0.02 and reduction 1 (with D = 32, reduction 4 leaves 8 ReLU units,
-which die on some seeds); Tip-Adapter-F its defaults at batch 32. Measured on problem seed 0 over training seeds 0,
-1, 2, N without -> with synthesized features: CoOp 0.71/0.81/0.75 -> 1.00/0.93/0.99, CLIP-Adapter 0.50/0.60/0.69 ->
-0.60/0.86/0.80, Tip-Adapter-F 0.66 -> 0.85/0.85/0.83. Problem seeds 1 and 3 gave gains for every method and seed
-too (the smallest: CLIP-Adapter 0.69 -> 0.70 on problem 1).
+which die on some seeds); Tip-Adapter-F its defaults at batch 32. Fine-tuning follows the released protocol (all 16
+shots, the last epoch). Measured on problem seed 0 over training seeds 0, 1, 2, N without -> with synthesized
+features: CoOp 0.94/1.00/0.98 -> 1.00/1.00/1.00, CLIP-Adapter 0.50/0.50/0.70 -> 0.90/0.90/0.80, Tip-Adapter-F
+0.66 -> 0.70 (every seed; without a held-out split to search alpha, beta on, it keeps the imagenet preset's
+alpha 1.17, beta 1 and stays near zero-shot here, B 0.25-0.29; bench/ship_protocol.py compares the held-out option).
+Problem seed 1: CoOp 0.90 -> 1.00, CLIP-Adapter 0.83/0.50/0.69 -> 0.83/0.83/1.00, Tip-Adapter-F 0.69 -> 0.80.
 """
 
 from __future__ import annotations
@@ -23,13 +25,19 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from zsc.evaluation import base_to_new_metrics
+from zsc.evaluation import base_to_new_metrics, mean_per_class_accuracy
 from zsc.features import FeatureSet
 from zsc.models.clip import ClipBundle, create_clip
 from zsc.models.prompt_learner import PromptLearner, text_tower
 from zsc_services.generative.core.bank import VIEWS_KEY, FeatureBank, augment_view, encode_bank
 from zsc_services.generative.core.common import GeneratorTrainResult, TrainingCancelled
-from zsc_services.generative.core.finetune import FineTuneConfig, build_classifier, fine_tune
+from zsc_services.generative.core.finetune import (
+    TIP_ADAPTER_PRESETS,
+    FineTuneConfig,
+    _split,
+    build_classifier,
+    fine_tune,
+)
 from zsc_services.generative.core.ship import ShipConfig, ShipVAE, build_ship_vae, synthesize, train_ship_vae
 from zsc_services.generative.core.ship_problem import HiddenContextProblem, hidden_context_problem
 
@@ -230,25 +238,85 @@ def test_synthesized_features_raise_new_accuracy(method, clip, problem, syntheti
         without = fine_tune(clip.model, clip.tokenizer, bank, problem.class_names, config)
         with_synthetic = fine_tune(clip.model, clip.tokenizer, bank, problem.class_names, config, synthetic)
         (_, n_without), (_, n_with) = new_accuracy(without, problem), new_accuracy(with_synthetic, problem)
-        assert n_with > n_without, (seed, n_without, n_with)
+        assert n_with >= n_without, (seed, n_without, n_with)  # CoOp reaches N = 1.00 without on seed 1
         gains.append(n_with - n_without)
         assert without.trained_classes == problem.base  # the baseline trains over the base classes only
         assert with_synthetic.trained_classes == [*problem.base, *problem.new]
-    assert sum(gains) / len(gains) > 0.1
+    # Measured mean gains: CoOp 0.029 (little headroom left), CLIP-Adapter 0.30, Tip-Adapter-F 0.042.
+    assert sum(gains) / len(gains) > {"coop": 0.02, "clip_adapter": 0.2, "tip_adapter_f": 0.03}[method]
 
 
-def test_each_method_runs_selects_on_held_out_base_data_and_rebuilds(clip, problem, synthetic, tmp_path) -> None:
+def released_coop(clip, bank: FeatureBank, names: list[str], synthetic, epochs: int, batch: int, lr: float, seed: int):
+    """SHIP's CoOp fine-tuning written out as the released code runs it, drawing the same random numbers as zsc's
+    core: every image of the bank trains, plain SGD on a per-step cosine schedule, each real batch joined by as many
+    synthesized features of uniformly drawn new classes, logits 100·cos over base + new; returns the context
+    tokens after the last step (base classes are 0..9 and new ones 10..19, so labels need no remapping)."""
+    x_real = F.normalize(bank.features.float(), dim=-1)
+    syn_y, order = synthetic[1].sort(stable=True)
+    syn_x = F.normalize(synthetic[0].float(), dim=-1)[order]
+    new, counts = syn_y.unique(return_counts=True)
+    starts = counts.cumsum(0) - counts
+    prompt = PromptLearner(clip.model, clip.tokenizer, ctx_init="a photo of a")
+    optimizer = torch.optim.SGD(prompt.parameters(), lr=lr)
+    steps = math.ceil(bank.images / batch)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(bank.images, generator=gen).split(batch):
+            x, y = bank_draw(x_real, idx, gen), bank.labels[idx]
+            pick = torch.randint(0, new.numel(), (idx.numel(),), generator=gen)
+            offset = (torch.rand(idx.numel(), generator=gen) * counts[pick]).long()
+            x, y = torch.cat([x, syn_x[starts[pick] + offset]]), torch.cat([y, new[pick]])
+            loss = F.cross_entropy(100 * x @ prompt(names).T, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    return prompt.ctx.detach()
+
+
+def bank_draw(features: torch.Tensor, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One random augmentation view per image, as every epoch of the released code sees a fresh augmentation."""
+    return features[torch.randint(0, features.shape[0], (idx.numel(),), generator=gen), idx]
+
+
+def test_default_is_the_released_protocol_all_shots_and_the_last_epoch(clip, problem, synthetic) -> None:
+    bank = FeatureBank.from_feature_set(problem.train)
+    config = FineTuneConfig.for_method("coop", seed=3, epochs=3, batch_size=32)
+    assert config.val_fraction == 0.0  # nothing is held out unless asked
+    result = fine_tune(clip.model, clip.tokenizer, bank, problem.class_names, config, synthetic)
+    assert (result.n_fit, result.n_val, result.n_synthetic) == (160, 0, 500)  # all 16 shots of the 10 classes
+    assert result.best_epoch == 3 and math.isnan(result.val_accuracy)
+    assert all("val_accuracy" not in h for h in result.history)
+    # The known answer: the returned model is the state after the last step of the released loop.
+    ctx = released_coop(clip, bank, problem.class_names, synthetic, epochs=3, batch=32, lr=2e-3, seed=3)
+    torch.testing.assert_close(result.classifier.ctx, ctx, rtol=0, atol=1e-6)
+    learner = PromptLearner(clip.model, clip.tokenizer, ctx_init="a photo of a")
+    with torch.no_grad():
+        learner.ctx.copy_(ctx)
+        text = learner(problem.class_names)
+    torch.testing.assert_close(result.classifier.text_weights, F.normalize(text, dim=-1), rtol=0, atol=1e-6)
+    assert not torch.allclose(ctx, PromptLearner(clip.model, clip.tokenizer, ctx_init="a photo of a").ctx)  # it moved
+
+
+def test_held_out_selection_is_an_option_and_rebuilds(clip, problem, synthetic, tmp_path) -> None:
     bank = FeatureBank.from_feature_set(problem.train)
     before = tower_state(clip.model)
+    # The held-out base images, as the core splits them (seeded per class).
+    _, val_idx = _split(bank.labels, 0.2, torch.Generator().manual_seed(0))
+    val_x, val_y = F.normalize(bank.plain()[val_idx], dim=-1), bank.labels[val_idx]
     for method in ("coop", "clip_adapter", "tip_adapter_f"):
-        config = FineTuneConfig.for_method(method, seed=0, **{**FINETUNE[method], "epochs": 4})
+        config = FineTuneConfig.for_method(method, seed=0, **{**FINETUNE[method], "epochs": 4, "val_fraction": 0.2})
         result = fine_tune(clip.model, clip.tokenizer, bank, problem.class_names, config, synthetic)
         # 20% of each class's 16 images are held out: 3 per class, never trained on.
-        assert (result.n_fit, result.n_val, result.n_synthetic) == (130, 30, 500)
+        assert (result.n_fit, result.n_val, result.n_synthetic) == (130, 30, 500) and val_idx.numel() == 30
         scored = [h["val_accuracy"] for h in result.history]
         assert len(result.history) == 4 and result.best_epoch == 1 + scored.index(max(scored))
         if method != "tip_adapter_f":  # Tip-Adapter-F's alpha/beta search may raise it further
             assert result.val_accuracy == max(scored)
+        # The returned model is the selected one: it scores exactly the reported accuracy on the held-out images.
+        pred = result.classifier.scores(val_x)[:, :10].argmax(dim=1)
+        assert mean_per_class_accuracy(val_y, pred, list(range(10)), 10) == pytest.approx(result.val_accuracy)
         scores = result.classifier.scores(problem.test.features)
         assert scores.shape == (1000, 20) and bool(torch.isfinite(scores).all())
         # What the service stores (safetensors + meta) rebuilds the same classifier.
@@ -263,10 +331,52 @@ def test_each_method_runs_selects_on_held_out_base_data_and_rebuilds(clip, probl
             assert torch.equal(rebuilt.cache_values.sum(dim=0), torch.full((20,), 13.0))
             assert set(result.extra) == {"alpha", "beta"}
     assert all(torch.equal(a, b) for a, b in zip(before, tower_state(clip.model), strict=True))
-    # Without held-out data: the last epoch, no validation score.
-    config = FineTuneConfig.for_method("coop", seed=0, epochs=2, val_fraction=0.0)
-    result = fine_tune(clip.model, clip.tokenizer, bank, problem.class_names, config)
-    assert (result.n_val, result.best_epoch) == (0, 2) and math.isnan(result.val_accuracy)
+
+
+def test_tip_adapter_presets_are_the_released_configs(clip, problem, synthetic) -> None:
+    # Tip-Adapter's configs/*.yaml: init_alpha, search_scale = [beta_max, alpha_max], train_epoch.
+    released = {
+        "caltech101": (3, 12, 5, 20),
+        "dtd": (2, 13, 13, 20),
+        "eurosat": (2, 12, 10, 100),
+        "fgvc": (5, 30, 30, 20),
+        "food101": (1.17, 10, 10, 20),
+        "imagenet": (1.17, 7, 3, 20),
+        "oxford_flowers": (10, 50, 50, 20),
+        "oxford_pets": (1.17, 7, 3, 20),
+        "stanford_cars": (3, 20, 10, 20),
+        "sun397": (1.17, 12, 10, 20),
+        "ucf101": (3, 7, 3, 20),
+    }
+    assert set(TIP_ADAPTER_PRESETS) == set(released)
+    for name, (alpha, beta_max, alpha_max, epochs) in released.items():
+        c = FineTuneConfig.for_method("tip_adapter_f", tip_adapter_preset=name)
+        got = (c.init_alpha, c.init_beta, c.search_beta_max, c.search_alpha_max, c.epochs)
+        assert got == (alpha, 1, beta_max, alpha_max, epochs), name
+        assert (c.search_beta_steps, c.search_alpha_steps) == (200, 20)
+    default = FineTuneConfig.for_method("tip_adapter_f")
+    assert default.tip_adapter_preset == "imagenet" and (default.init_alpha, default.epochs) == (1.17, 20)
+    assert FineTuneConfig.for_method("tip_adapter_f", tip_adapter_preset="eurosat", epochs=3).epochs == 3  # overrides
+    assert FineTuneConfig.for_method("coop", tip_adapter_preset="eurosat").epochs == 200  # other methods: no effect
+    with pytest.raises(ValueError, match="unknown tip_adapter_preset 'cifar10'; expected one of caltech101, dtd"):
+        FineTuneConfig.for_method("coop", tip_adapter_preset="cifar10")
+    with pytest.raises(ValueError, match="unknown tip_adapter_preset"):
+        dataclasses.replace(default, tip_adapter_preset="").check()
+
+    bank = FeatureBank.from_feature_set(problem.train)
+    # The released protocol has no held-out split to search on: the preset's initial alpha and beta are kept.
+    config = FineTuneConfig.for_method("tip_adapter_f", tip_adapter_preset="oxford_flowers", epochs=2, batch_size=32)
+    result = fine_tune(clip.model, clip.tokenizer, bank, problem.class_names, config, synthetic)
+    assert result.extra == {"alpha": 10.0, "beta": 1.0} and result.classifier.alpha == 10.0
+    # With held-out selection the search runs on the held-out images over the preset's grid.
+    config = FineTuneConfig.for_method(
+        "tip_adapter_f", tip_adapter_preset="dtd", epochs=2, batch_size=32, val_fraction=0.2
+    )
+    result = fine_tune(clip.model, clip.tokenizer, bank, problem.class_names, config, synthetic)
+    alphas = [2.0] + [0.1 + i * (13 - 0.1) / 20 for i in range(20)]  # dtd: init 2, alpha in [0.1, 13), 20 points
+    betas = [1.0] + [0.1 + i * (13 - 0.1) / 200 for i in range(200)]
+    assert min(abs(result.extra["alpha"] - a) for a in alphas) < 1e-6
+    assert min(abs(result.extra["beta"] - b) for b in betas) < 1e-6
 
 
 def test_fine_tuning_is_seeded(clip, problem, synthetic) -> None:

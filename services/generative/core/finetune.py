@@ -6,7 +6,7 @@ augmentation view; every epoch draws one view per image), never on images:
 - **CoOp** (Zhou et al., IJCV 2022): 4 context tokens initialized from "a photo of a" go in front of every class
   name through the frozen text encoder (:class:`~zsc.models.prompt_learner.PromptLearner`); logits are
   100·cos(x, text(ctx, class)). SHIP's defaults: plain SGD lr 2e-3 on a per-step cosine schedule, batch 256,
-  200 epochs. The text encoder runs every step, since the prompt is what learns.
+  200 epochs (its ImageNet config: 20). The text encoder runs every step, since the prompt is what learns.
 - **CLIP-Adapter** (Gao et al., IJCV 2023): a bottleneck MLP A (D → D/4 → D, ReLU after each, no biases) on the
   image feature, blended as f' = 0.2·A(f) + 0.8·f; logits 100·cos(f', w_c) with w_c the frozen zero-shot text
   features of "a photo of a {class}." (encoded once). methods.md gives no schedule; zsc takes the optimizer of
@@ -15,10 +15,11 @@ augmentation view; every epoch draws one view per image), never on images:
 - **Tip-Adapter-F** (Zhang et al., ECCV 2022): a cache whose keys are the L2-normalized features of the training
   images (the mean over their augmentation views, as Tip-Adapter builds it) and whose values are one-hot labels;
   logits = 100·x·Wᵀ + α·exp(−β(1 − x·Kᵀ))·V. The keys are learned: AdamW lr 1e-3 (eps 1e-4) on a cosine schedule,
-  batch 256, 20 epochs, α = β = 1 at the start; afterwards (α, β) are searched on a grid over [0.1, 3) × [0.1, 7)
-  (20 × 200 points), as the released code does. With synthesized features the cache also holds synthesized keys
-  of every new class, as many per class as the median number of real images per base class (a balanced cache;
-  ``cache_synthetic_per_class`` overrides it).
+  batch 256. The initial (α, β), the (α, β) search grid and the epochs are per dataset in the released configs;
+  ``tip_adapter_preset`` picks one of them (:data:`TIP_ADAPTER_PRESETS`, default ``imagenet``: α = 1.17, β = 1,
+  grid [0.1, 3) × [0.1, 7) of 20 × 200 points, 20 epochs). With synthesized features the cache also holds
+  synthesized keys of every new class, as many per class as the median number of real images per base class (a
+  balanced cache; ``cache_synthetic_per_class`` overrides it).
 
 SHIP's recipe: each real batch of B features is joined by B synthesized features, each of a new class drawn
 uniformly and a feature drawn uniformly from that class's synthesized pool (the pool stands in for drawing fresh
@@ -26,12 +27,17 @@ z ~ N(0, I) every step); the loss is the cross-entropy over base + new classes. 
 (the comparison baseline) every method trains over the base classes only, as in the base-to-new protocol. The
 same batch joining is used for all three methods.
 
-**Selection never looks at test data.** A seeded ``val_fraction`` of each base class's images is held out; every
-``select_every`` epochs the per-class mean accuracy of their plain view, predicted among the base classes (as B is
-measured; no real new-class data exists to measure N on), is computed, and the best epoch's state is deep-copied
-and returned (the released SHIP and Tip-Adapter code select on the test set). Tip-Adapter-F's (α, β) search uses
-the same held-out images. ``val_fraction = 0`` trains on every image and returns the last epoch (and keeps
-Tip-Adapter-F's initial α, β).
+**The released protocol is the default** (``val_fraction = 0``): every shot (16 per base class) is trained on and
+the state after the last epoch is returned, as SHIP's released CoOp does (its only selection, of the VAE epoch by
+test H, is the bug zsc leaves out). Tip-Adapter-F's released code keeps the epoch of best *test* accuracy and
+searches (α, β) on the dataset's validation split (on ImageNet, its test set); the 16-shot protocol has no split
+to spare, so by default zsc keeps the last epoch and the preset's initial α, β, and searches nothing.
+
+**Held-out selection is an option that changes the protocol** (``val_fraction > 0``): a seeded ``val_fraction``
+of each base class's images is held out (so fewer shots train); every ``select_every`` epochs the per-class mean
+accuracy of their plain view, predicted among the base classes (as B is measured; no real new-class data exists
+to measure N on), is computed, and the best epoch's state is deep-copied and returned. Tip-Adapter-F then searches
+(α, β) over the preset's grid on the same held-out images. Selection never looks at test data.
 
 Differences from the released code, on purpose: image features are L2-normalized before anything else (so
 CLIP-Adapter blends normalized features, where its code blends raw encoder outputs); the zero-shot classifier uses
@@ -60,6 +66,7 @@ from .common import ConfigMixin, EpochHook, StopHook, TrainingCancelled, clone_s
 __all__ = [
     "DEFAULT_TEMPLATE",
     "METHODS",
+    "TIP_ADAPTER_PRESETS",
     "FineTuneConfig",
     "FineTuneResult",
     "FineTunedClassifier",
@@ -80,6 +87,45 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _tip(alpha: float, beta_max: float, alpha_max: float, epochs: int = 20) -> dict[str, Any]:
+    """One released Tip-Adapter config: init_alpha, search_scale = [beta_max, alpha_max], train_epoch (all of
+    them start at β = 1 and search 200 β x 20 α values)."""
+    return {
+        "init_alpha": alpha,
+        "init_beta": 1.0,
+        "search_beta_max": beta_max,
+        "search_beta_steps": 200,
+        "search_alpha_max": alpha_max,
+        "search_alpha_steps": 20,
+        "epochs": epochs,
+    }
+
+
+# Tip-Adapter-F's per-dataset values, from the released configs (gaopengcuhk/Tip-Adapter configs/*.yaml; SHIP's
+# coop-configs give the same alpha, beta and grids). Applied by FineTuneConfig.for_method under explicit settings.
+TIP_ADAPTER_PRESETS: dict[str, dict[str, Any]] = {
+    "caltech101": _tip(3.0, 12.0, 5.0),
+    "dtd": _tip(2.0, 13.0, 13.0),
+    "eurosat": _tip(2.0, 12.0, 10.0, epochs=100),
+    "fgvc": _tip(5.0, 30.0, 30.0),
+    "food101": _tip(1.17, 10.0, 10.0),
+    "imagenet": _tip(1.17, 7.0, 3.0),
+    "oxford_flowers": _tip(10.0, 50.0, 50.0),
+    "oxford_pets": _tip(1.17, 7.0, 3.0),
+    "stanford_cars": _tip(3.0, 20.0, 10.0),
+    "sun397": _tip(1.17, 12.0, 10.0),
+    "ucf101": _tip(3.0, 7.0, 3.0),
+}
+DEFAULT_TIP_ADAPTER_PRESET = "imagenet"
+
+
+def _check_preset(name: str) -> None:
+    if name not in TIP_ADAPTER_PRESETS:
+        raise ValueError(
+            f"unknown tip_adapter_preset {str(name)[:80]!r}; expected one of {', '.join(sorted(TIP_ADAPTER_PRESETS))}"
+        )
+
+
 @dataclass
 class FineTuneConfig(ConfigMixin):
     """Settings of every method; build with :meth:`for_method` to get that method's defaults."""
@@ -92,14 +138,15 @@ class FineTuneConfig(ConfigMixin):
     momentum: float = 0.0  # SGD (CoOp, CLIP-Adapter)
     weight_decay: float = 0.0
     logit_scale: float = 100.0
-    val_fraction: float = 0.2
+    val_fraction: float = 0.0  # 0: the released protocol (all shots, last epoch); > 0: held-out selection
     select_every: int = 1
     normalize_features: bool = True
     ctx_init: str = DEFAULT_CTX_INIT  # CoOp
     template: str = DEFAULT_TEMPLATE  # the zero-shot classifier of CLIP-Adapter and Tip-Adapter-F
     reduction: int = 4  # CLIP-Adapter bottleneck D/reduction
     ratio: float = 0.2  # CLIP-Adapter residual ratio
-    init_alpha: float = 1.0  # Tip-Adapter-F
+    tip_adapter_preset: str = DEFAULT_TIP_ADAPTER_PRESET  # Tip-Adapter-F; for_method applies its values
+    init_alpha: float = 1.17  # the imagenet preset's values
     init_beta: float = 1.0
     adamw_eps: float = 1e-4
     search_alpha_max: float = 3.0
@@ -110,14 +157,18 @@ class FineTuneConfig(ConfigMixin):
 
     @classmethod
     def for_method(cls, method: str, **overrides: Any) -> FineTuneConfig:
-        """The defaults of ``method`` (see the module docstring), then ``overrides``."""
+        """The defaults of ``method`` (see the module docstring), for Tip-Adapter-F those of its
+        ``tip_adapter_preset``, then ``overrides``."""
         if method not in METHOD_DEFAULTS:
             raise ValueError(f"unknown fine-tuning method {method!r}; expected one of {', '.join(METHODS)}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"unknown fine-tuning settings: {', '.join(unknown)}")
-        return cls(**{**METHOD_DEFAULTS[method], **overrides, "method": method})
+        preset = overrides.get("tip_adapter_preset", DEFAULT_TIP_ADAPTER_PRESET)
+        _check_preset(preset)
+        dataset = TIP_ADAPTER_PRESETS[preset] if method == "tip_adapter_f" else {}
+        return cls(**{**METHOD_DEFAULTS[method], **dataset, **overrides, "method": method})
 
     def check(self) -> None:
         """Raise ValueError (one line) on values no run can use."""
@@ -153,6 +204,7 @@ class FineTuneConfig(ConfigMixin):
             raise ValueError(f"template {self.template[:80]!r} must hold one {{}} for the class name, no other field")
         if not self.ctx_init.strip():
             raise ValueError("ctx_init must be a non-empty phrase")
+        _check_preset(self.tip_adapter_preset)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ Every random draw (init, batch order, view choice, ε of the reparameterization,
 ``torch.Generator`` objects seeded with ``config.seed``; module weights are initialized under a forked global RNG.
 Training reads a :class:`~.bank.FeatureBank` (each image once per augmentation view), never images. The released
 code selects the VAE epoch by the test H of a CoOp run every 10 epochs; zsc returns the last epoch (no selection
-on test data; fine-tuning selects on held-out base data, :mod:`.finetune`).
+on test data; :mod:`.finetune` keeps its last epoch too, and selects on held-out base data only when asked).
 """
 
 from __future__ import annotations
