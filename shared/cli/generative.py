@@ -65,7 +65,17 @@ GENERATOR_OPTIONS = {
     "select_n_per_class": ("selection", "n_per_class"),
     "select_classifier_epochs": ("selection", "classifier_epochs"),
 }
-GZSL_OPTIONS = ("epochs", "lr", "batch_size", "weight_decay", "temperature", "logit_adjustment_tau")
+GZSL_OPTIONS = (
+    "epochs",
+    "lr",
+    "batch_size",
+    "weight_decay",
+    "temperature",
+    "logit_adjustment_tau",
+    "beta1",
+    "prior",
+    "seen_mass",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -132,10 +142,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="all classes' text features: a zsc features file, or a tensor with --classes (default: --base's)",
     )
     p.add_argument("--classes", help="names of the --text-features rows, comma-separated or @FILE")
-    g = p.add_argument_group("settings (unset: DFZSL defaults)")
+    g = p.add_argument_group("settings (unset: the released DFZSL classifier's)")
     g.add_argument("--epochs", type=int, help="default 100")
     g.add_argument("--lr", type=float, help="default 5e-5")
-    g.add_argument("--batch-size", type=int, help="default 256")
+    g.add_argument("--batch-size", type=int, help="default 0: the synthesized features per novel class")
+    g.add_argument("--beta1", type=float, help="Adam beta1 (default 0.5)")
+    g.add_argument(
+        "--prior",
+        choices=("seen_unseen", "frequency"),
+        help="log prior of the logit adjustment (default seen_unseen, the released one)",
+    )
+    g.add_argument("--seen-mass", type=float, help="seen classes' share of the seen_unseen prior (default 0.5)")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--temperature", type=float, help="default 0.01")
     g.add_argument("--logit-adjustment-tau", type=float, help="default 1")
@@ -410,7 +427,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = unpack(op, pb.EvaluateGZSLResult)
     gz, bn = result.gzsl, result.base_to_new
     print(f"GZSL: S {gz.seen:.4f}  U {gz.unseen:.4f}  H {gz.harmonic:.4f}")
-    print(f"base-to-new: B {bn.base:.4f}  N {bn.new:.4f}  HM {bn.harmonic:.4f}")
+    print(
+        f"base-to-new: B {bn.base:.4f}  N {bn.new:.4f}  HM {bn.harmonic:.4f} (overall accuracy; per-class mean "
+        f"B {bn.base_per_class:.4f}  N {bn.new_per_class:.4f})"
+    )
     unseen = set(result.unseen_indices)
     rows = [
         [name, "unseen" if i in unseen else "seen", acc if math.isfinite(acc) else "-", n]
@@ -433,6 +453,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "B": bn.base,
             "N": bn.new,
             "HM": bn.harmonic,
+            "B_per_class": bn.base_per_class,
+            "N_per_class": bn.new_per_class,
             # JSON has no NaN: a class without test samples has no accuracy.
             "per_class_accuracy": {
                 n: (a if math.isfinite(a) else None)

@@ -87,7 +87,7 @@ class ClswganSettings(_message.Message):
     def __init__(self, cls_weight: _Optional[float] = ..., cls_epochs: _Optional[int] = ..., cls_lr: _Optional[float] = ..., cls_temperature: _Optional[float] = ..., normalize_output: _Optional[bool] = ...) -> None: ...
 
 class TfvaeganSettings(_message.Message):
-    __slots__ = ("recon_weight", "adv_weight", "kl_weight", "feedback_loop", "feedback_weight", "generation_feedback_weight", "feedback_lr", "decoder_lr", "freeze_decoder", "encoded_noise")
+    __slots__ = ("recon_weight", "adv_weight", "kl_weight", "feedback_loop", "feedback_weight", "generation_feedback_weight", "feedback_lr", "decoder_lr", "freeze_decoder", "encoded_noise", "adaptive_gp", "encoder_beta1")
     RECON_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     ADV_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     KL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,8 @@ class TfvaeganSettings(_message.Message):
     DECODER_LR_FIELD_NUMBER: _ClassVar[int]
     FREEZE_DECODER_FIELD_NUMBER: _ClassVar[int]
     ENCODED_NOISE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTIVE_GP_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_BETA1_FIELD_NUMBER: _ClassVar[int]
     recon_weight: float
     adv_weight: float
     kl_weight: float
@@ -108,7 +110,9 @@ class TfvaeganSettings(_message.Message):
     decoder_lr: float
     freeze_decoder: bool
     encoded_noise: bool
-    def __init__(self, recon_weight: _Optional[float] = ..., adv_weight: _Optional[float] = ..., kl_weight: _Optional[float] = ..., feedback_loop: _Optional[int] = ..., feedback_weight: _Optional[float] = ..., generation_feedback_weight: _Optional[float] = ..., feedback_lr: _Optional[float] = ..., decoder_lr: _Optional[float] = ..., freeze_decoder: _Optional[bool] = ..., encoded_noise: _Optional[bool] = ...) -> None: ...
+    adaptive_gp: bool
+    encoder_beta1: float
+    def __init__(self, recon_weight: _Optional[float] = ..., adv_weight: _Optional[float] = ..., kl_weight: _Optional[float] = ..., feedback_loop: _Optional[int] = ..., feedback_weight: _Optional[float] = ..., generation_feedback_weight: _Optional[float] = ..., feedback_lr: _Optional[float] = ..., decoder_lr: _Optional[float] = ..., freeze_decoder: _Optional[bool] = ..., encoded_noise: _Optional[bool] = ..., adaptive_gp: _Optional[bool] = ..., encoder_beta1: _Optional[float] = ...) -> None: ...
 
 class ShipVaeSettings(_message.Message):
     __slots__ = ("encoder_hidden", "generator_hidden", "n_ctx", "ctx_init_std", "kl_weight", "weight_decay")
@@ -240,7 +244,7 @@ class FeatureChunk(_message.Message):
     def __init__(self, class_names: _Optional[_Iterable[str]] = ..., per_class: _Optional[int] = ..., features: _Optional[_Union[_common_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
 class GZSLSettings(_message.Message):
-    __slots__ = ("epochs", "lr", "batch_size", "weight_decay", "temperature", "logit_adjustment", "logit_adjustment_tau", "calibration_gamma")
+    __slots__ = ("epochs", "lr", "batch_size", "weight_decay", "temperature", "logit_adjustment", "logit_adjustment_tau", "calibration_gamma", "beta1", "prior", "seen_mass")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +253,9 @@ class GZSLSettings(_message.Message):
     LOGIT_ADJUSTMENT_FIELD_NUMBER: _ClassVar[int]
     LOGIT_ADJUSTMENT_TAU_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_GAMMA_FIELD_NUMBER: _ClassVar[int]
+    BETA1_FIELD_NUMBER: _ClassVar[int]
+    PRIOR_FIELD_NUMBER: _ClassVar[int]
+    SEEN_MASS_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     lr: float
     batch_size: int
@@ -257,7 +264,10 @@ class GZSLSettings(_message.Message):
     logit_adjustment: bool
     logit_adjustment_tau: float
     calibration_gamma: float
-    def __init__(self, epochs: _Optional[int] = ..., lr: _Optional[float] = ..., batch_size: _Optional[int] = ..., weight_decay: _Optional[float] = ..., temperature: _Optional[float] = ..., logit_adjustment: _Optional[bool] = ..., logit_adjustment_tau: _Optional[float] = ..., calibration_gamma: _Optional[float] = ...) -> None: ...
+    beta1: float
+    prior: str
+    seen_mass: float
+    def __init__(self, epochs: _Optional[int] = ..., lr: _Optional[float] = ..., batch_size: _Optional[int] = ..., weight_decay: _Optional[float] = ..., temperature: _Optional[float] = ..., logit_adjustment: _Optional[bool] = ..., logit_adjustment_tau: _Optional[float] = ..., calibration_gamma: _Optional[float] = ..., beta1: _Optional[float] = ..., prior: _Optional[str] = ..., seen_mass: _Optional[float] = ...) -> None: ...
 
 class TrainGZSLRequest(_message.Message):
     __slots__ = ("base_features_uri", "novel_features_uri", "class_names", "text_features", "settings", "seed", "registered_model_name", "experiment")
@@ -300,20 +310,22 @@ class TrainGZSLResult(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelVersion, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ..., seen_indices: _Optional[_Iterable[int]] = ..., novel_indices: _Optional[_Iterable[int]] = ..., n_base: _Optional[int] = ..., n_novel: _Optional[int] = ..., feature_dim: _Optional[int] = ..., final_loss: _Optional[float] = ...) -> None: ...
 
 class EvaluateGZSLRequest(_message.Message):
-    __slots__ = ("classifier", "test_features_uri", "unseen_classes", "unseen_indices", "calibration_gamma", "experiment")
+    __slots__ = ("classifier", "test_features_uri", "unseen_classes", "unseen_indices", "calibration_gamma", "experiment", "alignment_uri")
     CLASSIFIER_FIELD_NUMBER: _ClassVar[int]
     TEST_FEATURES_URI_FIELD_NUMBER: _ClassVar[int]
     UNSEEN_CLASSES_FIELD_NUMBER: _ClassVar[int]
     UNSEEN_INDICES_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_GAMMA_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    ALIGNMENT_URI_FIELD_NUMBER: _ClassVar[int]
     classifier: str
     test_features_uri: str
     unseen_classes: _containers.RepeatedScalarFieldContainer[str]
     unseen_indices: _containers.RepeatedScalarFieldContainer[int]
     calibration_gamma: float
     experiment: str
-    def __init__(self, classifier: _Optional[str] = ..., test_features_uri: _Optional[str] = ..., unseen_classes: _Optional[_Iterable[str]] = ..., unseen_indices: _Optional[_Iterable[int]] = ..., calibration_gamma: _Optional[float] = ..., experiment: _Optional[str] = ...) -> None: ...
+    alignment_uri: str
+    def __init__(self, classifier: _Optional[str] = ..., test_features_uri: _Optional[str] = ..., unseen_classes: _Optional[_Iterable[str]] = ..., unseen_indices: _Optional[_Iterable[int]] = ..., calibration_gamma: _Optional[float] = ..., experiment: _Optional[str] = ..., alignment_uri: _Optional[str] = ...) -> None: ...
 
 class GZSLMetrics(_message.Message):
     __slots__ = ("seen", "unseen", "harmonic")
@@ -326,14 +338,18 @@ class GZSLMetrics(_message.Message):
     def __init__(self, seen: _Optional[float] = ..., unseen: _Optional[float] = ..., harmonic: _Optional[float] = ...) -> None: ...
 
 class BaseNewMetrics(_message.Message):
-    __slots__ = ("base", "new", "harmonic")
+    __slots__ = ("base", "new", "harmonic", "base_per_class", "new_per_class")
     BASE_FIELD_NUMBER: _ClassVar[int]
     NEW_FIELD_NUMBER: _ClassVar[int]
     HARMONIC_FIELD_NUMBER: _ClassVar[int]
+    BASE_PER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    NEW_PER_CLASS_FIELD_NUMBER: _ClassVar[int]
     base: float
     new: float
     harmonic: float
-    def __init__(self, base: _Optional[float] = ..., new: _Optional[float] = ..., harmonic: _Optional[float] = ...) -> None: ...
+    base_per_class: float
+    new_per_class: float
+    def __init__(self, base: _Optional[float] = ..., new: _Optional[float] = ..., harmonic: _Optional[float] = ..., base_per_class: _Optional[float] = ..., new_per_class: _Optional[float] = ...) -> None: ...
 
 class EvaluateGZSLResult(_message.Message):
     __slots__ = ("gzsl", "base_to_new", "class_names", "per_class_accuracy", "support", "seen_indices", "unseen_indices", "n_samples", "classifier", "mlflow_run_id")
@@ -360,7 +376,7 @@ class EvaluateGZSLResult(_message.Message):
     def __init__(self, gzsl: _Optional[_Union[GZSLMetrics, _Mapping]] = ..., base_to_new: _Optional[_Union[BaseNewMetrics, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ..., per_class_accuracy: _Optional[_Iterable[float]] = ..., support: _Optional[_Iterable[int]] = ..., seen_indices: _Optional[_Iterable[int]] = ..., unseen_indices: _Optional[_Iterable[int]] = ..., n_samples: _Optional[int] = ..., classifier: _Optional[_Union[ModelVersion, _Mapping]] = ..., mlflow_run_id: _Optional[str] = ...) -> None: ...
 
 class FineTuneSettings(_message.Message):
-    __slots__ = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "logit_scale", "val_fraction", "select_every", "normalize_features", "ctx_init", "template", "reduction", "ratio", "init_alpha", "init_beta", "adamw_eps", "search_alpha_max", "search_alpha_steps", "search_beta_max", "search_beta_steps", "cache_synthetic_per_class")
+    __slots__ = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "logit_scale", "val_fraction", "select_every", "normalize_features", "ctx_init", "template", "reduction", "ratio", "init_alpha", "init_beta", "adamw_eps", "search_alpha_max", "search_alpha_steps", "search_beta_max", "search_beta_steps", "cache_synthetic_per_class", "tip_adapter_preset")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
@@ -382,6 +398,7 @@ class FineTuneSettings(_message.Message):
     SEARCH_BETA_MAX_FIELD_NUMBER: _ClassVar[int]
     SEARCH_BETA_STEPS_FIELD_NUMBER: _ClassVar[int]
     CACHE_SYNTHETIC_PER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    TIP_ADAPTER_PRESET_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     batch_size: int
     lr: float
@@ -403,7 +420,8 @@ class FineTuneSettings(_message.Message):
     search_beta_max: float
     search_beta_steps: int
     cache_synthetic_per_class: int
-    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., logit_scale: _Optional[float] = ..., val_fraction: _Optional[float] = ..., select_every: _Optional[int] = ..., normalize_features: _Optional[bool] = ..., ctx_init: _Optional[str] = ..., template: _Optional[str] = ..., reduction: _Optional[int] = ..., ratio: _Optional[float] = ..., init_alpha: _Optional[float] = ..., init_beta: _Optional[float] = ..., adamw_eps: _Optional[float] = ..., search_alpha_max: _Optional[float] = ..., search_alpha_steps: _Optional[int] = ..., search_beta_max: _Optional[float] = ..., search_beta_steps: _Optional[int] = ..., cache_synthetic_per_class: _Optional[int] = ...) -> None: ...
+    tip_adapter_preset: str
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., logit_scale: _Optional[float] = ..., val_fraction: _Optional[float] = ..., select_every: _Optional[int] = ..., normalize_features: _Optional[bool] = ..., ctx_init: _Optional[str] = ..., template: _Optional[str] = ..., reduction: _Optional[int] = ..., ratio: _Optional[float] = ..., init_alpha: _Optional[float] = ..., init_beta: _Optional[float] = ..., adamw_eps: _Optional[float] = ..., search_alpha_max: _Optional[float] = ..., search_alpha_steps: _Optional[int] = ..., search_beta_max: _Optional[float] = ..., search_beta_steps: _Optional[int] = ..., cache_synthetic_per_class: _Optional[int] = ..., tip_adapter_preset: _Optional[str] = ...) -> None: ...
 
 class FineTuneRequest(_message.Message):
     __slots__ = ("base_features_uri", "novel_features_uri", "class_names", "method", "settings", "seed", "registered_model_name", "experiment")
