@@ -1,4 +1,5 @@
-"""DFZSL recovery core: ground-truth recovery, held-out selection by copy, hooks and input validation."""
+"""DFZSL recovery core: ground-truth recovery, held-out selection by copy, hooks, the released per-dataset presets,
+the vMF sampler option and input validation."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sklearn.linear_model import LogisticRegression
 
 from zsc_services.recovery.core.recover import (
     MAX_SAMPLES_PER_CLASS,
+    PRESETS,
     CosineTeacher,
     LinearTeacher,
     RecoveryCancelled,
@@ -280,6 +282,9 @@ GOOD_T = torch.randn(4, 8, generator=torch.Generator().manual_seed(10))
         (lambda: RecoveryConfig(theta=0.0), "theta"),
         (lambda: RecoveryConfig(epochs=-1), "epochs"),
         (lambda: RecoveryConfig(lr=math.nan), "lr"),
+        (lambda: RecoveryConfig(sampler="wood"), "unknown vMF sampler 'wood'"),
+        (lambda: RecoveryConfig.from_preset("awa"), "unknown recovery preset 'awa'; choose one of awa2, cub"),
+        (lambda: RecoveryConfig.from_preset("cub", theta=-1.0), "theta must be finite and > 0"),
     ],
 )
 def test_bad_input_raises_one_line_value_error(make, message: str) -> None:
@@ -293,3 +298,80 @@ def test_config_mutated_after_construction_is_revalidated() -> None:
     config.kappa_policy = "nope"
     with pytest.raises(ValueError, match="unknown kappa policy"):
         recover(CosineTeacher(GOOD_W), GOOD_T, config)
+
+
+# (epochs, lr, theta, num) read off github:ylong4/DFZSL vdm/configs/<file>.yaml (file named in each comment).
+RELEASED_CONFIGS = {
+    "awa2": (1000, 3e-3, 1.0, 600),  # AWA2.yaml
+    "cub": (1000, 1.5e-3, 1.0, 100),  # CUB.yaml
+    "sun": (1500, 1e-3, 1.0, 50),  # SUN.yaml
+    "flo": (1000, 1e-3, 1.0, 100),  # FLO.yaml
+    "apy": (1000, 3e-3, 1.0, 100),  # APY.yaml
+    "imagenet": (1000, 3e-3, 1.0, 200),  # imagenet.yaml
+    "caltech101": (500, 3e-3, 1.0, 100),  # caltech-101.yaml
+    "oxfordpets": (1000, 3e-3, 5.0, 200),  # OxfordPets.yaml
+    "stanfordcars": (1000, 3e-3, 1.0, 100),  # stanford_cars.yaml
+    "flowers102": (1000, 1e-3, 1.0, 100),  # 102flowers.yaml
+    "food101": (1500, 1e-3, 1.0, 700),  # food-101.yaml
+    "fgvcaircraft": (1000, 3e-3, 0.02, 200),  # fgvc_aircraft.yaml
+    "sun397": (1000, 1.5e-3, 1.0, 100),  # SUN397.yaml
+    "dtd": (1000, 3e-3, 1.0, 100),  # dtd.yaml
+    "eurosat": (1000, 3e-3, 1.0, 2000),  # EuroSAT.yaml
+    "ucf101": (1500, 1e-3, 1.0, 100),  # UCF101.yaml
+}
+
+
+def test_presets_are_the_released_configs_and_fields_override_them() -> None:
+    assert set(PRESETS) == set(RELEASED_CONFIGS)
+    shared = RecoveryConfig()  # what every released config shares, and zsc's exact sampler
+    assert (shared.epochs, shared.lr, shared.theta, shared.num) == (1000, 3e-3, 1.0, 100)
+    assert (shared.nsample, shared.weight_decay, shared.lr_gamma, shared.lr_power) == (50, 5e-4, 1e-3, 0.75)
+    assert shared.sampler == "exact"
+    for name, expected in RELEASED_CONFIGS.items():
+        config = RecoveryConfig.from_preset(name)
+        assert (config.epochs, config.lr, config.theta, config.num) == expected, name
+        assert (config.nsample, config.weight_decay, config.sampler) == (50, 5e-4, "exact"), name
+    mixed = RecoveryConfig.from_preset("sun", num=7, sampler="authors", seed=4)
+    got = (mixed.epochs, mixed.lr, mixed.theta, mixed.num, mixed.sampler, mixed.seed)
+    assert got == (1500, 1e-3, 1.0, 7, "authors", 4)
+
+
+def test_preset_theta_scales_the_angular_kappa() -> None:
+    text = torch.randn(5, 16, generator=torch.Generator().manual_seed(1))
+    teacher = CosineTeacher(torch.randn(5, 16, generator=torch.Generator().manual_seed(2)))
+    base = VmfRecovery(teacher, text, RecoveryConfig.from_preset("cub", epochs=0)).kappa
+    assert VmfRecovery(teacher, text, RecoveryConfig.from_preset("oxfordpets", epochs=0)).kappa == pytest.approx(
+        5.0 * base
+    )
+    assert VmfRecovery(teacher, text, RecoveryConfig.from_preset("fgvcaircraft", epochs=0)).kappa == pytest.approx(
+        0.02 * base
+    )
+
+
+@pytest.mark.parametrize("sampler", ["exact", "authors"])
+def test_the_sampler_option_reaches_every_draw(sampler: str) -> None:
+    g = torch.Generator().manual_seed(5)
+    weight, text = torch.randn(4, 64, generator=g), torch.randn(4, 64, generator=g)
+    config = RecoveryConfig(
+        kappa_policy="fixed", kappa=300.0, epochs=0, num=30, val_samples=9, trusted=False, sampler=sampler
+    )
+    rec = VmfRecovery(CosineTeacher(weight), text, config)
+    result = rec.fit()  # epochs = 0: the final draw (seed + 2) around the init
+    mu = result.mu
+
+    def draw(n: int, seed: int) -> torch.Tensor:
+        return sample_vmf(mu, 300.0, n, torch.Generator().manual_seed(seed), sampler=sampler).reshape(-1, 64)
+
+    assert torch.equal(result.features, draw(30, config.seed + 2))
+    held_out = draw(9, config.seed + 1)
+    expected = F.mse_loss(held_out @ mu.T, F.normalize(held_out, dim=1) @ F.normalize(weight, dim=1).T)
+    assert rec.validation_loss(mu) == pytest.approx(expected.item(), rel=1e-6)
+    x = draw(config.nsample, config.seed)  # the first training step's draw
+    expected = F.mse_loss(x @ mu.T, F.normalize(x, dim=1) @ F.normalize(weight, dim=1).T)
+    assert VmfRecovery(CosineTeacher(weight), text, config).step().item() == pytest.approx(expected.item(), rel=1e-5)
+    # and the two samplers differ at this kappa (D = 64, kappa = 300 > 10), so the comparison above can fail
+    other = "exact" if sampler == "authors" else "authors"
+    assert not torch.equal(
+        result.features,
+        sample_vmf(mu, 300.0, 30, torch.Generator().manual_seed(config.seed + 2), sampler=other).reshape(-1, 64),
+    )

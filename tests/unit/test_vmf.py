@@ -1,4 +1,5 @@
-"""von Mises–Fisher helpers and sampler against closed forms, mpmath, scipy.special.ive and scipy.stats."""
+"""von Mises–Fisher helpers and sampler against closed forms, mpmath, scipy.special.ive and scipy.stats, and the
+authors' sampler option against the released DFZSL sampler's measured mean cosines."""
 
 from __future__ import annotations
 
@@ -348,6 +349,65 @@ def test_rejection_round_guard_raises_a_clear_error(n: int) -> None:
             sample_vmf(mu, 10.0, n, torch.Generator().manual_seed(0), max_rounds=1)
     finally:
         torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------- the released DFZSL sampler (sampler="authors")
+
+# Mean cosine to mu at D = 512: (methods.md's figure, to 2 decimals; the released hyperspherical_vae sampler itself,
+# run in float32 as the authors run it, over 200,000 draws: standard error <= 1e-4).
+RELEASED_MEAN_COS = {10.5: (None, -0.73488), 100.0: (-0.12, -0.12163), 200.0: (0.22, 0.22003), 400.0: (0.52, 0.51506)}
+
+
+def _mean_cos_and_se(x: torch.Tensor, mu: torch.Tensor) -> tuple[float, float]:
+    w = torch.einsum("cnd,cd->cn", x.double(), mu.double()).flatten()
+    return w.mean().item(), w.std().item() / math.sqrt(w.numel())
+
+
+@pytest.mark.parametrize("kappa", sorted(RELEASED_MEAN_COS))
+def test_authors_sampler_reproduces_the_released_mean_cosine(kappa: float) -> None:
+    mu = _unit_rows(50, 512, seed=21)
+    x = sample_vmf(mu, kappa, 400, torch.Generator().manual_seed(8), sampler="authors")
+    mean, se = _mean_cos_and_se(x, mu)
+    documented, released = RELEASED_MEAN_COS[kappa]
+    assert abs(mean - released) < 5 * math.hypot(se, 1e-4), (mean, released, se)
+    if documented is not None:
+        assert abs(mean - documented) < 0.005 + 5 * se, (mean, documented)
+    # the bias itself: far below the exact mean, so this test fails for an exact sampler
+    assert mean < mean_resultant_length(kappa, 512).item() - 0.03
+    torch.testing.assert_close(torch.linalg.vector_norm(x, dim=-1), torch.ones(50, 400, dtype=torch.float64))
+
+
+def test_authors_sampler_is_exact_up_to_kappa_10_and_at_d3() -> None:
+    # D = 3: the release draws the cosine by its exact inverse CDF, so "authors" is the exact sampler there
+    mu3 = _unit_rows(2, 3, seed=1)
+    exact3 = sample_vmf(mu3, 500.0, 100, torch.Generator().manual_seed(0))
+    assert torch.equal(sample_vmf(mu3, 500.0, 100, torch.Generator().manual_seed(0), sampler="authors"), exact3)
+    mu = _unit_rows(1, 64, seed=2)
+    for kappa in (1.0, 10.0):  # the Taylor form only starts past kappa = 10
+        authors = sample_vmf(mu, kappa, 20000, torch.Generator().manual_seed(1), sampler="authors")
+        mean, se = _mean_cos_and_se(authors, mu)
+        assert abs(mean - mean_resultant_length(kappa, 64).item()) < 5 * se
+        exact = sample_vmf(mu, kappa, 20000, torch.Generator().manual_seed(2))
+        assert scipy.stats.ks_2samp((authors[0] @ mu[0]).numpy(), (exact[0] @ mu[0]).numpy()).pvalue > 1e-3
+
+
+def test_authors_sampler_on_blocks_and_threads_and_gradients() -> None:
+    # 5000 x 512 = 2.56M elements: the blocked CPU path; the seed gives the same draws on 1 and 2 threads
+    mu = _unit_rows(1, 512, seed=6)
+    one = sample_vmf(mu, 200.0, 5000, torch.Generator().manual_seed(3), sampler="authors")
+    torch.set_num_threads(2)
+    try:
+        two = sample_vmf(mu, 200.0, 5000, torch.Generator().manual_seed(3), sampler="authors")
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(one, two)
+    mean, se = _mean_cos_and_se(one, mu)
+    assert abs(mean - RELEASED_MEAN_COS[200.0][1]) < 5 * math.hypot(se, 1e-4)
+    leaf = _unit_rows(3, 16, seed=0).requires_grad_(True)
+    sample_vmf(leaf, 50.0, 10, torch.Generator().manual_seed(0), sampler="authors").sum().backward()
+    assert leaf.grad is not None and float(leaf.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="unknown vMF sampler 'released'; expected one of exact, authors"):
+        sample_vmf(mu, 1.0, 3, sampler="released")
 
 
 @pytest.mark.gpu

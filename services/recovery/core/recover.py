@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from .vmf import sample_vmf
+from .vmf import SAMPLERS, sample_vmf
 
 __all__ = [
     "KAPPA_POLICIES",
     "MAX_SAMPLES_PER_CLASS",
+    "PRESETS",
+    "SAMPLERS",
     "CosineTeacher",
     "LinearTeacher",
+    "Preset",
     "RecoveryCancelled",
     "RecoveryConfig",
     "RecoveryResult",
@@ -144,9 +147,48 @@ def angular_kappa(prototypes: torch.Tensor, theta: float = 1.0) -> float:
     return kappa
 
 
+@dataclass(frozen=True)
+class Preset:
+    """The settings one released DFZSL config (``vdm/configs/<dataset>.yaml``) changes from the defaults."""
+
+    epochs: int
+    lr: float
+    theta: float
+    num: int
+
+
+# github:ylong4/DFZSL vdm/configs/<file>.yaml, vdm.simulator.{epochs, optimconf.lr} and vdm.{theta, num}. Every config
+# shares the rest (nsample 50, Adam, weight decay 5e-4, the stepwise schedule), which are RecoveryConfig's defaults.
+PRESETS: dict[str, Preset] = {
+    # GZSL benchmarks
+    "awa2": Preset(epochs=1000, lr=3e-3, theta=1.0, num=600),  # AWA2.yaml
+    "cub": Preset(epochs=1000, lr=1.5e-3, theta=1.0, num=100),  # CUB.yaml
+    "sun": Preset(epochs=1500, lr=1e-3, theta=1.0, num=50),  # SUN.yaml
+    "flo": Preset(epochs=1000, lr=1e-3, theta=1.0, num=100),  # FLO.yaml
+    "apy": Preset(epochs=1000, lr=3e-3, theta=1.0, num=100),  # APY.yaml
+    # base-to-new
+    "imagenet": Preset(epochs=1000, lr=3e-3, theta=1.0, num=200),  # imagenet.yaml
+    "caltech101": Preset(epochs=500, lr=3e-3, theta=1.0, num=100),  # caltech-101.yaml
+    "oxfordpets": Preset(epochs=1000, lr=3e-3, theta=5.0, num=200),  # OxfordPets.yaml
+    "stanfordcars": Preset(epochs=1000, lr=3e-3, theta=1.0, num=100),  # stanford_cars.yaml
+    "flowers102": Preset(epochs=1000, lr=1e-3, theta=1.0, num=100),  # 102flowers.yaml
+    "food101": Preset(epochs=1500, lr=1e-3, theta=1.0, num=700),  # food-101.yaml
+    "fgvcaircraft": Preset(epochs=1000, lr=3e-3, theta=0.02, num=200),  # fgvc_aircraft.yaml
+    "sun397": Preset(epochs=1000, lr=1.5e-3, theta=1.0, num=100),  # SUN397.yaml
+    "dtd": Preset(epochs=1000, lr=3e-3, theta=1.0, num=100),  # dtd.yaml
+    "eurosat": Preset(epochs=1000, lr=3e-3, theta=1.0, num=2000),  # EuroSAT.yaml
+    "ucf101": Preset(epochs=1500, lr=1e-3, theta=1.0, num=100),  # UCF101.yaml
+}
+
+
 @dataclass
 class RecoveryConfig:
-    """Recovery settings; defaults are the DFZSL authors' (one epoch = one optimizer step on a fresh draw)."""
+    """Recovery settings (one epoch = one optimizer step on a fresh draw).
+
+    Defaults are the values the DFZSL authors' released configs share, except the vMF sampler: zsc draws exact vMF
+    samples by default, and ``sampler="authors"`` reproduces the released, biased one. ``from_preset`` gives one
+    dataset's released config.
+    """
 
     kappa_policy: str = "angular"  # "angular" (paper) or "fixed"
     theta: float = 1.0  # angular policy: kappa = max_c kappa_c * theta
@@ -164,14 +206,24 @@ class RecoveryConfig:
     val_samples: int = 50  # held-out virtual samples per class for model selection
     eval_every: int = 10  # steps between held-out evaluations (the init and the last step are always evaluated)
     log_every: int = 10  # steps between on_step calls (the last step always reports)
+    sampler: str = "exact"  # "exact" (Wood) or "authors" (the released Taylor-form sampler, biased for kappa > 10)
 
     def __post_init__(self) -> None:
         self.validate()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> RecoveryConfig:
+        """The released config of one dataset (see PRESETS); keyword arguments override its fields."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown recovery preset {name[:40]!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**{**asdict(PRESETS[name]), **overrides})
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message on any bad setting."""
         if self.kappa_policy not in KAPPA_POLICIES:
             raise ValueError(f"unknown kappa policy {self.kappa_policy!r}; expected one of {KAPPA_POLICIES}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown vMF sampler {self.sampler!r}; expected one of {SAMPLERS}")
         if self.kappa_policy == "fixed":
             if self.kappa is None or not math.isfinite(self.kappa) or self.kappa <= 0:
                 raise ValueError(f"the fixed kappa policy needs a finite kappa > 0, got {self.kappa}")
@@ -314,7 +366,8 @@ class VmfRecovery:
     def step(self) -> torch.Tensor:
         """One optimizer step on a fresh reparameterized draw; returns the detached loss (no host sync)."""
         mu = F.normalize(self.raw, dim=1)
-        x = sample_vmf(mu, self.kappa, self.config.nsample, self._train_gen).reshape(-1, self.dim)
+        x = sample_vmf(mu, self.kappa, self.config.nsample, self._train_gen, sampler=self.config.sampler)
+        x = x.reshape(-1, self.dim)
         loss = self._loss(x, mu)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -327,7 +380,9 @@ class VmfRecovery:
     def validation_loss(self, mu: torch.Tensor) -> float:
         """Loss of unit means `mu` on the held-out draw: same seeded noise at every call, so calls are comparable."""
         self._val_gen.manual_seed(self._val_seed)
-        x = sample_vmf(mu.to(self.dtype), self.kappa, self.config.val_samples, self._val_gen).reshape(-1, self.dim)
+        cfg = self.config
+        x = sample_vmf(mu.to(self.dtype), self.kappa, cfg.val_samples, self._val_gen, sampler=cfg.sampler)
+        x = x.reshape(-1, self.dim)
         loss = float(self._loss(x, mu.to(self.dtype)))
         if not math.isfinite(loss):
             raise ValueError("held-out loss is not finite; the teacher returned NaN or Inf logits")
@@ -350,7 +405,7 @@ class VmfRecovery:
         """Draw `num` samples per class from vMF(mu, kappa); returns (features, labels, kept_fraction, agreement)."""
         cfg = self.config
         gen = torch.Generator(device=self.device).manual_seed(self._final_seed)
-        x = sample_vmf(mu.to(self.dtype), self.kappa, cfg.num, gen).reshape(-1, self.dim)
+        x = sample_vmf(mu.to(self.dtype), self.kappa, cfg.num, gen, sampler=cfg.sampler).reshape(-1, self.dim)
         labels = self._labels(cfg.num)
         pred = torch.cat([self.teacher(chunk).argmax(dim=1) for chunk in x.split(_TEACHER_CHUNK)])
         agree = pred == labels

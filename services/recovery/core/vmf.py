@@ -2,7 +2,8 @@
 
 The sampler follows Wood (1994): draw the cosine w = mu^T x by rejection sampling, draw a uniform direction in the
 tangent space of e1, then map e1 to mu with a Householder reflection. Only the reflection depends on mu, so the
-samples are differentiable with respect to mu (kappa receives no gradient).
+samples are differentiable with respect to mu (kappa receives no gradient). ``sampler="authors"`` draws the cosine
+as the released DFZSL code does instead (a Taylor-form envelope, biased for kappa > 10), to reproduce its numbers.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ import numpy as np
 import torch
 
 __all__ = [
+    "SAMPLERS",
     "log_bessel_iv",
     "mean_resultant_length",
     "sample_vmf",
     "vmf_log_normalizer",
     "vmf_sample_loop_reference",
 ]
+
+# "exact": Wood (1994). "authors": the released DFZSL sampler (hyperspherical_vae), biased for kappa > 10.
+SAMPLERS = ("exact", "authors")
 
 # CPU draws larger than this many elements are split into blocks with their own generators (see sample_vmf).
 # Fixed, so the samples of a seed do not depend on the thread count.
@@ -149,17 +154,40 @@ def _check_dim(dim: int) -> None:
         raise ValueError(f"the vMF needs an integer dimension D >= 2, got {dim}")
 
 
-def _sample_w(kappa: torch.Tensor, dim: int, generator: torch.Generator | None, max_rounds: int) -> torch.Tensor:
+def _authors_envelope(kappa: torch.Tensor, m1: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(b, a, d) of the released DFZSL sampler (``hyperspherical_vae/distributions/von_mises_fisher.py``).
+
+    Wood's envelope in his original (a, b, d) form, except that for kappa > 11 b is the Taylor form (D-1) / (4 kappa),
+    linearly blended with the exact b for 10 < kappa < 11. a and d keep the exact constants, so past kappa = 10 the
+    acceptance test no longer matches the proposal and the draws are not vMF: at D = 512 the mean cosine is about
+    -0.12 for kappa = 100 (exact: 0.188), 0.22 for 200 (0.344), 0.52 for 400 (0.548).
+    """
+    c = torch.sqrt(4.0 * kappa * kappa + m1 * m1)
+    b_exact = m1 / (2.0 * kappa + c)  # the release writes (c - 2 kappa) / m1: the same value, without cancellation
+    blend = (kappa - 10.0).clamp(0.0, 1.0)
+    b = m1 / (4.0 * kappa) * blend + b_exact * (1.0 - blend)
+    a = (m1 + 2.0 * kappa + c) / 4.0
+    d = 4.0 * a * b / (1.0 + b) - m1 * math.log(m1)
+    return b, a, d
+
+
+def _sample_w(
+    kappa: torch.Tensor, dim: int, generator: torch.Generator | None, max_rounds: int, sampler: str = "exact"
+) -> torch.Tensor:
     """Wood's rejection sampler for 1 - w, w = mu^T x: one draw per entry of ``kappa`` ([m] float64 -> [m] float64).
 
     Returns 1 - w rather than w because w is within ~D/kappa of 1 and its complement carries the precision.
-    Each round redraws only the entries still rejected.
+    Each round redraws only the entries still rejected. ``sampler="authors"`` swaps in the released envelope and
+    acceptance test (see _authors_envelope); the proposal and the random draws are the same.
     """
     m1 = float(dim - 1)
-    b = m1 / (2.0 * kappa + torch.sqrt(4.0 * kappa * kappa + m1 * m1))
-    x0 = (1.0 - b) / (1.0 + b)
-    one_minus_x0 = 2.0 * b / (1.0 + b)
-    log_1mx0sq = torch.log(one_minus_x0) + torch.log1p(x0)
+    if sampler == "authors":
+        b, a, d = _authors_envelope(kappa, m1)
+    else:
+        b = m1 / (2.0 * kappa + torch.sqrt(4.0 * kappa * kappa + m1 * m1))
+        x0 = (1.0 - b) / (1.0 + b)
+        one_minus_x0 = 2.0 * b / (1.0 + b)
+        log_1mx0sq = torch.log(one_minus_x0) + torch.log1p(x0)
 
     omw = torch.empty_like(kappa)
     pending = torch.arange(kappa.numel(), device=kappa.device)
@@ -172,11 +200,16 @@ def _sample_w(kappa: torch.Tensor, dim: int, generator: torch.Generator | None, 
         g2 = torch._standard_gamma(alpha[:todo], generator=generator)
         z = g1 / (g1 + g2)  # Beta((D-1)/2, (D-1)/2)
         u = torch.rand(todo, dtype=torch.float64, device=kappa.device, generator=generator)
-        bc, kc, x0c, omx0c = b[pending], kappa[pending], x0[pending], one_minus_x0[pending]
+        bc = b[pending]
         denom = 1.0 - (1.0 - bc) * z
         omw_c = 2.0 * bc * z / denom
-        # kappa w + m1 log(1 - x0 w) - c, rewritten with 1 - w and 1 - x0 to avoid cancelling large terms.
-        score = kc * (omx0c - omw_c) + m1 * (torch.log(omx0c + x0c * omw_c) - log_1mx0sq[pending])
+        if sampler == "authors":
+            t = 2.0 * a[pending] * bc / denom
+            score = m1 * torch.log(t) - t + d[pending]
+        else:
+            kc, x0c, omx0c = kappa[pending], x0[pending], one_minus_x0[pending]
+            # kappa w + m1 log(1 - x0 w) - c, rewritten with 1 - w and 1 - x0 to avoid cancelling large terms.
+            score = kc * (omx0c - omw_c) + m1 * (torch.log(omx0c + x0c * omw_c) - log_1mx0sq[pending])
         accept = score >= torch.log(u)
         omw[pending[accept]] = omw_c[accept]
         pending = pending[~accept]
@@ -248,6 +281,7 @@ def sample_vmf(
     n: int,
     generator: torch.Generator | None = None,
     max_rounds: int = 64,
+    sampler: str = "exact",
 ) -> torch.Tensor:
     """Draw n reparameterized samples from vMF(mu_c, kappa_c) for every row c of mu.
 
@@ -257,6 +291,10 @@ def sample_vmf(
         n: samples per class.
         generator: a torch.Generator on mu's device, for reproducible draws.
         max_rounds: rejection rounds before giving up with RuntimeError.
+        sampler: "exact" (Wood's algorithm, the default) or "authors": the released DFZSL sampler's cosine draw,
+            whose Taylor-form envelope biases the cosine for kappa > 10 (see _authors_envelope). The paper's numbers
+            come from it; it matches "exact" for kappa <= 10 and for D = 3, where the release draws the cosine in
+            closed form.
 
     Returns:
         [C, n, D] samples on the sphere; gradients flow to mu through the Householder reflection.
@@ -267,6 +305,10 @@ def sample_vmf(
     _check_dim(dim)
     if int(n) != n or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown vMF sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    if dim == 3:
+        sampler = "exact"  # the release's D = 3 branch is the exact inverse CDF
     n = int(n)
     norms = torch.linalg.vector_norm(mu.detach(), dim=1)
     tol = 1e-3 if mu.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-6
@@ -285,7 +327,7 @@ def sample_vmf(
     samples = torch.empty(count, n, dim, dtype=mu.dtype, device=mu.device)
     if mu.device.type != "cpu" or samples.numel() <= _NORMAL_BLOCK:
         # One stream: CUDA generators are counter-based and parallel, and a small CPU draw is quick either way.
-        omw = _sample_w(kappa_rows, dim, generator, max_rounds).view(count, n)
+        omw = _sample_w(kappa_rows, dim, generator, max_rounds, sampler).view(count, n)
         # Fill the whole buffer (normal_ on the strided tangent slice is ~10x slower); the e1 column is reset after.
         return _reflect(_to_sphere_around_e1_(samples.normal_(generator=generator), omw), v, coef)
 
@@ -299,7 +341,8 @@ def sample_vmf(
     omw_parts: list[torch.Tensor] = [kappa_rows[:0]] * len(w_groups)
 
     def draw_w(i: int) -> None:
-        omw_parts[i] = _sample_w(w_groups[i], dim, torch.Generator().manual_seed(seeds[i]), max_rounds)
+        generator_i = torch.Generator().manual_seed(seeds[i])
+        omw_parts[i] = _sample_w(w_groups[i], dim, generator_i, max_rounds, sampler)
 
     _run_blocks(draw_w, len(w_groups))
     omw = torch.cat(omw_parts).view(count, n)
