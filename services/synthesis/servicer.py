@@ -261,6 +261,7 @@ class SynthesisServicer(pb_grpc.SynthesisServicer):
             default_domains=list(planner.DEFAULT_DOMAINS),
             domain_sets={name: pb.DomainList(domains=list(d)) for name, d in planner.DOMAIN_SETS.items()},
             templates=dict(planner.TEMPLATES),
+            image_templates=dict(planner.IMAGE_TEMPLATES),
             schedulers=list(SCHEDULERS),
             downsamplers=list(DOWNSAMPLERS),
             default_steps=GENERATION_DEFAULTS.steps,
@@ -309,6 +310,7 @@ def build_request(
         guidance_scale=tricks.guidance_scale if tricks.HasField("guidance_scale") else None,
         guidance_range=guidance_range,
         negative_prompt=request.generation.negative_prompt,
+        image_template=tricks.image_template or None,
         generation=_generation(request.generation, request.resolution),
     )
 

@@ -55,6 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--template", default="", help="multidomain template: multidomain, satellite, or text with {class} and {domain}"
     )
+    p.add_argument(
+        "--image-template",
+        default="",
+        help="prompt of random_guidance / fixed_guidance alone: image_of ('an image of {class}', the released code's; "
+        "default), image_of_a ('an image of a {class}', the paper's), or text with {class}",
+    )
     p.add_argument("--guidance-range", nargs=2, type=float, metavar=("LO", "HI"), help="random guidance (default 1 5)")
     p.add_argument("--guidance", type=float, help="fixed guidance scale (default 7.5)")
     p.add_argument("--negative-prompt", default="")
@@ -140,7 +146,9 @@ def parse_classes(value: str, describe: list[str]) -> list[pb.ClassSpec]:
 
 def parse_tricks(args: argparse.Namespace) -> pb.TrickSpec:
     """--tricks and its knobs; "A;B=0.3" style values become an explicit merge with shares."""
-    spec = pb.TrickSpec(domains=args.domains, domain_set=args.domain_set, template=args.template)
+    spec = pb.TrickSpec(
+        domains=args.domains, domain_set=args.domain_set, template=args.template, image_template=args.image_template
+    )
     if ";" in args.tricks:
         components = [c.strip() for c in args.tricks.split(";") if c.strip()]
         with_share = ["=" in c for c in components]

@@ -382,6 +382,7 @@ def test_list_tricks_reports_the_planner_and_the_caps(channel) -> None:
     assert next(t for t in reply.tricks if t.name == "merged").kind == pb.MIX
     assert list(reply.default_domains) == list(planner.DEFAULT_DOMAINS)
     assert reply.templates["satellite"] == "a satellite photo of a {class} in the style of a {domain}"
+    assert dict(reply.image_templates) == {"image_of": "an image of {class}", "image_of_a": "an image of a {class}"}
     assert {"ddim", "dpm++"} <= set(reply.schedulers) and reply.default_scheduler == "ddim"
     assert (reply.default_guidance_range.lo, reply.default_guidance_range.hi) == (1.0, 5.0)
     assert (reply.default_steps, reply.default_batch_size, reply.max_images_per_class) == (40, 8, CAP)
@@ -478,7 +479,14 @@ def test_cli_parses_class_files_descriptions_and_merges(tmp_path: Path) -> None:
         ("cat", ""),
         ("ship", "a sailing ship"),
     ]
-    knobs = {"domains": [], "domain_set": "", "template": "satellite", "guidance": None, "guidance_range": [2.0, 3.0]}
+    knobs = {
+        "domains": [],
+        "domain_set": "",
+        "template": "satellite",
+        "image_template": "",
+        "guidance": None,
+        "guidance_range": [2.0, 3.0],
+    }
     spec = parse_tricks(argparse.Namespace(tricks="class_prompt=0.25;multidomain,random_guidance=0.75", **knobs))
     assert [(m.tricks, m.share) for m in spec.merge] == [("class_prompt", 0.25), ("multidomain,random_guidance", 0.75)]
     assert (spec.template, spec.guidance_range.lo, spec.guidance_range.hi) == ("satellite", 2.0, 3.0)
@@ -487,6 +495,11 @@ def test_cli_parses_class_files_descriptions_and_merges(tmp_path: Path) -> None:
     plan = servicer.build_request(request, CAP, CAP).plan()
     assert "a satellite photo of a crane, a bird in the style of a photo" in {j.prompt for j in plan}
     assert {j.trick for j in plan} == {"class_prompt", "multidomain+random_guidance"}
+    wording = pb.TrickSpec(tricks="random_guidance", image_template="image_of_a")
+    request = pb.GenerateDatasetRequest(classes=specs, images_per_class=1, tricks=wording)
+    assert servicer.build_request(request, CAP, CAP).plan()[0].prompt == "an image of a crane, a bird"
+    request.tricks.image_template = ""
+    assert servicer.build_request(request, CAP, CAP).plan()[0].prompt == "an image of crane, a bird"
 
 
 def test_cli_bad_input_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from zsc_services.synthesis.core.planner import (
     DEFAULT_DOMAINS,
+    IMAGE_TEMPLATES,
     TEMPLATES,
     TRICKS,
     ClassSpec,
@@ -98,10 +99,11 @@ def test_trick_prompts_and_combination_semantics():
         "crane",
         "crane/00000.png",
     )
+    # the released create_dataset.py's random-scale prompt: f"an image of {c}", no article
     [rg] = make_plan(["cat"], 1, "random_guidance")
-    assert rg.prompt == "an image of a cat" and 1.0 <= rg.guidance <= 5.0 and rg.trick == "random_guidance"
+    assert rg.prompt == "an image of cat" and 1.0 <= rg.guidance <= 5.0 and rg.trick == "random_guidance"
     [fixed] = make_plan(["cat"], 1, parse_tricks("fixed_guidance", guidance_scale=3.0))
-    assert (fixed.prompt, fixed.guidance) == ("an image of a cat", 3.0)
+    assert (fixed.prompt, fixed.guidance) == ("an image of cat", 3.0)
     combo = make_plan(["cat"], 20, "multidomain,random_guidance", seed=1)
     assert combo == make_plan(["cat"], 20, "random_guidance+multidomain", seed=1)
     assert {j.trick for j in combo} == {"multidomain+random_guidance"}
@@ -109,6 +111,23 @@ def test_trick_prompts_and_combination_semantics():
     assert len({j.guidance for j in combo}) == 20
     class_rg = make_plan(["cat"], 5, "class_prompt,random_guidance")
     assert all(j.prompt == "cat" and j.guidance != 7.5 for j in class_rg)
+
+
+def test_image_templates_name_the_paper_and_released_wordings():
+    assert IMAGE_TEMPLATES == {"image_of": "an image of {class}", "image_of_a": "an image of a {class}"}
+    [paper] = make_plan(["cat"], 1, parse_tricks("random_guidance", image_template="image_of_a"))
+    assert paper.prompt == "an image of a cat"
+    [literal] = make_plan(
+        [ClassSpec("crane", "crane, a bird")], 1, parse_tricks("fixed_guidance", image_template="a {class}")
+    )
+    assert literal.prompt == "a crane, a bird"
+    # a merge: the knob reaches the component without a prompt trick only; the guidance is unchanged
+    mix = parse_tricks([("multidomain", 0.5), ("random_guidance", 0.5)], image_template="image_of_a")
+    plan = make_plan(["cat"], 4, mix, seed=3)
+    assert {j.prompt for j in plan if j.trick == "random_guidance"} == {"an image of a cat"}
+    assert all(j.prompt.endswith("of a cat") and j.domain for j in plan if j.trick == "multidomain")
+    default = make_plan(["cat"], 4, [("multidomain", 0.5), ("random_guidance", 0.5)], seed=3)
+    assert [j.guidance for j in plan] == [j.guidance for j in default]
 
 
 def test_custom_and_satellite_templates_and_domains():
@@ -161,6 +180,7 @@ def test_list_tricks_describes_defaults():
     assert tricks["multidomain"].defaults["domains"] == list(DEFAULT_DOMAINS)
     assert tricks["multidomain"].defaults["template"] == "a {domain} of a {class}"
     assert tricks["random_guidance"].defaults["guidance_range"] == [1.0, 5.0]
+    assert tricks["random_guidance"].defaults["template"] == "an image of {class}"
     assert tricks["class_prompt"].defaults["guidance_scale"] == 7.5
     assert sum(tricks["merged"].defaults["shares"]) == pytest.approx(1.0)
 
@@ -207,6 +227,10 @@ def test_plan_validation(kwargs, message):
         ("fixed_guidance", {"guidance_scale": -2.0}, "non-negative"),
         ("class_prompt", {"guidance_range": (1.0, 2.0)}, "no trick"),
         ("class_prompt", {"domains": ["photo"]}, "no trick"),
+        ("multidomain,random_guidance", {"image_template": "image_of_a"}, "image_template was given but no trick"),
+        ("random_guidance", {"image_template": "an_image"}, "unknown image template 'an_image'"),
+        ("random_guidance", {"image_template": "a {domain} {class}"}, r"takes no \{domain\}"),
+        ("random_guidance", {"image_template": "an image of {thing}"}, "unknown fields"),
         ("", {}, "malformed"),
     ],
 )

@@ -5,7 +5,8 @@ Trick semantics. A *trick config* is two independent choices:
 
 - the prompt source, i.e. a template over ``{class}`` and optionally ``{domain}``:
   ``class_prompt`` = ``"{class}"``; ``multidomain`` = ``"a {domain} of a {class}"`` over a domain list in exact equal
-  shares; neither = ``"an image of a {class}"`` (the prompt the paper pairs with random guidance);
+  shares; neither = ``"an image of {class}"``, the prompt the released code pairs with random guidance (the paper
+  writes "an image of a {class}": the named image template ``image_of_a``);
 - the guidance: ``fixed`` (one scale, default 7.5) or ``uniform`` (a real number drawn per image from [lo, hi],
   default [1, 5]).
 
@@ -50,7 +51,9 @@ TEMPLATES: dict[str, str] = {
     "satellite": "a satellite photo of a {class} in the style of a {domain}",
 }
 CLASS_TEMPLATE = "{class}"
-IMAGE_OF_TEMPLATE = "an image of a {class}"
+# The prompt of configs without a prompt trick: the released create_dataset.py writes "an image of {c}" (no article)
+IMAGE_TEMPLATES: dict[str, str] = {"image_of": "an image of {class}", "image_of_a": "an image of a {class}"}
+IMAGE_OF_TEMPLATE = IMAGE_TEMPLATES["image_of"]
 DEFAULT_GUIDANCE = 7.5
 DEFAULT_GUIDANCE_RANGE: tuple[float, float] = (1.0, 5.0)
 MAX_IMAGES_PER_CLASS = 100_000
@@ -166,14 +169,24 @@ def list_tricks() -> tuple[TrickInfo, ...]:
         TrickInfo(
             "random_guidance",
             "guidance",
-            "Guidance drawn uniformly per image from [lo, hi]; alone, the prompt is 'an image of a {class}'.",
-            {"template": IMAGE_OF_TEMPLATE, "guidance_range": list(DEFAULT_GUIDANCE_RANGE)},
+            "Guidance drawn uniformly per image from [lo, hi]; alone, the prompt is the image template, by default "
+            "'an image of {class}' as the released code writes it.",
+            {
+                "template": IMAGE_OF_TEMPLATE,
+                "image_templates": dict(IMAGE_TEMPLATES),
+                "guidance_range": list(DEFAULT_GUIDANCE_RANGE),
+            },
         ),
         TrickInfo(
             "fixed_guidance",
             "guidance",
-            "One guidance scale for every image; alone, the prompt is 'an image of a {class}'.",
-            {"template": IMAGE_OF_TEMPLATE, "guidance_scale": DEFAULT_GUIDANCE},
+            "One guidance scale for every image; alone, the prompt is the image template (default "
+            "'an image of {class}').",
+            {
+                "template": IMAGE_OF_TEMPLATE,
+                "image_templates": dict(IMAGE_TEMPLATES),
+                "guidance_scale": DEFAULT_GUIDANCE,
+            },
         ),
         TrickInfo(
             "merged",
@@ -192,18 +205,22 @@ def parse_tricks(
     guidance_scale: float | None = None,
     guidance_range: tuple[float, float] | None = None,
     negative_prompt: str = "",
+    image_template: str | None = None,
 ) -> TrickMix:
     """Resolve a trick spec into (config, share) pairs.
 
     ``spec`` is a trick string (``"multidomain,random_guidance"``, ``"merged"``), a ``TrickConfig``, or a sequence of
     (trick string or config, share) for an explicit merge. ``domains`` (a list or a set name such as ``"paper"``) and
     ``template`` (a literal with ``{class}`` and ``{domain}``, or a name in ``TEMPLATES``) apply to multi-domain
-    components, ``guidance_scale`` to fixed-guidance ones and ``guidance_range`` to random-guidance ones; a knob that
-    no component uses is an error rather than silently ignored.
+    components, ``image_template`` (a literal with ``{class}``, or a name in ``IMAGE_TEMPLATES``; default
+    ``image_of``) to components without a prompt trick, ``guidance_scale`` to fixed-guidance ones and
+    ``guidance_range`` to random-guidance ones; a knob that no component uses is an error rather than silently
+    ignored.
     """
     knobs = {
         "domains": domains,
         "template": template,
+        "image_template": image_template,
         "guidance_scale": guidance_scale,
         "guidance_range": guidance_range,
     }
@@ -220,12 +237,13 @@ def parse_tricks(
         (_build_config(s, knobs, negative_prompt) if isinstance(s, str) else s, _share(share)) for s, share in items
     )
     # knobs reach only the components built here from names; a given TrickConfig is taken as it is
-    used = {"domains": False, "template": False, "guidance_scale": False, "guidance_range": False}
+    used = dict.fromkeys(knobs, False)
     for (config, _), (source, _) in zip(mix, items, strict=True):
         if not isinstance(source, str):
             continue
         used["domains"] |= config.uses_domains
         used["template"] |= config.uses_domains
+        used["image_template"] |= not any(t in PROMPT_TRICKS for t in config.name.split("+"))
         used["guidance_scale"] |= config.guidance_mode == "fixed"
         used["guidance_range"] |= config.guidance_mode == "uniform"
     for knob, value in knobs.items():
@@ -391,7 +409,7 @@ def _build_config(spec: str, knobs: dict[str, Any], negative_prompt: str) -> Tri
         template = _resolve_template(knobs["template"])
         domains = _resolve_domains(knobs["domains"])
     else:
-        template = CLASS_TEMPLATE if prompt == ["class_prompt"] else IMAGE_OF_TEMPLATE
+        template = CLASS_TEMPLATE if prompt == ["class_prompt"] else _resolve_image_template(knobs["image_template"])
         domains = ()
     config = TrickConfig(
         name=name, template=template, domains=domains, guidance_mode=mode, negative_prompt=negative_prompt
@@ -412,6 +430,20 @@ def _resolve_template(template: str | None) -> str:
         return TEMPLATES[template]
     if "domain" not in _template_fields(template):
         raise InvalidArgument(f"a multi-domain template needs {{domain}}: {template!r}")
+    return template
+
+
+def _resolve_image_template(template: str | None) -> str:
+    if template is None:
+        return IMAGE_OF_TEMPLATE
+    if "{" not in template:
+        if template not in IMAGE_TEMPLATES:
+            raise InvalidArgument(
+                f"unknown image template {template!r}; named image templates: {', '.join(IMAGE_TEMPLATES)}"
+            )
+        return IMAGE_TEMPLATES[template]
+    if "domain" in _template_fields(template):
+        raise InvalidArgument(f"an image template takes no {{domain}} (that is multidomain's template): {template!r}")
     return template
 
 

@@ -93,6 +93,7 @@ class SynthesisRequest:
         guidance_scale: float | None = None,
         guidance_range: tuple[float, float] | None = None,
         negative_prompt: str = "",
+        image_template: str | None = None,
         generation: GenerationConfig | None = None,
     ) -> SynthesisRequest:
         """A request from flat fields, the shape an RPC message has; knobs as in ``parse_tricks``."""
@@ -107,6 +108,7 @@ class SynthesisRequest:
             guidance_scale=guidance_scale,
             guidance_range=guidance_range,
             negative_prompt=negative_prompt,
+            image_template=image_template,
         )
         return cls(tuple(specs), images_per_class, mix, seed, generation or GenerationConfig())
 

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from zsc.common.v1 import common_pb2 as zsc_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n zsc/synthesis/v1/synthesis.proto\x12\x10zsc.synthesis.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1azsc/common/v1/common.proto\".\n\tClassSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"+\n\nTrickShare\x12\x0e\n\x06tricks\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x01\"\'\n\rGuidanceRange\x12\n\n\x02lo\x18\x01 \x01(\x01\x12\n\n\x02hi\x18\x02 \x01(\x01\"\xe8\x01\n\tTrickSpec\x12\x0e\n\x06tricks\x18\x01 \x01(\t\x12+\n\x05merge\x18\x02 \x03(\x0b\x32\x1c.zsc.synthesis.v1.TrickShare\x12\x0f\n\x07\x64omains\x18\x03 \x03(\t\x12\x12\n\ndomain_set\x18\x04 \x01(\t\x12\x10\n\x08template\x18\x05 \x01(\t\x12\x1b\n\x0eguidance_scale\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x37\n\x0eguidance_range\x18\x07 \x01(\x0b\x32\x1f.zsc.synthesis.v1.GuidanceRangeB\x11\n\x0f_guidance_scale\"~\n\x12GenerationSettings\x12\r\n\x05steps\x18\x01 \x01(\x05\x12\x11\n\tscheduler\x18\x02 \x01(\t\x12\x19\n\x11native_resolution\x18\x03 \x01(\x05\x12\x17\n\x0fnegative_prompt\x18\x04 \x01(\t\x12\x12\n\ndownsample\x18\x05 \x01(\t\"5\n\x05Shard\x12\x0f\n\x07\x63lasses\x18\x01 \x03(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0c\n\x04stop\x18\x03 \x01(\x05\"\xcd\x02\n\x16GenerateDatasetRequest\x12,\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x1b.zsc.synthesis.v1.ClassSpec\x12\x18\n\x10images_per_class\x18\x02 \x01(\x05\x12+\n\x06tricks\x18\x03 \x01(\x0b\x32\x1b.zsc.synthesis.v1.TrickSpec\x12\x12\n\nresolution\x18\x04 \x01(\x05\x12\x12\n\noutput_uri\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x38\n\ngeneration\x18\x07 \x01(\x0b\x32$.zsc.synthesis.v1.GenerationSettings\x12&\n\x05shard\x18\x08 \x01(\x0b\x32\x17.zsc.synthesis.v1.Shard\x12\x12\n\nbatch_size\x18\t \x01(\x05\x12\x12\n\nexperiment\x18\n \x01(\t\"\xdd\x01\n\x15GenerateDatasetResult\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x11\n\tgenerated\x18\x02 \x01(\x03\x12\x0f\n\x07skipped\x18\x03 \x01(\x03\x12\x10\n\x08\x63omputed\x18\x04 \x01(\x03\x12\x19\n\x11images_per_second\x18\x05 \x01(\x01\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\x12\x12\n\noutput_uri\x18\x07 \x01(\t\x12\x14\n\x0cmanifest_uri\x18\x08 \x01(\t\x12\x15\n\rmlflow_run_id\x18\t \x01(\t\x12\x12\n\nbatch_size\x18\n \x01(\x05\"\xfc\x01\n\x15GenerateImagesRequest\x12,\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x1b.zsc.synthesis.v1.ClassSpec\x12\x18\n\x10images_per_class\x18\x02 \x01(\x05\x12+\n\x06tricks\x18\x03 \x01(\x0b\x32\x1b.zsc.synthesis.v1.TrickSpec\x12\x12\n\nresolution\x18\x04 \x01(\x05\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x38\n\ngeneration\x18\x06 \x01(\x0b\x32$.zsc.synthesis.v1.GenerationSettings\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\"\xa4\x01\n\tJobRecord\x12\x12\n\nclass_name\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x04 \x01(\t\x12\x0e\n\x06\x64omain\x18\x05 \x01(\t\x12\r\n\x05trick\x18\x06 \x01(\t\x12\x10\n\x08guidance\x18\x07 \x01(\x01\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\x0c\n\x04\x66ile\x18\t \x01(\t\"_\n\x0eGeneratedImage\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.zsc.common.v1.Image\x12(\n\x03job\x18\x02 \x01(\x0b\x32\x1b.zsc.synthesis.v1.JobRecord\"\x13\n\x11ListTricksRequest\"\x84\x01\n\tTrickInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.zsc.synthesis.v1.TrickKind\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12)\n\x08\x64\x65\x66\x61ults\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x92\x05\n\x12ListTricksResponse\x12+\n\x06tricks\x18\x01 \x03(\x0b\x32\x1b.zsc.synthesis.v1.TrickInfo\x12\x17\n\x0f\x64\x65\x66\x61ult_domains\x18\x02 \x03(\t\x12I\n\x0b\x64omain_sets\x18\x03 \x03(\x0b\x32\x34.zsc.synthesis.v1.ListTricksResponse.DomainSetsEntry\x12\x46\n\ttemplates\x18\x04 \x03(\x0b\x32\x33.zsc.synthesis.v1.ListTricksResponse.TemplatesEntry\x12\x12\n\nschedulers\x18\x05 \x03(\t\x12\x14\n\x0c\x64ownsamplers\x18\x06 \x03(\t\x12\x15\n\rdefault_steps\x18\x07 \x01(\x05\x12\x19\n\x11\x64\x65\x66\x61ult_scheduler\x18\x08 \x01(\t\x12\x1a\n\x12\x64\x65\x66\x61ult_batch_size\x18\t \x01(\x05\x12\x1e\n\x16\x64\x65\x66\x61ult_guidance_scale\x18\n \x01(\x01\x12?\n\x16\x64\x65\x66\x61ult_guidance_range\x18\x0b \x01(\x0b\x32\x1f.zsc.synthesis.v1.GuidanceRange\x12\x1c\n\x14max_images_per_class\x18\x0c \x01(\x05\x12\x1a\n\x12max_preview_images\x18\r \x01(\x05\x12\r\n\x05model\x18\x0e \x01(\t\x1aO\n\x0f\x44omainSetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.zsc.synthesis.v1.DomainList:\x02\x38\x01\x1a\x30\n\x0eTemplatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1d\n\nDomainList\x12\x0f\n\x07\x64omains\x18\x01 \x03(\t*J\n\tTrickKind\x12\x1a\n\x16TRICK_KIND_UNSPECIFIED\x10\x00\x12\n\n\x06PROMPT\x10\x01\x12\x0c\n\x08GUIDANCE\x10\x02\x12\x07\n\x03MIX\x10\x03\x32\x9a\x02\n\tSynthesis\x12U\n\x0fGenerateDataset\x12(.zsc.synthesis.v1.GenerateDatasetRequest\x1a\x18.zsc.common.v1.Operation\x12]\n\x0eGenerateImages\x12\'.zsc.synthesis.v1.GenerateImagesRequest\x1a .zsc.synthesis.v1.GeneratedImage0\x01\x12W\n\nListTricks\x12#.zsc.synthesis.v1.ListTricksRequest\x1a$.zsc.synthesis.v1.ListTricksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n zsc/synthesis/v1/synthesis.proto\x12\x10zsc.synthesis.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1azsc/common/v1/common.proto\".\n\tClassSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"+\n\nTrickShare\x12\x0e\n\x06tricks\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x01\"\'\n\rGuidanceRange\x12\n\n\x02lo\x18\x01 \x01(\x01\x12\n\n\x02hi\x18\x02 \x01(\x01\"\x80\x02\n\tTrickSpec\x12\x0e\n\x06tricks\x18\x01 \x01(\t\x12+\n\x05merge\x18\x02 \x03(\x0b\x32\x1c.zsc.synthesis.v1.TrickShare\x12\x0f\n\x07\x64omains\x18\x03 \x03(\t\x12\x12\n\ndomain_set\x18\x04 \x01(\t\x12\x10\n\x08template\x18\x05 \x01(\t\x12\x1b\n\x0eguidance_scale\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x37\n\x0eguidance_range\x18\x07 \x01(\x0b\x32\x1f.zsc.synthesis.v1.GuidanceRange\x12\x16\n\x0eimage_template\x18\x08 \x01(\tB\x11\n\x0f_guidance_scale\"~\n\x12GenerationSettings\x12\r\n\x05steps\x18\x01 \x01(\x05\x12\x11\n\tscheduler\x18\x02 \x01(\t\x12\x19\n\x11native_resolution\x18\x03 \x01(\x05\x12\x17\n\x0fnegative_prompt\x18\x04 \x01(\t\x12\x12\n\ndownsample\x18\x05 \x01(\t\"5\n\x05Shard\x12\x0f\n\x07\x63lasses\x18\x01 \x03(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0c\n\x04stop\x18\x03 \x01(\x05\"\xcd\x02\n\x16GenerateDatasetRequest\x12,\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x1b.zsc.synthesis.v1.ClassSpec\x12\x18\n\x10images_per_class\x18\x02 \x01(\x05\x12+\n\x06tricks\x18\x03 \x01(\x0b\x32\x1b.zsc.synthesis.v1.TrickSpec\x12\x12\n\nresolution\x18\x04 \x01(\x05\x12\x12\n\noutput_uri\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x38\n\ngeneration\x18\x07 \x01(\x0b\x32$.zsc.synthesis.v1.GenerationSettings\x12&\n\x05shard\x18\x08 \x01(\x0b\x32\x17.zsc.synthesis.v1.Shard\x12\x12\n\nbatch_size\x18\t \x01(\x05\x12\x12\n\nexperiment\x18\n \x01(\t\"\xdd\x01\n\x15GenerateDatasetResult\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x11\n\tgenerated\x18\x02 \x01(\x03\x12\x0f\n\x07skipped\x18\x03 \x01(\x03\x12\x10\n\x08\x63omputed\x18\x04 \x01(\x03\x12\x19\n\x11images_per_second\x18\x05 \x01(\x01\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\x12\x12\n\noutput_uri\x18\x07 \x01(\t\x12\x14\n\x0cmanifest_uri\x18\x08 \x01(\t\x12\x15\n\rmlflow_run_id\x18\t \x01(\t\x12\x12\n\nbatch_size\x18\n \x01(\x05\"\xfc\x01\n\x15GenerateImagesRequest\x12,\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x1b.zsc.synthesis.v1.ClassSpec\x12\x18\n\x10images_per_class\x18\x02 \x01(\x05\x12+\n\x06tricks\x18\x03 \x01(\x0b\x32\x1b.zsc.synthesis.v1.TrickSpec\x12\x12\n\nresolution\x18\x04 \x01(\x05\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x38\n\ngeneration\x18\x06 \x01(\x0b\x32$.zsc.synthesis.v1.GenerationSettings\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\"\xa4\x01\n\tJobRecord\x12\x12\n\nclass_name\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x04 \x01(\t\x12\x0e\n\x06\x64omain\x18\x05 \x01(\t\x12\r\n\x05trick\x18\x06 \x01(\t\x12\x10\n\x08guidance\x18\x07 \x01(\x01\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\x0c\n\x04\x66ile\x18\t \x01(\t\"_\n\x0eGeneratedImage\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.zsc.common.v1.Image\x12(\n\x03job\x18\x02 \x01(\x0b\x32\x1b.zsc.synthesis.v1.JobRecord\"\x13\n\x11ListTricksRequest\"\x84\x01\n\tTrickInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.zsc.synthesis.v1.TrickKind\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12)\n\x08\x64\x65\x66\x61ults\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x9c\x06\n\x12ListTricksResponse\x12+\n\x06tricks\x18\x01 \x03(\x0b\x32\x1b.zsc.synthesis.v1.TrickInfo\x12\x17\n\x0f\x64\x65\x66\x61ult_domains\x18\x02 \x03(\t\x12I\n\x0b\x64omain_sets\x18\x03 \x03(\x0b\x32\x34.zsc.synthesis.v1.ListTricksResponse.DomainSetsEntry\x12\x46\n\ttemplates\x18\x04 \x03(\x0b\x32\x33.zsc.synthesis.v1.ListTricksResponse.TemplatesEntry\x12\x12\n\nschedulers\x18\x05 \x03(\t\x12\x14\n\x0c\x64ownsamplers\x18\x06 \x03(\t\x12\x15\n\rdefault_steps\x18\x07 \x01(\x05\x12\x19\n\x11\x64\x65\x66\x61ult_scheduler\x18\x08 \x01(\t\x12\x1a\n\x12\x64\x65\x66\x61ult_batch_size\x18\t \x01(\x05\x12\x1e\n\x16\x64\x65\x66\x61ult_guidance_scale\x18\n \x01(\x01\x12?\n\x16\x64\x65\x66\x61ult_guidance_range\x18\x0b \x01(\x0b\x32\x1f.zsc.synthesis.v1.GuidanceRange\x12\x1c\n\x14max_images_per_class\x18\x0c \x01(\x05\x12\x1a\n\x12max_preview_images\x18\r \x01(\x05\x12\r\n\x05model\x18\x0e \x01(\t\x12Q\n\x0fimage_templates\x18\x0f \x03(\x0b\x32\x38.zsc.synthesis.v1.ListTricksResponse.ImageTemplatesEntry\x1aO\n\x0f\x44omainSetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.zsc.synthesis.v1.DomainList:\x02\x38\x01\x1a\x30\n\x0eTemplatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13ImageTemplatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1d\n\nDomainList\x12\x0f\n\x07\x64omains\x18\x01 \x03(\t*J\n\tTrickKind\x12\x1a\n\x16TRICK_KIND_UNSPECIFIED\x10\x00\x12\n\n\x06PROMPT\x10\x01\x12\x0c\n\x08GUIDANCE\x10\x02\x12\x07\n\x03MIX\x10\x03\x32\x9a\x02\n\tSynthesis\x12U\n\x0fGenerateDataset\x12(.zsc.synthesis.v1.GenerateDatasetRequest\x1a\x18.zsc.common.v1.Operation\x12]\n\x0eGenerateImages\x12\'.zsc.synthesis.v1.GenerateImagesRequest\x1a .zsc.synthesis.v1.GeneratedImage0\x01\x12W\n\nListTricks\x12#.zsc.synthesis.v1.ListTricksRequest\x1a$.zsc.synthesis.v1.ListTricksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTRICKSRESPONSE_DOMAINSETSENTRY']._serialized_options = b'8\001'
   _globals['_LISTTRICKSRESPONSE_TEMPLATESENTRY']._loaded_options = None
   _globals['_LISTTRICKSRESPONSE_TEMPLATESENTRY']._serialized_options = b'8\001'
-  _globals['_TRICKKIND']._serialized_start=2591
-  _globals['_TRICKKIND']._serialized_end=2665
+  _globals['_LISTTRICKSRESPONSE_IMAGETEMPLATESENTRY']._loaded_options = None
+  _globals['_LISTTRICKSRESPONSE_IMAGETEMPLATESENTRY']._serialized_options = b'8\001'
+  _globals['_TRICKKIND']._serialized_start=2753
+  _globals['_TRICKKIND']._serialized_end=2827
   _globals['_CLASSSPEC']._serialized_start=112
   _globals['_CLASSSPEC']._serialized_end=158
   _globals['_TRICKSHARE']._serialized_start=160
@@ -46,33 +48,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GUIDANCERANGE']._serialized_start=205
   _globals['_GUIDANCERANGE']._serialized_end=244
   _globals['_TRICKSPEC']._serialized_start=247
-  _globals['_TRICKSPEC']._serialized_end=479
-  _globals['_GENERATIONSETTINGS']._serialized_start=481
-  _globals['_GENERATIONSETTINGS']._serialized_end=607
-  _globals['_SHARD']._serialized_start=609
-  _globals['_SHARD']._serialized_end=662
-  _globals['_GENERATEDATASETREQUEST']._serialized_start=665
-  _globals['_GENERATEDATASETREQUEST']._serialized_end=998
-  _globals['_GENERATEDATASETRESULT']._serialized_start=1001
-  _globals['_GENERATEDATASETRESULT']._serialized_end=1222
-  _globals['_GENERATEIMAGESREQUEST']._serialized_start=1225
-  _globals['_GENERATEIMAGESREQUEST']._serialized_end=1477
-  _globals['_JOBRECORD']._serialized_start=1480
-  _globals['_JOBRECORD']._serialized_end=1644
-  _globals['_GENERATEDIMAGE']._serialized_start=1646
-  _globals['_GENERATEDIMAGE']._serialized_end=1741
-  _globals['_LISTTRICKSREQUEST']._serialized_start=1743
-  _globals['_LISTTRICKSREQUEST']._serialized_end=1762
-  _globals['_TRICKINFO']._serialized_start=1765
-  _globals['_TRICKINFO']._serialized_end=1897
-  _globals['_LISTTRICKSRESPONSE']._serialized_start=1900
-  _globals['_LISTTRICKSRESPONSE']._serialized_end=2558
-  _globals['_LISTTRICKSRESPONSE_DOMAINSETSENTRY']._serialized_start=2429
-  _globals['_LISTTRICKSRESPONSE_DOMAINSETSENTRY']._serialized_end=2508
-  _globals['_LISTTRICKSRESPONSE_TEMPLATESENTRY']._serialized_start=2510
-  _globals['_LISTTRICKSRESPONSE_TEMPLATESENTRY']._serialized_end=2558
-  _globals['_DOMAINLIST']._serialized_start=2560
-  _globals['_DOMAINLIST']._serialized_end=2589
-  _globals['_SYNTHESIS']._serialized_start=2668
-  _globals['_SYNTHESIS']._serialized_end=2950
+  _globals['_TRICKSPEC']._serialized_end=503
+  _globals['_GENERATIONSETTINGS']._serialized_start=505
+  _globals['_GENERATIONSETTINGS']._serialized_end=631
+  _globals['_SHARD']._serialized_start=633
+  _globals['_SHARD']._serialized_end=686
+  _globals['_GENERATEDATASETREQUEST']._serialized_start=689
+  _globals['_GENERATEDATASETREQUEST']._serialized_end=1022
+  _globals['_GENERATEDATASETRESULT']._serialized_start=1025
+  _globals['_GENERATEDATASETRESULT']._serialized_end=1246
+  _globals['_GENERATEIMAGESREQUEST']._serialized_start=1249
+  _globals['_GENERATEIMAGESREQUEST']._serialized_end=1501
+  _globals['_JOBRECORD']._serialized_start=1504
+  _globals['_JOBRECORD']._serialized_end=1668
+  _globals['_GENERATEDIMAGE']._serialized_start=1670
+  _globals['_GENERATEDIMAGE']._serialized_end=1765
+  _globals['_LISTTRICKSREQUEST']._serialized_start=1767
+  _globals['_LISTTRICKSREQUEST']._serialized_end=1786
+  _globals['_TRICKINFO']._serialized_start=1789
+  _globals['_TRICKINFO']._serialized_end=1921
+  _globals['_LISTTRICKSRESPONSE']._serialized_start=1924
+  _globals['_LISTTRICKSRESPONSE']._serialized_end=2720
+  _globals['_LISTTRICKSRESPONSE_DOMAINSETSENTRY']._serialized_start=2536
+  _globals['_LISTTRICKSRESPONSE_DOMAINSETSENTRY']._serialized_end=2615
+  _globals['_LISTTRICKSRESPONSE_TEMPLATESENTRY']._serialized_start=2617
+  _globals['_LISTTRICKSRESPONSE_TEMPLATESENTRY']._serialized_end=2665
+  _globals['_LISTTRICKSRESPONSE_IMAGETEMPLATESENTRY']._serialized_start=2667
+  _globals['_LISTTRICKSRESPONSE_IMAGETEMPLATESENTRY']._serialized_end=2720
+  _globals['_DOMAINLIST']._serialized_start=2722
+  _globals['_DOMAINLIST']._serialized_end=2751
+  _globals['_SYNTHESIS']._serialized_start=2830
+  _globals['_SYNTHESIS']._serialized_end=3112
 # @@protoc_insertion_point(module_scope)

@@ -45,7 +45,7 @@ class GuidanceRange(_message.Message):
     def __init__(self, lo: _Optional[float] = ..., hi: _Optional[float] = ...) -> None: ...
 
 class TrickSpec(_message.Message):
-    __slots__ = ("tricks", "merge", "domains", "domain_set", "template", "guidance_scale", "guidance_range")
+    __slots__ = ("tricks", "merge", "domains", "domain_set", "template", "guidance_scale", "guidance_range", "image_template")
     TRICKS_FIELD_NUMBER: _ClassVar[int]
     MERGE_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class TrickSpec(_message.Message):
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_RANGE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     tricks: str
     merge: _containers.RepeatedCompositeFieldContainer[TrickShare]
     domains: _containers.RepeatedScalarFieldContainer[str]
@@ -60,7 +61,8 @@ class TrickSpec(_message.Message):
     template: str
     guidance_scale: float
     guidance_range: GuidanceRange
-    def __init__(self, tricks: _Optional[str] = ..., merge: _Optional[_Iterable[_Union[TrickShare, _Mapping]]] = ..., domains: _Optional[_Iterable[str]] = ..., domain_set: _Optional[str] = ..., template: _Optional[str] = ..., guidance_scale: _Optional[float] = ..., guidance_range: _Optional[_Union[GuidanceRange, _Mapping]] = ...) -> None: ...
+    image_template: str
+    def __init__(self, tricks: _Optional[str] = ..., merge: _Optional[_Iterable[_Union[TrickShare, _Mapping]]] = ..., domains: _Optional[_Iterable[str]] = ..., domain_set: _Optional[str] = ..., template: _Optional[str] = ..., guidance_scale: _Optional[float] = ..., guidance_range: _Optional[_Union[GuidanceRange, _Mapping]] = ..., image_template: _Optional[str] = ...) -> None: ...
 
 class GenerationSettings(_message.Message):
     __slots__ = ("steps", "scheduler", "native_resolution", "negative_prompt", "downsample")
@@ -199,7 +201,7 @@ class TrickInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[TrickKind, str]] = ..., description: _Optional[str] = ..., defaults: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ListTricksResponse(_message.Message):
-    __slots__ = ("tricks", "default_domains", "domain_sets", "templates", "schedulers", "downsamplers", "default_steps", "default_scheduler", "default_batch_size", "default_guidance_scale", "default_guidance_range", "max_images_per_class", "max_preview_images", "model")
+    __slots__ = ("tricks", "default_domains", "domain_sets", "templates", "schedulers", "downsamplers", "default_steps", "default_scheduler", "default_batch_size", "default_guidance_scale", "default_guidance_range", "max_images_per_class", "max_preview_images", "model", "image_templates")
     class DomainSetsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +210,13 @@ class ListTricksResponse(_message.Message):
         value: DomainList
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[DomainList, _Mapping]] = ...) -> None: ...
     class TemplatesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ImageTemplatesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +237,7 @@ class ListTricksResponse(_message.Message):
     MAX_IMAGES_PER_CLASS_FIELD_NUMBER: _ClassVar[int]
     MAX_PREVIEW_IMAGES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     tricks: _containers.RepeatedCompositeFieldContainer[TrickInfo]
     default_domains: _containers.RepeatedScalarFieldContainer[str]
     domain_sets: _containers.MessageMap[str, DomainList]
@@ -242,7 +252,8 @@ class ListTricksResponse(_message.Message):
     max_images_per_class: int
     max_preview_images: int
     model: str
-    def __init__(self, tricks: _Optional[_Iterable[_Union[TrickInfo, _Mapping]]] = ..., default_domains: _Optional[_Iterable[str]] = ..., domain_sets: _Optional[_Mapping[str, DomainList]] = ..., templates: _Optional[_Mapping[str, str]] = ..., schedulers: _Optional[_Iterable[str]] = ..., downsamplers: _Optional[_Iterable[str]] = ..., default_steps: _Optional[int] = ..., default_scheduler: _Optional[str] = ..., default_batch_size: _Optional[int] = ..., default_guidance_scale: _Optional[float] = ..., default_guidance_range: _Optional[_Union[GuidanceRange, _Mapping]] = ..., max_images_per_class: _Optional[int] = ..., max_preview_images: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
+    image_templates: _containers.ScalarMap[str, str]
+    def __init__(self, tricks: _Optional[_Iterable[_Union[TrickInfo, _Mapping]]] = ..., default_domains: _Optional[_Iterable[str]] = ..., domain_sets: _Optional[_Mapping[str, DomainList]] = ..., templates: _Optional[_Mapping[str, str]] = ..., schedulers: _Optional[_Iterable[str]] = ..., downsamplers: _Optional[_Iterable[str]] = ..., default_steps: _Optional[int] = ..., default_scheduler: _Optional[str] = ..., default_batch_size: _Optional[int] = ..., default_guidance_scale: _Optional[float] = ..., default_guidance_range: _Optional[_Union[GuidanceRange, _Mapping]] = ..., max_images_per_class: _Optional[int] = ..., max_preview_images: _Optional[int] = ..., model: _Optional[str] = ..., image_templates: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class DomainList(_message.Message):
     __slots__ = ("domains",)
