@@ -265,9 +265,9 @@ class ZscServer:
         self.server.start()
         # Its own thread: a slow or unreachable tracking server must not hold back SERVING.
         threading.Thread(target=self._sweep, name=f"{self.name}-sweep", daemon=True).start()
+        log.info("%s listening on %s:%d (profile %s)", self.name, self.config.host, self.port, self.config.profile)
         self._loader = threading.Thread(target=self._load, name=f"{self.name}-load", daemon=True)
         self._loader.start()
-        log.info("%s listening on %s:%d (profile %s)", self.name, self.config.host, self.port, self.config.profile)
         return self.port
 
     def _sweep(self) -> None:
@@ -303,13 +303,19 @@ class ZscServer:
         self._loader.join(timeout)
         self.runtime.require_ready()
 
-    def stop(self, grace: float | None = None) -> None:
-        """Drain: refuse new calls, let in-flight calls finish within the grace period, cancel running jobs."""
+    def stop(self, grace: float | None = None) -> bool:
+        """Drain: refuse new calls, let in-flight calls finish within the grace period, cancel running jobs and wait
+        as long again for them to end (their MLflow runs end KILLED). Returns False when a job is still running: a
+        process that exits then may abort (a thread inside torch at interpreter teardown)."""
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         grace = self.config.grace_seconds if grace is None else grace
         done = self.server.stop(grace)
         self.runtime.operations.shutdown(cancel=True, wait=False)
         done.wait()
+        ended = self.runtime.operations.shutdown(cancel=True, wait=True, timeout=grace)
+        if not ended:
+            log.warning("%s stopped with a job still running after %.0f s", self.name, grace)
+        return ended
 
     def wait(self) -> None:
         self.server.wait_for_termination()

@@ -488,6 +488,7 @@ def base_request(name: str, world: World) -> Any:
             common_pb2.TensorChunk(dtype="float32", shape=[2, 2], offset=0, data=b"\0" * 8),
             common_pb2.TensorChunk(offset=8, data=b"\0" * 8),
         ],
+        "Diagnostics/GetServerInfo": lambda: common_pb2.GetServerInfoRequest(),
     }
     return bases[name]() if name in bases else None
 
