@@ -51,6 +51,7 @@ ENCODE_CHUNK = 256  # class prompts per text-encoder call
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 METRICS = {pb.TEACHER_METRIC_UNSPECIFIED: "cosine", pb.COSINE: "cosine", pb.LINEAR: "linear"}
 POLICIES = {pb.KAPPA_POLICY_UNSPECIFIED: "angular", pb.ANGULAR: "angular", pb.FIXED: "fixed"}
+SAMPLERS = {pb.VMF_SAMPLER_UNSPECIFIED: "exact", pb.EXACT: "exact", pb.AUTHORS: "authors"}
 
 
 class RecoveryService:
@@ -154,6 +155,8 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
             "weight_decay": config.weight_decay,
             "seed": config.seed,
             "trusted": config.trusted,
+            "sampler": config.sampler,
+            "preset": request.preset,
             "n_classes": rows,
             "dim": dim,
             "text_source": text_source,
@@ -400,20 +403,29 @@ def decode_teacher(msg: pb.Teacher) -> tuple[str, torch.Tensor, torch.Tensor | N
 
 
 def recovery_config(request: pb.RecoverRequest) -> RecoveryConfig:
-    """RecoveryConfig from the request; unset optional fields keep the paper's defaults. ValueError on bad values."""
+    """RecoveryConfig from the request; unset optional fields keep the preset's values, or without a preset the
+    defaults of the released configs. ValueError on bad values."""
     if request.kappa_policy not in POLICIES:
         raise InvalidArgument(f"unknown kappa policy {request.kappa_policy}; expected ANGULAR or FIXED")
+    if request.sampler not in SAMPLERS:
+        raise InvalidArgument(f"unknown vMF sampler {request.sampler}; expected EXACT or AUTHORS")
     policy = POLICIES[request.kappa_policy]
     if request.seed < 0:
         raise InvalidArgument(f"seed must be >= 0, got {request.seed}")
     if request.HasField("epochs") and request.epochs > MAX_EPOCHS:
         raise InvalidArgument(f"epochs={request.epochs} is over the limit of {MAX_EPOCHS}")
-    kwargs: dict[str, object] = {"kappa_policy": policy, "seed": int(request.seed)}
+    kwargs: dict[str, object] = {
+        "kappa_policy": policy,
+        "seed": int(request.seed),
+        "sampler": SAMPLERS[request.sampler],
+    }
     if policy == "fixed" or request.kappa != 0:
         kwargs["kappa"] = request.kappa  # the core refuses kappa <= 0 and a kappa given with the angular policy
     for field in ("theta", "num", "nsample", "epochs", "lr", "weight_decay", "trusted"):
         if request.HasField(field):
             kwargs[field] = getattr(request, field)
+    if request.preset:
+        return RecoveryConfig.from_preset(request.preset, **kwargs)
     return RecoveryConfig(**kwargs)
 
 

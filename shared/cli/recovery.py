@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # torch costs seconds at import: only the commands that use i
 
 METRICS = {"cosine": pb.COSINE, "linear": pb.LINEAR}
 POLICIES = {"angular": pb.ANGULAR, "fixed": pb.FIXED}
+SAMPLERS = {"exact": pb.EXACT, "authors": pb.AUTHORS}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,13 +53,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="start each class mean from its text feature (the paper) or from the teacher's normalized row, for a "
         "teacher whose space the text features do not share (default text)",
     )
+    p.add_argument(
+        "--preset",
+        default="",
+        help="a dataset's released DFZSL config (epochs, lr, theta, num), overridden by the flags given: awa2, cub, "
+        "sun, flo, apy, imagenet, caltech101, oxfordpets, stanfordcars, flowers102, food101, fgvcaircraft, sun397, "
+        "dtd, eurosat, ucf101 (default: none)",
+    )
+    p.add_argument(
+        "--sampler",
+        choices=sorted(SAMPLERS),
+        help="vMF sampler: exact (Wood's algorithm, the default) or authors (the released sampler, biased for "
+        "kappa > 10; reproduces the paper's numbers)",
+    )
     p.add_argument("--kappa-policy", choices=sorted(POLICIES), default="angular")
-    p.add_argument("--theta", type=float, help="angular policy: kappa multiplier (default 1.0)")
+    p.add_argument("--theta", type=float, help="angular policy: kappa multiplier (default 1.0 or the preset's)")
     p.add_argument("--kappa", type=float, default=0.0, help="fixed policy: the concentration (> 0)")
-    p.add_argument("--num", type=int, help="final samples per class before the trusted filter (default 100)")
+    p.add_argument(
+        "--num", type=int, help="final samples per class before the trusted filter (default 100 or the preset's)"
+    )
     p.add_argument("--nsample", type=int, help="samples per class per step (default 50)")
-    p.add_argument("--epochs", type=int, help="optimizer steps (default 1000)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 3e-3)")
+    p.add_argument("--epochs", type=int, help="optimizer steps (default 1000 or the preset's)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 3e-3 or the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-trusted", action="store_true", help="keep every sample, not only the teacher-agreeing ones")
     p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-recovery)")
@@ -133,7 +149,10 @@ def cmd_recover(args: argparse.Namespace) -> int:
         output_uri=str(args.out.resolve()),
         experiment=args.experiment,
         init_from_teacher=args.mu_init == "teacher",
+        preset=args.preset,
     )
+    if args.sampler is not None:
+        request.sampler = SAMPLERS[args.sampler]
     if args.text_features is not None:
         text = pick(load_tensors(args.text_features, "text features"), "text_features", args.text_features)
         request.text_features.CopyFrom(codec.encode(text.float()))

@@ -251,6 +251,9 @@ def _bad_recover(data_root: Path) -> dict[str, tuple[pb.RecoverRequest, str]]:
         "negative seed": (recover_request(out, seed=-1), "seed must be >= 0"),
         "no teacher": (pb.RecoverRequest(class_names=BASE, output_uri=str(out)), "teacher weight is missing"),
         "epochs over limit": (recover_request(out, epochs=2_000_000_000), "over the limit"),
+        "unknown preset": (recover_request(out, preset="awa"), "unknown recovery preset 'awa'; choose one of awa2"),
+        "unknown sampler": (recover_request(out, sampler=5), "unknown vMF sampler 5; expected EXACT or AUTHORS"),
+        "bad value over a preset": (recover_request(out, preset="cub", theta=-1.0), "theta must be finite and > 0"),
     }
 
 
@@ -263,6 +266,25 @@ def test_bad_recover_requests_get_invalid_argument(stub, channel, data_root: Pat
         assert "\n" not in err.value.details(), case
     assert serving(channel)
     assert not (data_root / "bad.safetensors").exists()
+
+
+def test_recover_preset_and_authors_sampler_equal_the_core(stub, channel, data_root: Path) -> None:
+    # oxfordpets: theta 5 and lr 3e-3 from its released config; SMALL's epochs, nsample and num override the rest.
+    out = data_root / "recovery" / "pets-authors.safetensors"
+    op = watch(channel, stub.Recover(recover_request(out, seed=1, preset="oxfordpets", sampler=pb.AUTHORS)))
+    result = unpack(op, pb.RecoverResult)
+    text, weight = problem()
+    config = RecoveryConfig.from_preset("oxfordpets", seed=1, sampler="authors", **SMALL)
+    core = recover(teacher_from_weights(weight), text, config)
+    assert result.kappa == core.kappa == pytest.approx(5.0 * angular_kappa(text))
+    torch.testing.assert_close(codec.decode(result.mu, "torch"), core.mu.float(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(FeatureSet.load(out).features, core.features, rtol=0, atol=1e-6)
+    params = json.loads(FeatureSet.load(out).metadata["params"])
+    got = (params["preset"], params["sampler"], params["theta"], params["epochs"])
+    assert got == ("oxfordpets", "authors", 5.0, 30)
+    # unset sampler is the exact one: a different draw from the same seed
+    exact = recover(teacher_from_weights(weight), text, RecoveryConfig.from_preset("oxfordpets", seed=1, **SMALL))
+    assert not torch.equal(exact.features, core.features)
 
 
 def test_requests_too_big_for_the_service(stub, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -500,3 +522,26 @@ def test_cli_recover_then_align(server, data_root: Path, monkeypatch: pytest.Mon
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("zsc: INVALID_ARGUMENT: the teacher has S=6 classes but 2 class names")
     assert err.count("\n") == 1
+
+
+def test_cli_recover_preset_and_sampler(server, data_root: Path, capsys) -> None:
+    from zsc.cli.main import main
+
+    work = data_root / "recovery-cli-preset"
+    work.mkdir()
+    text, weight = problem(seed=6)
+    save_file({"weight": weight}, work / "teacher.safetensors")
+    save_file({"text_features": text}, work / "text.safetensors")
+    args = ["recover", "--teacher", str(work / "teacher.safetensors"), "--classes", ",".join(BASE)]
+    args += ["--text-features", str(work / "text.safetensors"), "--address", f"127.0.0.1:{server.port}"]
+    args += ["--preset", "sun", "--sampler", "authors"]
+    code = main([*args, "--out", str(work / "v.safetensors"), "--epochs", "5"])
+    assert code == 0, capsys.readouterr()
+    params = json.loads(FeatureSet.load(work / "v.safetensors").metadata["params"])
+    # SUN's released config: lr 1e-3, num 50 (its 1500 epochs overridden by --epochs)
+    got = (params["preset"], params["sampler"], params["lr"], params["num"], params["epochs"])
+    assert got == ("sun", "authors", 1e-3, 50, 5)
+    capsys.readouterr()
+    code = main([*args, "--out", str(work / "x.safetensors"), "--preset", "nope"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.splitlines()[-1].startswith("zsc: INVALID_ARGUMENT: unknown recovery preset 'nope'")

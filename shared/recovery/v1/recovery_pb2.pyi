@@ -19,12 +19,21 @@ class KappaPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KAPPA_POLICY_UNSPECIFIED: _ClassVar[KappaPolicy]
     ANGULAR: _ClassVar[KappaPolicy]
     FIXED: _ClassVar[KappaPolicy]
+
+class VmfSampler(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VMF_SAMPLER_UNSPECIFIED: _ClassVar[VmfSampler]
+    EXACT: _ClassVar[VmfSampler]
+    AUTHORS: _ClassVar[VmfSampler]
 TEACHER_METRIC_UNSPECIFIED: TeacherMetric
 COSINE: TeacherMetric
 LINEAR: TeacherMetric
 KAPPA_POLICY_UNSPECIFIED: KappaPolicy
 ANGULAR: KappaPolicy
 FIXED: KappaPolicy
+VMF_SAMPLER_UNSPECIFIED: VmfSampler
+EXACT: VmfSampler
+AUTHORS: VmfSampler
 
 class Teacher(_message.Message):
     __slots__ = ("weight", "metric", "bias", "temperature")
@@ -39,7 +48,7 @@ class Teacher(_message.Message):
     def __init__(self, weight: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., metric: _Optional[_Union[TeacherMetric, str]] = ..., bias: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., temperature: _Optional[float] = ...) -> None: ...
 
 class RecoverRequest(_message.Message):
-    __slots__ = ("teacher", "class_names", "text_features", "prompt_template", "kappa_policy", "theta", "kappa", "num", "nsample", "epochs", "lr", "weight_decay", "seed", "trusted", "output_uri", "experiment", "init_from_teacher")
+    __slots__ = ("teacher", "class_names", "text_features", "prompt_template", "kappa_policy", "theta", "kappa", "num", "nsample", "epochs", "lr", "weight_decay", "seed", "trusted", "output_uri", "experiment", "init_from_teacher", "preset", "sampler")
     TEACHER_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     TEXT_FEATURES_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +66,8 @@ class RecoverRequest(_message.Message):
     OUTPUT_URI_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     INIT_FROM_TEACHER_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    SAMPLER_FIELD_NUMBER: _ClassVar[int]
     teacher: Teacher
     class_names: _containers.RepeatedScalarFieldContainer[str]
     text_features: _common_pb2.Tensor
@@ -74,7 +85,9 @@ class RecoverRequest(_message.Message):
     output_uri: str
     experiment: str
     init_from_teacher: bool
-    def __init__(self, teacher: _Optional[_Union[Teacher, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ..., text_features: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., prompt_template: _Optional[str] = ..., kappa_policy: _Optional[_Union[KappaPolicy, str]] = ..., theta: _Optional[float] = ..., kappa: _Optional[float] = ..., num: _Optional[int] = ..., nsample: _Optional[int] = ..., epochs: _Optional[int] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., trusted: _Optional[bool] = ..., output_uri: _Optional[str] = ..., experiment: _Optional[str] = ..., init_from_teacher: _Optional[bool] = ...) -> None: ...
+    preset: str
+    sampler: VmfSampler
+    def __init__(self, teacher: _Optional[_Union[Teacher, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ..., text_features: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., prompt_template: _Optional[str] = ..., kappa_policy: _Optional[_Union[KappaPolicy, str]] = ..., theta: _Optional[float] = ..., kappa: _Optional[float] = ..., num: _Optional[int] = ..., nsample: _Optional[int] = ..., epochs: _Optional[int] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., trusted: _Optional[bool] = ..., output_uri: _Optional[str] = ..., experiment: _Optional[str] = ..., init_from_teacher: _Optional[bool] = ..., preset: _Optional[str] = ..., sampler: _Optional[_Union[VmfSampler, str]] = ...) -> None: ...
 
 class RecoveryStats(_message.Message):
     __slots__ = ("kept_fraction", "teacher_agreement", "final_loss", "mlflow_run_id", "best_step", "best_val_loss", "steps_run")
