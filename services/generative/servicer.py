@@ -964,8 +964,8 @@ def ship_config(request: pb.TrainGeneratorRequest, seed: int) -> ship.ShipConfig
         )
     if request.selection.ListFields():
         raise InvalidArgument(
-            "SHIP_VAE trains for a fixed number of epochs and takes no selection settings; FineTune selects on "
-            "held-out base data"
+            "SHIP_VAE trains for a fixed number of epochs and takes no selection settings (the last epoch is kept, "
+            "as in the released protocol)"
         )
     latent = settings.pop("noise_dim", 0)
     if latent:
