@@ -120,7 +120,11 @@ BAD = {
     "cache outside": (dict(cache_uri="/tmp/zsc-elsewhere"), grpc.StatusCode.INVALID_ARGUMENT, "outside"),
     "negative limit": (dict(limit=-1), grpc.StatusCode.INVALID_ARGUMENT, "must be >= 0"),
     "huge batch": (dict(batch_size=5000), grpc.StatusCode.INVALID_ARGUMENT, "over the limit of 1024"),
-    "class count": (dict(class_names=["a", "b"]), grpc.StatusCode.INVALID_ARGUMENT, "2 class names given for 3"),
+    "class names not folders": (
+        dict(class_names=["bird", "cat", "dog"]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "missing class ['dog'] (no folder of that name), extra folder ['ship'] (no such class)",
+    ),
     "bad template": (dict(prompt_template="no slot"), grpc.StatusCode.INVALID_ARGUMENT, "exactly one '{}'"),
     "image size on CLIP": (dict(image_size=64), grpc.StatusCode.INVALID_ARGUMENT, "CLIP's input size is fixed"),
 }
@@ -145,13 +149,21 @@ def test_cli_extract_features_writes_the_file_and_errors_in_one_line(image_root,
 
     out = data_root / "feats" / "cli.safetensors"
     args = ["--data", str(image_root), "--out", str(out), "--limit", "6", "--cache-dir", str(data_root / "cli-cache")]
-    code = main(["extract-features", "--profile", "tiny", *args, "--classes", "a bird,a cat,a ship"])
+    # prompt names that are not the folder names need the explicit map; the order of --classes is the label order
+    names = ["--classes", "a ship,a bird,a cat", "--class-map", "bird=a bird,cat=a cat,ship=a ship"]
+    code = main(["extract-features", "--profile", "tiny", *args, *names])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert "extracted 6 image features (D=32, tiny:zsc-tiny-clip)" in printed.out and "one aligned space" in printed.out
-    assert FeatureSet.load(out).class_names == ["a bird", "a cat", "a ship"]
+    written = FeatureSet.load(out)
+    assert written.class_names == ["a ship", "a bird", "a cat"]
+    assert written.labels.tolist() == [0, 0, 1, 1, 2, 2]  # the ship images carry the label of "a ship"
+    assert main(["extract-features", "--profile", "tiny", *args, "--classes", "a bird,a cat,a ship"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the line naming the server that answered
+    assert err.startswith("zsc: INVALID_ARGUMENT: class_names do not match the class folders")
+    assert "missing class ['a bird', 'a cat', 'a ship']" in err and "extra folder ['bird', 'cat', 'ship']" in err
     code = main(["extract-features", "--profile", "tiny", "--data", "/etc", "--out", str(out)])
-    err = capsys.readouterr().err.strip()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1 and err.startswith("zsc: INVALID_ARGUMENT") and "\n" not in err
 
 
