@@ -158,7 +158,10 @@ def server_info(channel: grpc.Channel, timeout: float = 10.0) -> common_pb2.Serv
 def describe(address: str, info: common_pb2.ServerInfo) -> str:
     """One line: the address, profile and model ids of the server that answered."""
     models = ", ".join(f"{role} {ref}" for role, ref in sorted(info.models.items())) or "none"
-    return f"{info.service} served by {address} (profile {info.profile}, models: {models}; pid {info.pid})"
+    line = f"{info.service} served by {address} (profile {info.profile}, models: {models}; pid {info.pid})"
+    if info.profile == "tiny":  # said where the numbers are shown, so nobody reads them as results
+        line += "; tiny models have random weights: every accuracy they give is chance level by design"
+    return line
 
 
 def wait_until_serving(channel: grpc.Channel, service: str = "", timeout: float = 120.0) -> None:

@@ -62,6 +62,7 @@ def test_cli_with_another_profile_fails_in_one_line_and_names_the_server_otherwi
     assert main(argv) == 0  # no --profile: whatever the running server has
     err = capsys.readouterr().err
     assert f"zsc: classification served by {address} (profile tiny, models: clip tiny:zsc-tiny-clip" in err
+    assert "every accuracy they give is chance level by design" in err  # beside the numbers it printed
 
 
 def test_runs_of_a_server_carry_its_profile_and_models(classification_server) -> None:
