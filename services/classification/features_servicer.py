@@ -24,6 +24,7 @@ from zsc.classification.v1 import features_pb2 as pb
 from zsc.classification.v1 import features_pb2_grpc as pb_grpc
 from zsc.data import ImageFolder, output_file, resolve_uri
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument
+from zsc.features import ALIGNMENT_ID_KEY, read_alignment
 from zsc.models.lite import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from zsc.runtime.operations import JobContext
 from zsc_services.classification.core.extract import (
@@ -126,6 +127,11 @@ class FeaturesServicer(pb_grpc.FeaturesServicer):
         self.models.check(request.image_size)
         dataset = ImageFolder.open(root, request.limit, request.class_names, request.folder_to_class)
         names = validate_class_names(dataset.classes)  # label order: as given, else the sorted folders
+        alignment = read_alignment(request.alignment_uri, roots)[1] if request.alignment_uri else None
+        if alignment is not None and (missing := [n for n in names if n not in alignment.class_names]):
+            raise InvalidArgument(
+                f"alignment_uri has no aligned text feature of class {missing[0]!r}; align with every class named"
+            )
         profile = runtime.profile
         params: dict[str, Any] = {
             "profile": profile.name,
@@ -139,15 +145,23 @@ class FeaturesServicer(pb_grpc.FeaturesServicer):
             "prompt_template": template,
             "cache_dir": str(cache_dir) if cache_dir else "",
             "class_names": ",".join(names),
+            "alignment_uri": request.alignment_uri,
             **({"folder_to_class": json.dumps(dataset.mapped_folders())} if dataset.mapped_folders() else {}),
         }
         tags = {"zsc.profile": profile.name, "zsc.kind": "extract-features"}
+        if alignment is not None:
+            tags[ALIGNMENT_ID_KEY] = alignment.id
 
         def job(ctx: JobContext) -> pb.ExtractFeaturesResult:
             with tracking.run(request.experiment or EXPERIMENT, "extract-features", tags) as run:
                 ctx.set_mlflow_run(run.id)
                 ctx.progress(0, len(dataset), message="loading models")
                 extractors = self.models.extractors(request.image_size)
+                if alignment is not None and alignment.dim != extractors.dim:
+                    raise FailedPrecondition(
+                        f"the alignment has D={alignment.dim} but {extractors.image_ref} image features have "
+                        f"D={extractors.dim}"
+                    )
                 run.log_params({**params, "image_encoder": extractors.image_ref, "text_encoder": extractors.text_ref})
                 run.set_tags({"zsc.image_model_id": extractors.image_model_id[:5000]})
                 cache = FeatureCache(cache_dir, extractors.image_model_id, extractors.dim) if cache_dir else None
@@ -166,8 +180,10 @@ class FeaturesServicer(pb_grpc.FeaturesServicer):
                 except ExtractionCancelled as err:
                     raise Cancelled(str(err)) from err
                 ctx.check_cancelled()
+                # DFZSL moves every image feature into FLPT's space; the cache keeps the encoder's own features.
+                written = alignment.apply(result.features) if alignment is not None else result.features
                 out.parent.mkdir(parents=True, exist_ok=True)
-                result.features.save(out)
+                written.save(out)
                 n = len(result.features)
                 run.log_metrics(
                     {
@@ -192,6 +208,7 @@ class FeaturesServicer(pb_grpc.FeaturesServicer):
                     dataset_sha256=result.dataset_sha256,
                     seconds=result.seconds,
                     mlflow_run_id=run.id,
+                    alignment_id=alignment.id if alignment is not None else "",
                 )
 
         return runtime.operations.start(KIND, job, total=len(dataset), unit="images")

@@ -37,7 +37,7 @@ from zsc import codec, tracking
 from zsc.data import check_class_names, duplicate_class, output_file, resolve_uri
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument, first_line
 from zsc.evaluation import base_to_new_metrics, confusion_matrix, gzsl_metrics, per_class_accuracy
-from zsc.features import FeatureSet, content_hash
+from zsc.features import ALIGNMENT_ID_KEY, FeatureSet, alignment_id, content_hash, read_alignment
 from zsc.generative.v1 import generative_pb2 as pb
 from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
 from zsc.lineage import MD5_TAG, dvc_md5
@@ -397,6 +397,8 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
             "seed": str(plan.seed),
             "profile": svc.runtime.profile.name,
         }
+        if aligned := trained_alignment(ref):
+            metadata[ALIGNMENT_ID_KEY] = aligned  # synthesized in the (aligned) space the generator was trained in
 
         def job(ctx: JobContext) -> pb.GenerateFeaturesResult:
             ctx.progress(0, message=f"synthesizing {plan.per_class} features for each of {len(plan.class_names)}")
@@ -460,6 +462,11 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                 raise InvalidArgument(
                     f"the base features have D={base.dim} but the novel features have D={novel.dim}; both must be "
                     "image features of one space (text features may have any D_t, features may not)"
+                )
+            if alignment_id(novel.metadata) != alignment_id(base.metadata):
+                raise FailedPrecondition(
+                    f"base features {base_path.name} are {space(base.metadata)} but novel features {novel_path.name} "
+                    f"are {space(novel.metadata)}; both must lie in one feature space"
                 )
             novel_y = relabel(
                 novel,
@@ -574,6 +581,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
         path, test = read_features(request.test_features_uri, "test_features_uri", svc.runtime.data_roots)
         if len(test) == 0:
             raise InvalidArgument(f"test features file {path.name} has no samples")
+        test = align_test_features(request.alignment_uri, test, path, ref, svc.runtime.data_roots)
         if test.dim != clf.feature_dim:
             raise InvalidArgument(
                 f"the test features have D={test.dim} but classifier {ref.model_uri} scores D={clf.feature_dim}"
@@ -598,6 +606,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
             "zsc.model_uri": ref.model_uri,
             "zsc.dataset.uri": str(path),
             "zsc.dataset.hash": f"sha256:{test_hash}",
+            **({ALIGNMENT_ID_KEY: alignment_id(test.metadata)} if alignment_id(test.metadata) else {}),
         }
 
         def job(ctx: JobContext) -> pb.EvaluateGZSLResult:
@@ -1015,13 +1024,52 @@ def check_finetune_prompts(clip: ClipBundle, names: Sequence[str], config: finet
 
 
 def upstream_tags(data: FeatureSet, prefix: str) -> dict[str, str]:
-    """Lineage of a features file from its metadata: the MLflow run that wrote it (e.g. a recovery run)."""
+    """Lineage of a features file from its metadata: the MLflow run that wrote it (e.g. a recovery run) and the FLPT
+    alignment its features carry (a model trained on them scores only features of that alignment)."""
     tags = {}
     if data.metadata.get("mlflow_run_id"):
         tags[f"{prefix}_run_id"] = data.metadata["mlflow_run_id"]
     if data.metadata.get("zsc.kind"):
         tags[f"{prefix}_kind"] = data.metadata["zsc.kind"]
+    if alignment_id(data.metadata):
+        tags[ALIGNMENT_ID_KEY] = alignment_id(data.metadata)
     return tags
+
+
+def trained_alignment(ref: models.ModelRef) -> str:
+    """The alignment id of the features a model was trained on, from its training run's lineage ("" if none)."""
+    if not ref.run_id:
+        return ""
+    return tracking.client().get_run(ref.run_id).data.tags.get(ALIGNMENT_ID_KEY, "")
+
+
+def space(metadata: dict[str, str]) -> str:
+    """How an error names a feature set's space."""
+    return f"aligned by FLPT alignment {alignment_id(metadata)[:19]}" if alignment_id(metadata) else "unaligned"
+
+
+def align_test_features(uri: str, test: FeatureSet, path: Path, ref: models.ModelRef, roots: list[Path]) -> FeatureSet:
+    """The test features moved by the alignment at ``uri`` (when given), checked against the classifier's lineage:
+    FailedPrecondition when they lie in another space than the features it was trained on."""
+    if uri:
+        align_path, alignment = read_alignment(uri, roots)
+        if alignment_id(test.metadata):
+            raise FailedPrecondition(
+                f"test features {path.name} are already {space(test.metadata)}; leave alignment_uri empty"
+            )
+        if test.dim != alignment.dim:
+            raise InvalidArgument(
+                f"the test features have D={test.dim} but alignment {align_path.name} has D={alignment.dim}"
+            )
+        test = alignment.apply(test, text=False)  # the classifier holds its own class weights
+    trained = {ALIGNMENT_ID_KEY: trained_alignment(ref)}
+    if alignment_id(test.metadata) != alignment_id(trained):
+        hint = "; pass the alignment Align wrote as alignment_uri" if alignment_id(trained) and not uri else ""
+        raise FailedPrecondition(
+            f"classifier {ref.model_uri} was trained on features that are {space(trained)} but test features "
+            f"{path.name} are {space(test.metadata)}{hint}"
+        )
+    return test
 
 
 # --- outputs -------------------------------------------------------------------------------------------------------

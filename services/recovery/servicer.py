@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from zsc import codec, tracking
 from zsc.data import check_class_names, output_file, resolve_uri
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument, first_line
-from zsc.features import FeatureSet, content_hash
+from zsc.features import ALIGNMENT_ID_KEY, Alignment, FeatureSet, content_hash
 from zsc.models.clip import ClipBundle, create_clip
 from zsc.recovery.v1 import recovery_pb2 as pb
 from zsc.recovery.v1 import recovery_pb2_grpc as pb_grpc
@@ -300,6 +300,7 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
             "batch_size": config.batch_size,
             "epochs": config.epochs,
             "seed": config.seed,
+            "shuffle": config.shuffle,
             "n_features": len(features),
             "n_base": len(base),
             "n_novel": len(novel),
@@ -344,6 +345,9 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
                 }
                 run.log_metrics({k: v for k, v in summary.items() if math.isfinite(v)})
                 write_tensor_artifact(run, {"ctx": result.ctx, "residual": result.residual}, "flpt.safetensors")
+                # The residual and its weight are part of the feature space: recorded in the file and the lineage.
+                alignment = Alignment(result.residual, float(config.residual_scale))
+                run.set_tags({ALIGNMENT_ID_KEY: alignment.id})
                 # The core lists base then novel classes; the file lists them in the request's order.
                 order = torch.tensor([position[n] for n in result.class_names])
                 text = torch.empty_like(result.text_features)
@@ -356,6 +360,7 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
                     "novel_classes": json.dumps(novel),
                     "input_sha256": input_hash,
                     "profile": svc.runtime.profile.name,
+                    **alignment.metadata(),
                 }
                 aligned = FeatureSet(
                     features=result.features,
@@ -374,6 +379,9 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
                     n_features=len(result.labels),
                     steps_run=result.steps_run,
                     mlflow_run_id=run.id,
+                    alignment_id=alignment.id,
+                    residual=codec.encode(result.residual),
+                    residual_weight=alignment.weight,
                 )
 
         return svc.runtime.operations.start(ALIGN_KIND, job, total=total, unit="steps")
@@ -451,7 +459,7 @@ def flpt_config(settings: pb.FlptSettings) -> FlptConfig:
     kwargs: dict[str, object] = {"seed": int(settings.seed)}
     if settings.ctx_init:
         kwargs["ctx_init"] = settings.ctx_init
-    for field in ("epochs", "batch_size", "lr", "weight_decay", "residual_scale"):
+    for field in ("epochs", "batch_size", "lr", "weight_decay", "residual_scale", "shuffle"):
         if settings.HasField(field):
             kwargs[field] = getattr(settings, field)
     return FlptConfig(**kwargs)

@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="feature cache directory (default: the service's, $ZSC_FEATURE_CACHE_DIR or ~/.cache/zsc/features)",
     )
     p.add_argument("--no-cache", action="store_true", help="compute every feature and leave the cache alone")
+    p.add_argument(
+        "--alignment", type=Path, help="FLPT alignment (the file `zsc align` wrote) to move the features into"
+    )
     p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-features)")
     add_client_args(p, "classification")
     p.set_defaults(func=cmd_extract_features)
@@ -55,8 +58,9 @@ def cmd_extract_features(args: argparse.Namespace) -> int:
         cache_uri=str(args.cache_dir.resolve()) if args.cache_dir else "",
         disable_cache=args.no_cache,
         experiment=args.experiment,
+        alignment_uri=str(args.alignment.resolve()) if args.alignment else "",
     )
-    paths: list[str | Path] = [data, out, args.cache_dir.resolve() if args.cache_dir else ""]
+    paths: list[str | Path] = [data, out, args.cache_dir.resolve() if args.cache_dir else "", args.alignment or ""]
     with open_channel(args, "classification", paths) as channel:
         op = follow(channel, pb_grpc.FeaturesStub(channel).ExtractFeatures(request), "extracting features")
     result = unpack(op, pb.ExtractFeaturesResult)
@@ -69,6 +73,8 @@ def cmd_extract_features(args: argparse.Namespace) -> int:
         f"{result.cache_hits} from the cache, {result.computed} computed, in {result.seconds:.1f} s "
         f"(dataset sha256 {result.dataset_sha256[:16]})"
     )
+    if result.alignment_id:
+        print(f"moved into FLPT alignment {result.alignment_id}")
     print(f"features: {result.features_uri}")
     print(f"MLflow run: {result.mlflow_run_id}")
     return 0

@@ -90,6 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="AdamW learning rate (default 3e-3)")
     p.add_argument("--residual-scale", type=float, help="x' = x + scale * r (default 0.005)")
     p.add_argument("--ctx-init", default="", help='context init phrase (default "a photo of a")')
+    p.add_argument("--shuffle", action="store_true", help="seeded shuffle per epoch (default: the input order)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-recovery)")
     add_client_args(p, "recovery")
@@ -186,6 +187,8 @@ def print_recovery(result: pb.RecoverResult, op: common_pb2.Operation) -> None:
 def cmd_align(args: argparse.Namespace) -> int:
     names = parse_names(args.classes, "--classes")
     settings = pb.FlptSettings(ctx_init=args.ctx_init, seed=args.seed)
+    if args.shuffle:
+        settings.shuffle = True
     for field in ("epochs", "batch_size", "lr", "residual_scale"):
         value = getattr(args, field)
         if value is not None:
@@ -203,6 +206,10 @@ def cmd_align(args: argparse.Namespace) -> int:
     print(
         f"aligned {result.n_features} features over {result.steps_run} steps (final loss {result.final_loss:.4g}); "
         f"text features for {result.n_base} base + {result.n_novel} novel classes"
+    )
+    print(
+        f"alignment {result.alignment_id} (x + {result.residual_weight:g} * r): pass the features file as "
+        "--alignment to extract-features or evaluate-gzsl to move other image features into this space"
     )
     print(f"\nfeatures: {result.features_uri}")
     print(f"MLflow run: {result.mlflow_run_id}")

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from zsc import codec, tracking
 from zsc.common.v1 import common_pb2, common_pb2_grpc
-from zsc.features import FeatureSet
+from zsc.features import ALIGNMENT_ID_KEY, Alignment, FeatureSet, alignment_id
 from zsc.models.clip import create_clip
 from zsc.recovery.v1 import recovery_pb2 as pb
 from zsc.recovery.v1 import recovery_pb2_grpc as pb_grpc
@@ -359,6 +359,16 @@ def test_align_end_to_end_matches_the_core(recovered, stub, channel, data_root: 
     assert run.info.status == "FINISHED" and aligned.metadata["mlflow_run_id"] == result.mlflow_run_id
     assert len(tracking.client().get_metric_history(result.mlflow_run_id, "loss")) == steps
     assert json.loads(aligned.metadata["novel_classes"]) == ["horse", "deer"]
+
+    # The alignment is an output: the file records it (and is it), the result and the run's lineage name it.
+    alignment = Alignment.from_features(aligned)
+    residual = codec.decode(result.residual, "torch")
+    assert result.alignment_id == alignment.id == run.data.tags[ALIGNMENT_ID_KEY] == alignment_id(aligned.metadata)
+    assert result.residual_weight == alignment.weight == 0.005 and float(residual.norm()) > 0
+    torch.testing.assert_close(alignment.residual, core.residual, rtol=0, atol=1e-6)
+    assert torch.equal(alignment.residual, residual) and alignment.class_names == tuple(names)
+    # Moving the virtual features by it gives the file's aligned features exactly.
+    assert torch.equal(alignment.apply(source, text=False).features, aligned.features)
 
 
 def test_align_inline_features(stub, channel, data_root: Path) -> None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from zsc.common.v1 import common_pb2 as zsc_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$zsc/classification/v1/features.proto\x12\x15zsc.classification.v1\x1a\x1azsc/common/v1/common.proto\"\xf2\x02\n\x16\x45xtractFeaturesRequest\x12\x10\n\x08\x64\x61ta_uri\x18\x01 \x01(\t\x12\x12\n\noutput_uri\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x17\n\x0fprompt_template\x18\x06 \x01(\t\x12\x12\n\nimage_size\x18\x07 \x01(\x05\x12\x11\n\tcache_uri\x18\x08 \x01(\t\x12\x15\n\rdisable_cache\x18\t \x01(\x08\x12\x12\n\nexperiment\x18\n \x01(\t\x12Y\n\x0f\x66older_to_class\x18\x0b \x03(\x0b\x32@.zsc.classification.v1.ExtractFeaturesRequest.FolderToClassEntry\x1a\x34\n\x12\x46olderToClassEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x97\x02\n\x15\x45xtractFeaturesResult\x12\x14\n\x0c\x66\x65\x61tures_uri\x18\x01 \x01(\t\x12\x10\n\x08n_images\x18\x02 \x01(\x03\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x0b\n\x03\x64im\x18\x04 \x01(\x05\x12\x10\n\x08text_dim\x18\x05 \x01(\x05\x12\x15\n\rimage_encoder\x18\x06 \x01(\t\x12\x14\n\x0ctext_encoder\x18\x07 \x01(\t\x12\x0f\n\x07\x61ligned\x18\x08 \x01(\x08\x12\x12\n\ncache_hits\x18\t \x01(\x03\x12\x10\n\x08\x63omputed\x18\n \x01(\x03\x12\x16\n\x0e\x64\x61taset_sha256\x18\x0b \x01(\t\x12\x0f\n\x07seconds\x18\x0c \x01(\x01\x12\x15\n\rmlflow_run_id\x18\r \x01(\t2f\n\x08\x46\x65\x61tures\x12Z\n\x0f\x45xtractFeatures\x12-.zsc.classification.v1.ExtractFeaturesRequest\x1a\x18.zsc.common.v1.Operationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$zsc/classification/v1/features.proto\x12\x15zsc.classification.v1\x1a\x1azsc/common/v1/common.proto\"\x89\x03\n\x16\x45xtractFeaturesRequest\x12\x10\n\x08\x64\x61ta_uri\x18\x01 \x01(\t\x12\x12\n\noutput_uri\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x17\n\x0fprompt_template\x18\x06 \x01(\t\x12\x12\n\nimage_size\x18\x07 \x01(\x05\x12\x11\n\tcache_uri\x18\x08 \x01(\t\x12\x15\n\rdisable_cache\x18\t \x01(\x08\x12\x12\n\nexperiment\x18\n \x01(\t\x12Y\n\x0f\x66older_to_class\x18\x0b \x03(\x0b\x32@.zsc.classification.v1.ExtractFeaturesRequest.FolderToClassEntry\x12\x15\n\ralignment_uri\x18\x0c \x01(\t\x1a\x34\n\x12\x46olderToClassEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xad\x02\n\x15\x45xtractFeaturesResult\x12\x14\n\x0c\x66\x65\x61tures_uri\x18\x01 \x01(\t\x12\x10\n\x08n_images\x18\x02 \x01(\x03\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x0b\n\x03\x64im\x18\x04 \x01(\x05\x12\x10\n\x08text_dim\x18\x05 \x01(\x05\x12\x15\n\rimage_encoder\x18\x06 \x01(\t\x12\x14\n\x0ctext_encoder\x18\x07 \x01(\t\x12\x0f\n\x07\x61ligned\x18\x08 \x01(\x08\x12\x12\n\ncache_hits\x18\t \x01(\x03\x12\x10\n\x08\x63omputed\x18\n \x01(\x03\x12\x16\n\x0e\x64\x61taset_sha256\x18\x0b \x01(\t\x12\x0f\n\x07seconds\x18\x0c \x01(\x01\x12\x15\n\rmlflow_run_id\x18\r \x01(\t\x12\x14\n\x0c\x61lignment_id\x18\x0e \x01(\t2f\n\x08\x46\x65\x61tures\x12Z\n\x0f\x45xtractFeatures\x12-.zsc.classification.v1.ExtractFeaturesRequest\x1a\x18.zsc.common.v1.Operationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXTRACTFEATURESREQUEST_FOLDERTOCLASSENTRY']._loaded_options = None
   _globals['_EXTRACTFEATURESREQUEST_FOLDERTOCLASSENTRY']._serialized_options = b'8\001'
   _globals['_EXTRACTFEATURESREQUEST']._serialized_start=92
-  _globals['_EXTRACTFEATURESREQUEST']._serialized_end=462
-  _globals['_EXTRACTFEATURESREQUEST_FOLDERTOCLASSENTRY']._serialized_start=410
-  _globals['_EXTRACTFEATURESREQUEST_FOLDERTOCLASSENTRY']._serialized_end=462
-  _globals['_EXTRACTFEATURESRESULT']._serialized_start=465
-  _globals['_EXTRACTFEATURESRESULT']._serialized_end=744
-  _globals['_FEATURES']._serialized_start=746
-  _globals['_FEATURES']._serialized_end=848
+  _globals['_EXTRACTFEATURESREQUEST']._serialized_end=485
+  _globals['_EXTRACTFEATURESREQUEST_FOLDERTOCLASSENTRY']._serialized_start=433
+  _globals['_EXTRACTFEATURESREQUEST_FOLDERTOCLASSENTRY']._serialized_end=485
+  _globals['_EXTRACTFEATURESRESULT']._serialized_start=488
+  _globals['_EXTRACTFEATURESRESULT']._serialized_end=789
+  _globals['_FEATURES']._serialized_start=791
+  _globals['_FEATURES']._serialized_end=893
 # @@protoc_insertion_point(module_scope)

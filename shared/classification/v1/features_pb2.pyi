@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ExtractFeaturesRequest(_message.Message):
-    __slots__ = ("data_uri", "output_uri", "limit", "batch_size", "class_names", "prompt_template", "image_size", "cache_uri", "disable_cache", "experiment", "folder_to_class")
+    __slots__ = ("data_uri", "output_uri", "limit", "batch_size", "class_names", "prompt_template", "image_size", "cache_uri", "disable_cache", "experiment", "folder_to_class", "alignment_uri")
     class FolderToClassEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class ExtractFeaturesRequest(_message.Message):
     DISABLE_CACHE_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     FOLDER_TO_CLASS_FIELD_NUMBER: _ClassVar[int]
+    ALIGNMENT_URI_FIELD_NUMBER: _ClassVar[int]
     data_uri: str
     output_uri: str
     limit: int
@@ -38,10 +39,11 @@ class ExtractFeaturesRequest(_message.Message):
     disable_cache: bool
     experiment: str
     folder_to_class: _containers.ScalarMap[str, str]
-    def __init__(self, data_uri: _Optional[str] = ..., output_uri: _Optional[str] = ..., limit: _Optional[int] = ..., batch_size: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., prompt_template: _Optional[str] = ..., image_size: _Optional[int] = ..., cache_uri: _Optional[str] = ..., disable_cache: _Optional[bool] = ..., experiment: _Optional[str] = ..., folder_to_class: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    alignment_uri: str
+    def __init__(self, data_uri: _Optional[str] = ..., output_uri: _Optional[str] = ..., limit: _Optional[int] = ..., batch_size: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., prompt_template: _Optional[str] = ..., image_size: _Optional[int] = ..., cache_uri: _Optional[str] = ..., disable_cache: _Optional[bool] = ..., experiment: _Optional[str] = ..., folder_to_class: _Optional[_Mapping[str, str]] = ..., alignment_uri: _Optional[str] = ...) -> None: ...
 
 class ExtractFeaturesResult(_message.Message):
-    __slots__ = ("features_uri", "n_images", "class_names", "dim", "text_dim", "image_encoder", "text_encoder", "aligned", "cache_hits", "computed", "dataset_sha256", "seconds", "mlflow_run_id")
+    __slots__ = ("features_uri", "n_images", "class_names", "dim", "text_dim", "image_encoder", "text_encoder", "aligned", "cache_hits", "computed", "dataset_sha256", "seconds", "mlflow_run_id", "alignment_id")
     FEATURES_URI_FIELD_NUMBER: _ClassVar[int]
     N_IMAGES_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +57,7 @@ class ExtractFeaturesResult(_message.Message):
     DATASET_SHA256_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     MLFLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ALIGNMENT_ID_FIELD_NUMBER: _ClassVar[int]
     features_uri: str
     n_images: int
     class_names: _containers.RepeatedScalarFieldContainer[str]
@@ -68,4 +71,5 @@ class ExtractFeaturesResult(_message.Message):
     dataset_sha256: str
     seconds: float
     mlflow_run_id: str
-    def __init__(self, features_uri: _Optional[str] = ..., n_images: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., dim: _Optional[int] = ..., text_dim: _Optional[int] = ..., image_encoder: _Optional[str] = ..., text_encoder: _Optional[str] = ..., aligned: _Optional[bool] = ..., cache_hits: _Optional[int] = ..., computed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., seconds: _Optional[float] = ..., mlflow_run_id: _Optional[str] = ...) -> None: ...
+    alignment_id: str
+    def __init__(self, features_uri: _Optional[str] = ..., n_images: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., dim: _Optional[int] = ..., text_dim: _Optional[int] = ..., image_encoder: _Optional[str] = ..., text_encoder: _Optional[str] = ..., aligned: _Optional[bool] = ..., cache_hits: _Optional[int] = ..., computed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., seconds: _Optional[float] = ..., mlflow_run_id: _Optional[str] = ..., alignment_id: _Optional[str] = ...) -> None: ...

@@ -134,7 +134,7 @@ class InlineFeatures(_message.Message):
     def __init__(self, features: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., labels: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FlptSettings(_message.Message):
-    __slots__ = ("epochs", "batch_size", "lr", "weight_decay", "residual_scale", "ctx_init", "seed")
+    __slots__ = ("epochs", "batch_size", "lr", "weight_decay", "residual_scale", "ctx_init", "seed", "shuffle")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,7 @@ class FlptSettings(_message.Message):
     RESIDUAL_SCALE_FIELD_NUMBER: _ClassVar[int]
     CTX_INIT_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    SHUFFLE_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     batch_size: int
     lr: float
@@ -149,7 +150,8 @@ class FlptSettings(_message.Message):
     residual_scale: float
     ctx_init: str
     seed: int
-    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., residual_scale: _Optional[float] = ..., ctx_init: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+    shuffle: bool
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., residual_scale: _Optional[float] = ..., ctx_init: _Optional[str] = ..., seed: _Optional[int] = ..., shuffle: _Optional[bool] = ...) -> None: ...
 
 class AlignRequest(_message.Message):
     __slots__ = ("features_uri", "features", "class_names", "output_uri", "settings", "experiment")
@@ -168,7 +170,7 @@ class AlignRequest(_message.Message):
     def __init__(self, features_uri: _Optional[str] = ..., features: _Optional[_Union[InlineFeatures, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ..., output_uri: _Optional[str] = ..., settings: _Optional[_Union[FlptSettings, _Mapping]] = ..., experiment: _Optional[str] = ...) -> None: ...
 
 class AlignResult(_message.Message):
-    __slots__ = ("features_uri", "final_loss", "class_names", "n_base", "n_novel", "n_features", "steps_run", "mlflow_run_id")
+    __slots__ = ("features_uri", "final_loss", "class_names", "n_base", "n_novel", "n_features", "steps_run", "mlflow_run_id", "alignment_id", "residual", "residual_weight")
     FEATURES_URI_FIELD_NUMBER: _ClassVar[int]
     FINAL_LOSS_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +179,9 @@ class AlignResult(_message.Message):
     N_FEATURES_FIELD_NUMBER: _ClassVar[int]
     STEPS_RUN_FIELD_NUMBER: _ClassVar[int]
     MLFLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ALIGNMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESIDUAL_FIELD_NUMBER: _ClassVar[int]
+    RESIDUAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     features_uri: str
     final_loss: float
     class_names: _containers.RepeatedScalarFieldContainer[str]
@@ -185,4 +190,7 @@ class AlignResult(_message.Message):
     n_features: int
     steps_run: int
     mlflow_run_id: str
-    def __init__(self, features_uri: _Optional[str] = ..., final_loss: _Optional[float] = ..., class_names: _Optional[_Iterable[str]] = ..., n_base: _Optional[int] = ..., n_novel: _Optional[int] = ..., n_features: _Optional[int] = ..., steps_run: _Optional[int] = ..., mlflow_run_id: _Optional[str] = ...) -> None: ...
+    alignment_id: str
+    residual: _common_pb2.Tensor
+    residual_weight: float
+    def __init__(self, features_uri: _Optional[str] = ..., final_loss: _Optional[float] = ..., class_names: _Optional[_Iterable[str]] = ..., n_base: _Optional[int] = ..., n_novel: _Optional[int] = ..., n_features: _Optional[int] = ..., steps_run: _Optional[int] = ..., mlflow_run_id: _Optional[str] = ..., alignment_id: _Optional[str] = ..., residual: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., residual_weight: _Optional[float] = ...) -> None: ...
