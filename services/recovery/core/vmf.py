@@ -377,7 +377,8 @@ def vmf_sample_loop_reference(
 ) -> np.ndarray:
     """Literal per-(class, sample) loop of Wood's algorithm in numpy: a statistical reference for tests and the bench.
 
-    (The DFZSL authors loop per draw in torch instead, batched over classes: ``bench/vmf.py`` times that too.)
+    (The DFZSL authors loop per draw in torch instead, batched over classes, with their own envelope: ``bench/vmf.py``
+    times that structure with exact constants and with theirs.)
 
     Returns [C, n, D] float64 samples.
     """
