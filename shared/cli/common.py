@@ -18,8 +18,16 @@ if TYPE_CHECKING:
     from zsc.features import FeatureSet
 
 
+INTERRUPTED = 130  # the exit code of a command ended by Ctrl-C (128 + SIGINT), as shells and dvc report it
+CANCEL_WAIT_SECONDS = 30.0  # how long Ctrl-C waits for a cancelled job to stop (results flushed, MLflow run KILLED)
+
+
 class CommandError(Exception):
     """A user-facing failure: printed as one line, exit code 1."""
+
+
+class Interrupted(CommandError):
+    """Ctrl-C during an operation, after it was cancelled: printed as one line, exit code 130."""
 
 
 def add_client_args(parser: argparse.ArgumentParser, service: str) -> None:
@@ -70,20 +78,68 @@ def follow(channel: grpc.Channel, op: common_pb2.Operation, description: str) ->
     try:
         return client.watch(channel, op, update)
     except KeyboardInterrupt:
-        from zsc.common.v1 import common_pb2_grpc
-
-        common_pb2_grpc.OperationsStub(channel).CancelOperation(common_pb2.CancelOperationRequest(name=op.name))
-        raise CommandError(f"cancelled {op.name}") from None
+        bar.close()
+        raise Interrupted(cancel_operation(channel, op.name)) from None
     finally:
         bar.close()
 
 
+def cancel_operation(channel: grpc.Channel, name: str, wait: float = CANCEL_WAIT_SECONDS) -> str:
+    """Cancel operation ``name`` and wait up to ``wait`` seconds for its job to stop, so that it flushes the results
+    it has and ends its MLflow run KILLED before this process goes; a second Ctrl-C stops waiting. Returns one line
+    saying how the operation ended."""
+    from zsc.common.v1 import common_pb2_grpc
+
+    stub = common_pb2_grpc.OperationsStub(channel)
+    print(
+        f"zsc: cancelling {name}: waiting up to {wait:.0f} s for it to stop (Ctrl-C again: leave now)",
+        file=sys.stderr,
+    )
+    try:
+        last = stub.CancelOperation(common_pb2.CancelOperationRequest(name=name), timeout=10)
+        if not last.done:
+            for last in stub.WatchOperation(common_pb2.WatchOperationRequest(name=name), timeout=wait):
+                if last.done:
+                    break
+    except KeyboardInterrupt:
+        return f"left {name} while it was stopping"
+    except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"{name} did not stop within {wait:.0f} s of its cancel"
+        return f"could not cancel {name}: {err.code().name}: {err.details()}"
+    meta = last.metadata
+    state = common_pb2.OperationMetadata.State.Name(meta.state).lower()
+    done = f" after {meta.done_units} of {meta.total_units} {meta.unit}".rstrip() if meta.total_units else ""
+    return f"interrupted: {name} {state}{done}"
+
+
+def exit_interrupted() -> int:
+    """The exit code of Ctrl-C: 130. A job of an in-process server that is still computing (it ignored its cancel,
+    or a second Ctrl-C left it) would abort the interpreter's teardown ('terminate called without an active
+    exception', SIGABRT), so then the process ends at once, with what it printed flushed."""
+    operations = sys.modules.get("zsc.runtime.operations")
+    if operations is not None and operations.running_jobs():
+        import logging
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)
+    return INTERRUPTED
+
+
 def run_command(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Turn every expected failure into one line on stderr and exit code 1."""
+    """Turn every expected failure into one line on stderr and exit code 1; Ctrl-C into exit code 130."""
     from zsc.errors import ZscError
 
     try:
         return fn(args)
+    except Interrupted as err:
+        print(f"zsc: {err}", file=sys.stderr)
+        return exit_interrupted()
+    except KeyboardInterrupt:  # Ctrl-C outside an operation (start-up, model loading, a unary call)
+        print("zsc: interrupted", file=sys.stderr)
+        return exit_interrupted()
     except grpc.RpcError as err:
         print(f"zsc: {err.code().name}: {err.details()}", file=sys.stderr)
     except client.OperationError as err:

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from zsc.runtime.interceptors import status_for
 
 log = logging.getLogger("zsc.operations")
 State = common_pb2.OperationMetadata.State
+_managers: weakref.WeakSet[OperationManager] = weakref.WeakSet()  # every manager of this process, for running_jobs()
 
 
 class JobContext:
@@ -90,6 +92,7 @@ class OperationManager:
         self._threads: set[threading.Thread] = set()
         self._started = 0
         self._closed = False
+        _managers.add(self)
 
     # --- starting and running jobs -------------------------------------------------------------------------------
     def start(
@@ -113,7 +116,10 @@ class OperationManager:
             # team per calling thread, and while another thread's idle team lives, libgomp counts more threads than
             # cores and stops spinning between parallel regions; a job after two concurrent ones ran 1.5x slower on
             # a kept pool thread (bench/job_threads.py).
-            thread = threading.Thread(target=self._run, args=(record, job), name=f"{self.service}-job-{self._started}")
+            # Daemon: a job that ignores its cancel must not keep the process alive; shutdown() waits for it instead.
+            thread = threading.Thread(
+                target=self._run, args=(record, job), name=f"{self.service}-job-{self._started}", daemon=True
+            )
             self._threads.add(thread)
         thread.start()
         return self._snapshot(record)
@@ -237,8 +243,10 @@ class OperationManager:
             if snapshot.done:
                 return
 
-    def shutdown(self, cancel: bool = True, wait: bool = True) -> None:
-        """Stop taking jobs; cancel running ones so they clean up their partial outputs."""
+    def shutdown(self, cancel: bool = True, wait: bool = True, timeout: float | None = None) -> bool:
+        """Stop taking jobs; cancel running ones so they clean up their partial outputs and end their MLflow runs
+        KILLED. With ``wait``, join the job threads for at most ``timeout`` seconds in all (None: until they end).
+        Returns True when no job thread is left running."""
         with self._changed:
             self._closed = True
             if cancel:
@@ -247,8 +255,20 @@ class OperationManager:
             self._changed.notify_all()
             threads = list(self._threads)
         if wait:
+            deadline = None if timeout is None else time.monotonic() + timeout
             for thread in threads:
-                thread.join()
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
+
+    def running_jobs(self) -> int:
+        """Job threads still alive (a cancelled job is alive until its core reaches a cancellation check)."""
+        with self._changed:
+            return sum(thread.is_alive() for thread in self._threads)
+
+
+def running_jobs() -> int:
+    """Job threads still alive in this process, over all its servers (the CLI's in-process one included)."""
+    return sum(manager.running_jobs() for manager in list(_managers))
 
 
 class OperationsServicer(common_pb2_grpc.OperationsServicer):
