@@ -529,9 +529,10 @@ def test_cli_recover_then_align(server, data_root: Path, monkeypatch: pytest.Mon
             address,
         ]
     )
-    err = capsys.readouterr().err
-    assert code == 1 and err.startswith("zsc: INVALID_ARGUMENT: the teacher has S=6 classes but 2 class names")
-    assert err.count("\n") == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("zsc: recovery served by ")  # who answered, then the one-line error
+    assert code == 1 and len(err) == 2
+    assert err[1].startswith("zsc: INVALID_ARGUMENT: the teacher has S=6 classes but 2 class names")
 
 
 def test_cli_recover_preset_and_sampler(server, data_root: Path, capsys) -> None:
