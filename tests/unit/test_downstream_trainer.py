@@ -147,6 +147,33 @@ def test_augmentation_is_seeded_per_epoch_and_sample(tmp_path: Path) -> None:
         assert top >= 0 and left >= 0 and top + h <= 20 and left + w <= 30 and h > 0 and w > 0
 
 
+def test_random_resized_crop_is_taken_from_the_full_resolution_image(tmp_path: Path) -> None:
+    """Full-resolution images with image_size below their size: the released datamodule's recipe (512x512 PNGs,
+    RandomResizedCrop(32)). The crop box is drawn on the full image and only the crop is resized."""
+    from torchvision.transforms.v2 import functional as TF
+
+    folder = ImageFolder.open(_color_folder(tmp_path, per_class=4, size=96))
+    config = core.TrainConfig(seed=3, epochs=1, image_size=12, crop_scale=(0.05, 0.2))
+    data = core.prepare_data(folder, config)
+    assert data.image_size == 12 and data.val_images.shape[1:] == (3, 12, 12)
+    i, epoch = 2, 5
+    full = core.to_uint8(Image.open(data.train.images.paths[i]))
+    rng = np.random.default_rng([config.seed, epoch, i])
+    top, left, h, w = core.crop_box(96, 96, config.crop_scale, config.crop_ratio, rng)
+    expected = TF.resized_crop(full, top, left, h, w, [12, 12], antialias=True)
+    if rng.random() < 0.5:
+        expected = expected.flip(-1)
+    sample, _ = data.train[(epoch, i)]
+    assert torch.equal(sample, expected)
+    # a small crop of the full image keeps detail that the same crop of a 12x12 copy has lost
+    small = core.eval_resize(full, 12)
+    s = 12 / 96
+    coarse = TF.resized_crop(small, int(top * s), int(left * s), max(1, round(h * s)), max(1, round(w * s)), [12, 12])
+    assert not torch.equal(sample, coarse) and sample.float().std() > coarse.float().std()
+    val_paths = [p for p, _ in folder.samples if p not in set(data.train.images.paths)]
+    assert torch.equal(data.val_images[0], core.eval_resize(core.to_uint8(Image.open(val_paths[0])), 12))
+
+
 def test_training_is_reproducible_and_cancellable(tmp_path: Path) -> None:
     folder = ImageFolder.open(_color_folder(tmp_path))
     config = core.TrainConfig(arch="test_byobnet", epochs=2, batch_size=4, lr=1e-3, seed=5)
