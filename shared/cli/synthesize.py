@@ -11,6 +11,7 @@ import contextlib
 import threading
 from concurrent import futures
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -19,6 +20,9 @@ from zsc.common.v1 import common_pb2, common_pb2_grpc
 from zsc.runtime import client
 from zsc.synthesis.v1 import synthesis_pb2 as pb
 from zsc.synthesis.v1 import synthesis_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from zsc_services.synthesis.core.writer import Shard
 
 SERVICE = "synthesis"
 
@@ -78,6 +82,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "$ZSC_SYNTHESIS_ADDRESS; with neither, zsc starts one on an ephemeral loopback port for this command)",
     )
     p.add_argument(
+        "--shard",
+        type=parse_shard,
+        metavar="I/N",
+        help="run only shard I (0-based) of the plan cut for N workers, e.g. one pod of an indexed Kubernetes Job "
+        "(--shard $JOB_COMPLETION_INDEX/N); a rerun without --shard then skips everything and rebuilds the manifest",
+    )
+    p.add_argument(
         "--profile",
         help="model profile of a service zsc starts itself (default: tiny); a running service of another profile "
         "refuses with FAILED_PRECONDITION (default: use the running one as it is)",
@@ -105,6 +116,16 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         experiment=args.experiment,
     )
     addresses = split_addresses(args.address or [client.address_from_env(SERVICE) or ""])
+    if args.shard is not None:
+        index, count = args.shard
+        if len(addresses) > 1:
+            raise CommandError("--shard runs one shard on one address; give a single --address")
+        shards = plan_shards(request, count)
+        if index >= len(shards):
+            # the plan has fewer chunks than workers: this worker has nothing to do, which is not an error
+            print(f"shard {index}/{count}: nothing to do (the plan cuts into {len(shards)} shards)")
+            return 0
+        request.shard.CopyFrom(_shard_message(shards[index]))
     if len(addresses) <= 1:
         single = argparse.Namespace(address=addresses[0] if addresses else None, profile=args.profile)
         with open_channel(single, SERVICE, [out]) as channel:
@@ -182,17 +203,14 @@ def run_sharded(
     from zsc_services.synthesis.core import writer
 
     out = Path(request.output_uri)
-    grid = request.batch_size or _stored_batch_size(out) or writer.DEFAULT_BATCH_SIZE
-    # the split depends only on the class names and the count, so the tricks need not be parsed here
-    plan_shape = writer.SynthesisRequest.create([c.name for c in request.classes], request.images_per_class)
-    shards = writer.split_shards(plan_shape, len(addresses), grid)
+    shards = plan_shards(request, len(addresses))
     started: dict[int, tuple[grpc.Channel, common_pb2.Operation]] = {}
     lock = threading.Lock()
 
     def run(i: int, address: str, shard: writer.Shard) -> pb.GenerateDatasetResult:
         part = pb.GenerateDatasetRequest()
         part.CopyFrom(request)
-        part.shard.CopyFrom(pb.Shard(classes=shard.classes or [], start=shard.start, stop=shard.stop or 0))
+        part.shard.CopyFrom(_shard_message(shard))
         with client.service_channel(SERVICE, address, profile=profile) as channel:
             op = pb_grpc.SynthesisStub(channel).GenerateDataset(part)
             with lock:
@@ -221,6 +239,32 @@ def run_sharded(
     else:
         print(f"note: {out} is not visible here; its manifest lists what the last replica to finish saw")
     return results
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """"I/N" -> (I, N) with 0 <= I < N."""
+    index, sep, count = value.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i, n = -1, 0
+    if not sep or n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard takes I/N with 0 <= I < N, got {value!r}")
+    return i, n
+
+
+def plan_shards(request: pb.GenerateDatasetRequest, workers: int) -> list[Shard]:
+    """The request's plan cut for ``workers`` on its chunk grid (``writer.split_shards``): what each worker runs."""
+    from zsc_services.synthesis.core import writer
+
+    grid = request.batch_size or _stored_batch_size(Path(request.output_uri)) or writer.DEFAULT_BATCH_SIZE
+    # the split depends only on the class names and the count, so the tricks need not be parsed here
+    plan_shape = writer.SynthesisRequest.create([c.name for c in request.classes], request.images_per_class)
+    return writer.split_shards(plan_shape, workers, grid)
+
+
+def _shard_message(shard: Shard) -> pb.Shard:
+    return pb.Shard(classes=shard.classes or [], start=shard.start, stop=shard.stop or 0)
 
 
 def _stored_batch_size(out: Path) -> int:

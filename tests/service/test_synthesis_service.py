@@ -294,6 +294,45 @@ def test_two_replicas_write_the_same_dataset_as_one(reference, server, root: Pat
     assert tree(out) == tree(ref_out)
 
 
+def test_one_shard_writes_exactly_its_part_of_the_dataset(reference, server, root: Path, capsys) -> None:
+    """`--shard I/N` (one pod of an indexed Job): each shard's PNGs are its index range of the full dataset, byte for
+    byte; a worker past the last shard has nothing to do; a rerun without --shard only rebuilds the manifest."""
+    from zsc.cli.main import main
+
+    ref_out, *_ = reference
+    ref = tree(ref_out)
+    records = writer.read_manifest(ref_out)
+    out = root / "one-shard-at-a-time"
+    argv = ["synthesize", "--classes", ",".join(CLASSES), "--per-class", str(PER_CLASS)]
+    argv += ["--tricks", "multidomain,random_guidance", "--resolution", "32", "--steps", str(STEPS)]
+    argv += ["--seed", str(SEED), "--batch-size", str(BATCH), "--out", str(out)]
+    argv += ["--address", f"127.0.0.1:{server.port}"]
+    expected: set[str] = set()
+    # 12 images per class on a grid of 4: three workers take indices 0-3, 4-7 and 8-11 of both classes
+    for index, (lo, hi) in enumerate([(0, 4), (4, 8), (8, 12)]):
+        assert main([*argv, "--shard", f"{index}/3"]) == 0, capsys.readouterr().err
+        expected |= {r["file"] for r in records if lo <= r["index"] < hi}
+        pngs = {name: data for name, data in tree(out).items() if name.endswith(".png")}
+        assert pngs == {name: ref[name] for name in expected}
+    assert "generated 8 images" in capsys.readouterr().out
+    # a fourth worker: the plan has only three chunks per class and too few classes to split, so no shard is left
+    assert main([*argv, "--shard", "3/4"]) == 0
+    assert "shard 3/4: nothing to do" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert "nothing to do: all 24 images already exist" in capsys.readouterr().out
+    assert tree(out) == ref
+
+
+@pytest.mark.parametrize("value", ["3/3", "1", "-1/2", "a/b", "0/0"])
+def test_cli_refuses_a_bad_shard(value: str, tmp_path: Path, capsys) -> None:
+    from zsc.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["synthesize", "--classes", "cat", "--per-class", "2", "--out", str(tmp_path), f"--shard={value}"])
+    assert exit_.value.code == 2
+    assert "--shard takes I/N with 0 <= I < N" in capsys.readouterr().err
+
+
 def test_split_shards_cuts_classes_when_chunks_run_short() -> None:
     request = writer.SynthesisRequest.create(["a", "b", "c", "d"], 8)
     assert [(s.classes, s.start, s.stop) for s in writer.split_shards(request, 2, 4)] == [(None, 0, 4), (None, 4, 8)]
