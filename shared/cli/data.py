@@ -340,6 +340,12 @@ def cmd_import_coop(args: argparse.Namespace) -> int:
 def cmd_import_diffusion(args: argparse.Namespace) -> int:
     if args.limit_per_class < 0:
         raise CommandError(f"--limit-per-class must be >= 0, got {args.limit_per_class}")
+    if args.dataset in DIFFUSION_DATASETS:
+        splits = DIFFUSION_DATASETS[args.dataset][1]
+        if args.split and args.split not in splits:
+            raise CommandError(f"{args.dataset} has the splits {', '.join(splits)}, not {args.split!r}")
+    elif args.split:
+        raise CommandError(f"{args.dataset} is read from --images, which is the split; drop --split")
     out = args.out.expanduser().resolve()
     if out.exists() and any(out.iterdir()):
         raise CommandError(f"{out} already exists and is not empty; remove it or choose another --out")
@@ -356,10 +362,8 @@ def cmd_import_diffusion(args: argparse.Namespace) -> int:
 
 
 def _import_torchvision(args: argparse.Namespace, out: Path) -> tuple[dict[str, int], str]:
-    class_name, splits, default_split, preset, archive = DIFFUSION_DATASETS[args.dataset]
-    split = args.split or default_split
-    if split not in splits:
-        raise CommandError(f"{args.dataset} has the splits {', '.join(splits)}, not {split!r}")
+    class_name, _, default_split, preset, archive = DIFFUSION_DATASETS[args.dataset]
+    split = args.split or default_split  # checked by the caller
     download_dir = args.download_dir.expanduser()
     kwargs: dict[str, Any] = {"train": split == "train"} if args.dataset == "cifar100" else {"split": split}
     if args.dataset == "pets":  # the species tells "Abyssinian cat" from "Beagle dog", as the prompts name them
