@@ -433,7 +433,8 @@ def write_gzsl(data: GzslData, out: Path) -> list[str]:
     ``splits.json`` (0-based image indices per split, the original names, the sources) and two text-only feature sets
     (no image rows): ``text.safetensors`` (all classes) and ``text-seen.safetensors`` (the seen classes in
     ``seen.txt`` order, for ``zsc recover --text-features ... --classes @seen.txt``). With image features, also one
-    feature set per split (``trainval.safetensors`` ...) listing all classes with their text features."""
+    feature set per split (``trainval.safetensors`` ...) listing all classes with their text features,
+    ``test.safetensors`` (test_seen then test_unseen) and ``image_files.txt`` (the image of each index)."""
     import torch
 
     from zsc.features import FeatureSet
@@ -485,8 +486,9 @@ def write_gzsl(data: GzslData, out: Path) -> list[str]:
             if data.image_files is not None:
                 _write_text(tmp / "image_files.txt", data.image_files)
                 written.append("image_files.txt")
-            for split in GZSL_SPLITS:
-                rows = data.splits[split]
+            # test = test_seen + test_unseen: the one labelled test file `zsc evaluate-gzsl --test` scores S and U on
+            test_rows = np.concatenate([data.splits["test_seen"], data.splits["test_unseen"]])
+            for split, rows in [*((s, data.splits[s]) for s in GZSL_SPLITS), ("test", test_rows)]:
                 FeatureSet(
                     torch.from_numpy(data.features[rows]),
                     torch.from_numpy(data.labels[rows]),

@@ -125,6 +125,10 @@ def test_gzsl_import_writes_one_feature_set_per_split(tmp_path: Path, capsys: py
         assert torch.equal(data.text_features, torch.from_numpy(split_src["cls_features"].T))
         assert json.loads(data.metadata["zsc.import"])["original_names"] == NAMES
     assert sorted(set(FeatureSet.load(out / "test_unseen.safetensors").labels.tolist())) == [3, 4]
+    test = FeatureSet.load(out / "test.safetensors")  # what evaluate-gzsl scores S and U on
+    assert (
+        test.labels.tolist() == [0, 0, 1, 1, 2, 2] + [3] * 4 + [4] * 4 and test.metadata["zsc.import.split"] == "test"
+    )
     seen_text = FeatureSet.load(out / "text-seen.safetensors")
     assert len(seen_text) == 0 and seen_text.class_names == (out / "seen.txt").read_text().splitlines()
     assert torch.equal(seen_text.text_features, torch.from_numpy(split_src["cls_features"].T[:3]))
