@@ -32,6 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("service", choices=sorted(DEFAULT_PORTS))
     _server_args(p)
     p.add_argument("--port", type=int, help="port (default: the service's default port; 0 = ephemeral)")
+    p.add_argument(
+        "--health-port",
+        type=int,
+        help="also serve gRPC health alone, in plaintext, on this port (for Kubernetes' native gRPC probes, which "
+        "speak no TLS; default: none)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("up", help="run all four services on loopback")
@@ -103,6 +109,7 @@ def _config(args: argparse.Namespace, port: int) -> ServerConfig:
         auth_token=read_token(path=args.auth_token_file),
         tls=_tls(args),
         allow_insecure_remote=args.insecure,
+        health_port=getattr(args, "health_port", None),  # `zsc serve` only
     )
 
 

@@ -56,6 +56,8 @@ class ServerConfig:
     auth_token: str | None = None  # bearer token every call must carry (health checks excepted)
     tls: TlsFiles | None = None
     allow_insecure_remote: bool = False  # bind a non-loopback host without auth (explicit --insecure)
+    # A second, plaintext listener that serves grpc.health.v1 only: the kubelet's native gRPC probes speak no TLS.
+    health_port: int | None = None
 
     def check_limits(self) -> None:
         limits = {
@@ -219,7 +221,13 @@ class ZscServer:
             self.server,
         )
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.health_server: grpc.Server | None = None
+        if config.health_port is not None:
+            # the same servicer object, so both listeners always report the same status
+            self.health_server = grpc.server(futures.ThreadPoolExecutor(2, thread_name_prefix=f"{service_name}-health"))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
         self.port = 0
+        self.health_port = 0
         self._loader: threading.Thread | None = None
         self.swept = threading.Event()  # set once the startup sweep of orphaned MLflow runs is over
         self.swept_runs: list[str] = []
@@ -258,17 +266,32 @@ class ZscServer:
             raise errors.FailedPrecondition(f"{self.name} cannot listen on {address}") from err
         if self.port == 0:
             raise errors.FailedPrecondition(f"{self.name} cannot listen on {address}")
+        if self.health_server is not None:
+            self.health_port = self._bind_health(self.health_server)
         tags = {"zsc.server.profile": self.runtime.profile.name}
         tags["zsc.server.address"] = f"{self.config.host}:{self.port}"
         tags.update({f"zsc.server.model.{role}": ref for role, ref in profile_models(self.runtime.profile).items()})
         tracking.set_server_tags(self.name, tags)
         self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
         # Its own thread: a slow or unreachable tracking server must not hold back SERVING.
         threading.Thread(target=self._sweep, name=f"{self.name}-sweep", daemon=True).start()
         log.info("%s listening on %s:%d (profile %s)", self.name, self.config.host, self.port, self.config.profile)
         self._loader = threading.Thread(target=self._load, name=f"{self.name}-load", daemon=True)
         self._loader.start()
         return self.port
+
+    def _bind_health(self, server: grpc.Server) -> int:
+        address = f"{self.config.host}:{self.config.health_port}"
+        busy = port_unavailable(self.config.host, self.config.health_port) if self.config.health_port else None
+        try:
+            port = 0 if busy else server.add_insecure_port(address)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise errors.FailedPrecondition(f"{self.name} cannot serve health on {address}: {busy or 'bind failed'}")
+        return port
 
     def _sweep(self) -> None:
         """End as FAILED the MLflow runs that a killed server of this service on this host left RUNNING."""
@@ -312,6 +335,8 @@ class ZscServer:
         done = self.server.stop(grace)
         self.runtime.operations.shutdown(cancel=True, wait=False)
         done.wait()
+        if self.health_server is not None:
+            self.health_server.stop(0)
         ended = self.runtime.operations.shutdown(cancel=True, wait=True, timeout=grace)
         if not ended:
             log.warning("%s stopped with a job still running after %.0f s", self.name, grace)

@@ -115,3 +115,28 @@ def test_tls_with_token(tmp_path: Path) -> None:
         plaintext.close()
     finally:
         server.stop(0)
+
+
+@pytest.mark.skipif(subprocess.run(["which", "openssl"], capture_output=True).returncode != 0, reason="needs openssl")
+def test_plaintext_health_port_beside_tls_serves_health_only(tmp_path: Path) -> None:
+    """What Kubernetes' native gRPC probes need: health in plaintext on its own port, nothing else there."""
+    cert, key = _self_signed(tmp_path)
+    config = ServerConfig(data_roots=[tmp_path], auth_token=TOKEN, tls=TlsFiles(cert, key), health_port=0)
+    server = ZscServer("recovery", config)
+    server.start()
+    try:
+        assert server.health_port not in (0, server.port)
+        probe = connect(f"127.0.0.1:{server.health_port}")
+        server.wait_ready(60)
+        reply = health_pb2_grpc.HealthStub(probe).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            _list_ops(probe)  # the plaintext port exposes no other service
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        server.stop(0)
+        # a stopped server closes its probe port too, so the kubelet sees it gone
+        with pytest.raises(grpc.RpcError):
+            health_pb2_grpc.HealthStub(probe).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        probe.close()
+    finally:
+        server.stop(0)
