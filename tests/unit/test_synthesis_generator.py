@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -128,8 +129,12 @@ def test_seeds_downsampling_and_cancel(parts):
     bicubic = ImageGenerator(parts, GenerationConfig(steps=2, size=16, downsample="bicubic")).generate(jobs)
     assert [im.size for im in lanczos] == [(32, 32)] * 3 and {im.mode for im in lanczos} == {"RGB"}
     assert [im.size for im in bicubic] == [(16, 16)] * 3
-    again = ImageGenerator(parts, GenerationConfig(steps=2, size=32)).generate(jobs[:1])
-    assert again[0].tobytes() == lanczos[0].tobytes()
+    again = ImageGenerator(parts, GenerationConfig(steps=2, size=32)).generate(jobs)
+    assert [im.tobytes() for im in again] == [im.tobytes() for im in lanczos]
+    # alone, an image differs from its batched self by float kernels only (at most one 8-bit level): the reason the
+    # writer always generates a fixed chunk grid
+    alone = ImageGenerator(parts, GenerationConfig(steps=2, size=32)).generate(jobs[:1])
+    assert np.abs(np.asarray(alone[0], dtype=int) - np.asarray(lanczos[0], dtype=int)).max() <= 1
     assert lanczos[0].tobytes() != lanczos[1].tobytes()
     with pytest.raises(Cancelled):
         ImageGenerator(parts, GenerationConfig(steps=2)).generate(jobs, should_stop=lambda: True)
