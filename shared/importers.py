@@ -660,7 +660,8 @@ def pets_class_names(breeds: Sequence[str], species_of: Mapping[int, int]) -> li
     return [f"{breed} {('cat', 'dog')[species_of[i]]}" for i, breed in enumerate(breeds)]
 
 
-# Two names repeat in CLIP's ImageNet list; zsc needs distinct names, so the second of each takes its WordNet lemma.
+# Two names repeat in CLIP's ImageNet list (657/744 missile, 836/837 sunglasses); zsc needs distinct names, so 744
+# (n04008634 projectile, missile) and 836 (n04355933 sunglass) take their WordNet lemmas.
 _IMAGENET_RENAMES = {744: "projectile", 836: "sunglass"}
 _WNID = re.compile(r"^n\d{8}$")
 
