@@ -8,6 +8,10 @@ lazily), so `--help` and a bad argument answer before torch would have loaded. T
 ``import torch`` first, which is what every command paid before. Each round runs every case once in a fresh
 ``python -c`` (interleaved, so load on a shared machine hits all of them alike); the ratios of medians are printed,
 and each case's modules are checked for torch.
+
+The second table times the other end of a command: the interpreter's teardown once a command has loaded what the
+in-process classification service loads (torch, MLflow, the servicer) and built a model, with and without the
+``gc.freeze()`` the console script calls before exiting (the teardown's full collection walks every object).
 """
 
 from __future__ import annotations
@@ -31,6 +35,18 @@ CASES = {
     "lazy argument error": PRELUDE + RUN.format(argv=["zeroshot", "--method", "nope", "--data", "x"]),
     "eager --help (import torch first)": "import torch  # noqa\n" + PRELUDE + RUN.format(argv=["--help"]),
 }
+# A heavy command's heap (the modules and a tiny model of an in-process classification service), then exit. The
+# child prints when its work is over, so the teardown is the time from that line to the process's end.
+HEAVY = (
+    "import mlflow.tracking, zsc_services.classification.servicer\n"
+    "from zsc.models.clip import create_clip\n"
+    "model = create_clip('tiny:zsc-tiny-clip')\n"
+)
+EXIT = "import sys, time\nprint(time.time(), file=sys.stderr, flush=True)\n"
+TEARDOWN = {
+    "teardown, default": HEAVY + EXIT,
+    "teardown, gc.freeze() at exit": HEAVY + "import gc\ngc.freeze()\n" + EXIT,
+}
 
 
 def run_once(code: str) -> tuple[float, bool]:
@@ -41,6 +57,15 @@ def run_once(code: str) -> tuple[float, bool]:
     if last not in ("True", "False"):
         raise SystemExit(f"case failed: {proc.stderr[-500:]}")
     return seconds, last == "True"
+
+
+def teardown_once(code: str) -> float:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    end = time.time()
+    try:
+        return end - float(proc.stderr.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise SystemExit(f"case failed: {proc.stderr[-500:]}") from None
 
 
 def main() -> None:
@@ -61,7 +86,16 @@ def main() -> None:
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:<36} {median:9.3f} {min(values):7.3f} {median / reference:8.3f}  {torch_loaded[name]}")
-    print(f"\nlazy --help / eager --help: {statistics.median(times['lazy --help']) / reference:.3f}")
+    print(f"\nlazy --help / eager --help: {statistics.median(times['lazy --help']) / reference:.3f}\n")
+    teardown: dict[str, list[float]] = {name: [] for name in TEARDOWN}
+    for _ in range(args.rounds):
+        for name, code in TEARDOWN.items():
+            teardown[name].append(teardown_once(code))
+    base = statistics.median(teardown["teardown, default"])
+    print(f"{'case':<36} {'median s':>9} {'min s':>7} {'/ default':>10}")
+    for name, values in teardown.items():
+        median = statistics.median(values)
+        print(f"{name:<36} {median:9.3f} {min(values):7.3f} {median / base:10.3f}")
 
 
 if __name__ == "__main__":

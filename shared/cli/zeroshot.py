@@ -207,9 +207,10 @@ def _classify_images(
 def print_evaluation(
     names: list[str], per_class: list[float], confusion: np.ndarray, metrics: dict[str, float], runs: list[str]
 ) -> None:
+    # s/image to 3 significant digits: a tiny model's figure (well under a millisecond) must not print as 0.000
     print(
         f"top-1 accuracy: {metrics['top1']:.4f} over {metrics['n_images']} images "
-        f"(macro {metrics['macro_accuracy']:.4f}; {metrics['seconds_per_image']:.3f} s/image, "
+        f"(macro {metrics['macro_accuracy']:.4f}; {metrics['seconds_per_image']:.3g} s/image, "
         f"{metrics['wall_seconds']:.1f} s wall with start-up)"
     )
     if "unet_passes_per_image" in metrics:
