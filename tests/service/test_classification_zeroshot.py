@@ -210,5 +210,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         env={**os.environ, "ZSC_MLFLOW_DIR": str(tmp_path / "mlflow")},
     )
     assert out.returncode == 1
-    assert out.stderr.strip().startswith("zsc: INVALID_ARGUMENT") or "no class folders" in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines[0].startswith("zsc: classification served by ") and len(lines) == 2  # who answered, then the error
+    assert lines[1].startswith("zsc: INVALID_ARGUMENT") or "no class folders" in lines[1]
     assert "Traceback" not in out.stderr
