@@ -2,6 +2,8 @@
 
     python bench/diffusion_classifier.py                      # cifar10 preset, 10 classes, 4 CIFAR-10 test images
     python bench/diffusion_classifier.py --limit 2 --preset pets --batch-size 128
+    python bench/diffusion_classifier.py --ref ~/.cache/zsc/paper-shaped/sd-2-base --device cuda --dtype float16 \
+        --stages 10:2,20:1                            # another model (hub id or local dir), GPU, a short schedule
 
 Prints UNet passes per image, seconds per image for both, the speed-up and whether the predictions are identical.
 Timings are wall-clock; on a shared machine run it when the cores are idle, or use --repeats and read the best.
@@ -13,6 +15,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -33,6 +36,7 @@ from zsc_services.classification.core.diffusion_classifier import (
 from zsc_services.classification.core.diffusion_reference import reference_classify
 
 CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-test"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -51,17 +55,32 @@ def load_images(root: Path, limit: int) -> tuple[list[torch.Tensor], list[int]]:
 def unet_call_seconds(parts, batch: int, text: torch.Tensor, reps: int = 10, unet=None) -> float:
     """Best wall time of one call of ``unet`` (default: the eager UNet) at ``batch`` (random latents, one prompt)."""
     unet = unet or parts.unet
-    config = parts.unet.config
-    x = torch.randn(batch, config.in_channels, config.sample_size, config.sample_size, dtype=parts.dtype)
-    t = torch.randint(0, 1000, (batch,))
+    config, device = parts.unet.config, parts.device
+    x = torch.randn(batch, config.in_channels, config.sample_size, config.sample_size, dtype=parts.dtype, device=device)
+    t = torch.randint(0, 1000, (batch,), device=device)
     cond = text[:1].expand(batch, -1, -1).contiguous()
     unet(x, t, encoder_hidden_states=cond)
     best = float("inf")
     for _ in range(reps):
+        _sync(device)
         start = time.perf_counter()
         unet(x, t, encoder_hidden_states=cond)
+        _sync(device)  # CUDA kernels are asynchronous: time their completion, not their launch
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def parse_stages(text: str) -> tuple[tuple[int, int], ...]:
+    """``"10:2,20:1"`` -> ((10, 2), (20, 1)): (n_samples, to_keep) per stage."""
+    try:
+        return tuple((int(n), int(keep)) for n, keep in (item.split(":") for item in text.split(",")))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"stages must look like 10:2,20:1, got {text!r}") from err
 
 
 def reference_calls(stages: tuple[tuple[int, int], ...], n_candidates: int, batch: int) -> int:
@@ -95,11 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=CIFAR10)
+    parser.add_argument("--ref", default="tiny:zsc-tiny-sd", help="model: tiny:<config>, a hub id or a local dir")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="the model's dtype")
+    parser.add_argument("--stages", type=parse_stages, default=None, help="override the preset's, e.g. 10:2,20:1")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    overrides: dict[str, int] = {"seed": args.seed}
+    overrides: dict[str, Any] = {"seed": args.seed}
+    if args.stages:
+        overrides["stages"] = args.stages
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
     if args.image_chunk:
@@ -111,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    parts = create_sd_components("tiny:zsc-tiny-sd")
+    parts = create_sd_components(args.ref, args.device, DTYPES[args.dtype])
     images, labels = load_images(args.data, args.limit)
     classifier = DiffusionClassifier(parts, compile=args.compile or False)
     prompts = [p for class_prompts in build_prompts(CIFAR10_CLASSES, options.templates) for p in class_prompts]
@@ -154,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             same_stages &= core_stage.keys() == ref_stage.keys()
             shared = core_stage.keys() & ref_stage.keys()
             max_diff = max([max_diff] + [abs(core_stage[c] - ref_stage[c]) for c in shared])
+    print(f"model {args.ref} on {args.device} ({args.dtype})")
     print(f"preset {args.preset}: stages {list(options.stages)}, loss {options.loss}, {len(CIFAR10_CLASSES)} classes")
     print(
         f"images {len(images)}, torch threads {torch.get_num_threads()}, core batch {options.batch_size}"
