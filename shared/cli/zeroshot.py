@@ -15,8 +15,10 @@ from zsc.classification.v1 import classification_pb2 as pb
 from zsc.classification.v1 import classification_pb2_grpc as pb_grpc
 from zsc.cli.common import (
     CommandError,
+    Interrupted,
     add_class_map_arg,
     add_client_args,
+    cancel_operation,
     class_map,
     follow,
     markdown_table,
@@ -26,7 +28,7 @@ from zsc.cli.common import (
 )
 from zsc.common.v1 import common_pb2
 from zsc.data import ImageFolder
-from zsc.runtime.client import service_channel, unpack
+from zsc.runtime.client import connect, service_channel, unpack
 
 METHODS = {"clip": pb.CLIP, "diffusion": pb.DIFFUSION}
 
@@ -125,6 +127,7 @@ def _evaluate_sharded(
     except Exception as err:
         raise CommandError(f"sharding over replicas needs the dataset visible here too: {err}") from err
     bounds = [round(i * n / len(addresses)) for i in range(len(addresses) + 1)]
+    started: dict[int, str] = {}  # the shards' operations, for Ctrl-C in the main thread
 
     def run(i: int) -> tuple[pb.EvaluationResult, dict[str, float]]:
         shard = pb.EvaluateZeroShotRequest()
@@ -134,11 +137,31 @@ def _evaluate_sharded(
             shard.results_uri = str(args.results.resolve()) + f".shard{i}of{len(addresses)}"
         with service_channel("classification", addresses[i]) as channel:
             op = pb_grpc.ClassificationStub(channel).EvaluateZeroShot(shard)
+            started[i] = op.name
             op = follow(channel, op, f"{args.method} shard {i + 1}/{len(addresses)} @ {addresses[i]}")
             return unpack(op, pb.EvaluationResult), dict(op.metadata.metrics)
 
+    # Ctrl-C reaches only the main thread: it cancels every shard's operation (the followers then see them end).
     with ThreadPoolExecutor(len(addresses)) as pool:
-        return list(pool.map(run, range(len(addresses))))
+        futures = [pool.submit(run, i) for i in range(len(addresses))]
+        try:
+            return [f.result() for f in futures]
+        except KeyboardInterrupt:
+            for f in futures:
+                f.cancel()
+            raise Interrupted(
+                "; ".join(_cancel_at(addresses[i], name) for i, name in list(started.items()))
+                or "interrupted before any shard started"
+            ) from None
+
+
+def _cancel_at(address: str, name: str) -> str:
+    """Cancel from a channel of its own: the shard's follower closes its channel when it sees the operation end."""
+    channel = connect(address)
+    try:
+        return cancel_operation(channel, name)
+    finally:
+        channel.close()
 
 
 def merge_results(
