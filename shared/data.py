@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 from PIL import Image, UnidentifiedImageError
 
-from zsc.errors import InvalidArgument, NotFound, ResourceExhausted
+from zsc.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # 64 MP: far above any dataset image, far below a decompression bomb
@@ -32,28 +32,39 @@ def set_image_limits(max_pixels: int, max_bytes: int) -> None:
 
 
 def resolve_uri(uri: str, roots: list[Path], *, must_exist: bool = True) -> Path:
-    """A local path or file:// URI resolved (symlinks included) and checked to lie inside one of ``roots``."""
+    """A local path or file:// URI resolved (symlinks included) and checked to lie inside one of ``roots``.
+
+    A relative path resolves against the first root, never the server's working directory, and ``~`` is not
+    expanded: a request names data, not the server's home. Errors name the path as sent, never the roots."""
     if not uri:
         raise InvalidArgument("empty path")
     parsed = urlparse(uri)
     if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise InvalidArgument(f"file URI {_show(uri)} names host {parsed.netloc!r}; use file:///<path>")
         raw = parsed.path
     elif parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive, not a scheme
         raise InvalidArgument(f"unsupported URI scheme {parsed.scheme!r}; use a local path or file:// URI")
     else:
         raw = uri
+    if not raw:  # file:// alone: it would otherwise resolve to the first root (or once, the working directory)
+        raise InvalidArgument(f"path {_show(uri)} is empty")
+    if raw.startswith("~"):
+        raise InvalidArgument(f"path {_show(uri)} starts with '~'; the server expands no home directory")
     if "\x00" in raw:
         raise InvalidArgument("path contains a NUL byte")
     if len(raw) > MAX_PATH_CHARS:
         raise InvalidArgument(f"path {_show(uri)} is {len(raw)} characters long; the limit is {MAX_PATH_CHARS}")
+    if not roots:
+        raise FailedPrecondition(f"path {_show(uri)} cannot be used: the server has no data root")
     try:  # the OS's limits and symlink loops fail here, as bad input rather than as server errors
-        resolved = Path(raw).expanduser().resolve(strict=False)
+        allowed = [Path(r).resolve() for r in roots]
+        resolved = (allowed[0] / raw).resolve(strict=False)  # an absolute path replaces the root
         too_long = [p for p in resolved.parts if len(os.fsencode(p)) > MAX_NAME_BYTES]
         if too_long:
             raise InvalidArgument(f"path {_show(uri)} has a component over {MAX_NAME_BYTES} bytes")
-        allowed = [r.resolve() for r in roots]
         if not any(resolved == r or resolved.is_relative_to(r) for r in allowed):
-            raise InvalidArgument(f"path {_show(uri)} is outside the data root ({', '.join(map(str, allowed))})")
+            raise InvalidArgument(f"path {_show(uri)} is outside the data root")
         exists = resolved.exists()
     except (OSError, RuntimeError) as err:
         raise InvalidArgument(f"path {_show(uri)} cannot be resolved: {type(err).__name__}") from err

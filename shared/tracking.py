@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from zsc.errors import Cancelled
+from zsc.errors import Cancelled, InvalidArgument
 
 log = logging.getLogger("zsc.tracking")
 _setup_lock = threading.Lock()
@@ -72,6 +72,22 @@ def client():
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+# MLflow's own check allows 500 characters, but its SQL stores hold experiments.name in a VARCHAR(256).
+MAX_EXPERIMENT_CHARS = 256
+
+
+def experiment_name(name: str, default: str) -> str:
+    """The MLflow experiment a request names (``default`` when empty), checked at request time against what MLflow
+    and its SQL stores accept, so a bad name fails the call, not the job it would start."""
+    if not name:
+        return default
+    if len(name) > MAX_EXPERIMENT_CHARS:
+        raise InvalidArgument(f"experiment name is {len(name)} characters long; the limit is {MAX_EXPERIMENT_CHARS}")
+    if not name.isprintable() or name != name.strip():
+        raise InvalidArgument(f"experiment name {name[:40]!r} has control characters or surrounding whitespace")
+    return name
 
 
 def experiment_id(name: str) -> str:

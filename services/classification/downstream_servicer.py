@@ -174,7 +174,7 @@ class DownstreamServicer(pb_grpc.DownstreamServicer):
         if config.pretrained:
             core.pretrained_weights_file(arch)  # fail now, with one line, if the weights are not cached
         name = _registered_name(request.registered_model_name, arch)
-        experiment = request.experiment or EXPERIMENT
+        experiment = tracking.experiment_name(request.experiment, EXPERIMENT)
 
         def job(ctx: JobContext) -> pb.TrainClassifierResult:
             return self._train(ctx, folder, config, name, experiment)
@@ -293,7 +293,7 @@ class DownstreamServicer(pb_grpc.DownstreamServicer):
             folder_to_class=request.folder_to_class,
             field=f"the model's {len(loaded.class_names)} classes",
         )
-        experiment = request.experiment or EXPERIMENT
+        experiment = tracking.experiment_name(request.experiment, EXPERIMENT)
         batch_size = request.batch_size or 64
 
         def job(ctx: JobContext) -> pb.ModelEvaluation:

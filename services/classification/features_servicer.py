@@ -102,6 +102,7 @@ class FeaturesServicer(pb_grpc.FeaturesServicer):
         self.models = FeatureModels(service)
 
     def ExtractFeatures(self, request: pb.ExtractFeaturesRequest, context: grpc.ServicerContext):
+        experiment = tracking.experiment_name(request.experiment, EXPERIMENT)
         runtime = self.service.runtime
         runtime.require_ready()
         roots = runtime.data_roots
@@ -153,7 +154,7 @@ class FeaturesServicer(pb_grpc.FeaturesServicer):
             tags[ALIGNMENT_ID_KEY] = alignment.id
 
         def job(ctx: JobContext) -> pb.ExtractFeaturesResult:
-            with tracking.run(request.experiment or EXPERIMENT, "extract-features", tags) as run:
+            with tracking.run(experiment, "extract-features", tags) as run:
                 ctx.set_mlflow_run(run.id)
                 ctx.progress(0, len(dataset), message="loading models")
                 extractors = self.models.extractors(request.image_size)

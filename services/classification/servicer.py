@@ -112,6 +112,7 @@ class ClassificationServicer(pb_grpc.ClassificationServicer):
         )
 
     def EvaluateZeroShot(self, request: pb.EvaluateZeroShotRequest, context: grpc.ServicerContext):
+        experiment = tracking.experiment_name(request.experiment, "zsc-zeroshot")
         roots = self.service.runtime.data_roots
         root = resolve_uri(request.data_uri, roots)
         if min(request.limit, request.batch_size, request.shard_start, request.shard_stop) < 0:
@@ -140,7 +141,7 @@ class ClassificationServicer(pb_grpc.ClassificationServicer):
         batch_size = request.batch_size or (8 if method.name == "diffusion" else 64)
 
         def job(ctx: JobContext) -> pb.EvaluationResult:
-            with tracking.run(request.experiment or "zsc-zeroshot", f"{method.name}-zeroshot") as run:
+            with tracking.run(experiment, f"{method.name}-zeroshot") as run:
                 ctx.set_mlflow_run(run.id)
                 run.log_params(params)
                 run.set_tags({"zsc.profile": params["profile"], "zsc.kind": "zeroshot-eval"})

@@ -40,6 +40,7 @@ from zsc.evaluation import base_to_new_metrics, confusion_matrix, gzsl_metrics, 
 from zsc.features import ALIGNMENT_ID_KEY, FeatureSet, alignment_id, content_hash, read_alignment
 from zsc.generative.v1 import generative_pb2 as pb
 from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
+from zsc.limits import MAX_LR, MAX_WEIGHT_DECAY
 from zsc.lineage import MD5_TAG, dvc_md5
 from zsc.models.clip import ClipBundle, create_clip
 from zsc.models.prompt_learner import check_prompts_fit
@@ -202,6 +203,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
 
     # --- TrainGenerator --------------------------------------------------------------------------------------------
     def TrainGenerator(self, request: pb.TrainGeneratorRequest, context: grpc.ServicerContext):
+        experiment = tracking.experiment_name(request.experiment, EXPERIMENT)
         svc = self.service
         svc.runtime.require_ready()
         name = enum_choice(
@@ -283,7 +285,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
         }
 
         def job(ctx: JobContext) -> pb.TrainGeneratorResult:
-            with tracking.run(request.experiment or EXPERIMENT, f"train-generator-{name}", lineage) as run:
+            with tracking.run(experiment, f"train-generator-{name}", lineage) as run:
                 ctx.set_mlflow_run(run.id)
                 run.log_params(params)
                 steps = {"select": 0, "train": 0}
@@ -376,11 +378,14 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
             )
         return GenerationPlan(ref, gen, names, text, int(request.per_class), seed)
 
-    def _synthesize(self, plan: GenerationPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    def _synthesize(
+        self, plan: GenerationPlan, should_stop: Callable[[], bool] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        module, text = plan.generator.module, plan.text.to(self.service.device)
         if plan.generator.kind == models.SHIP_KIND:
-            x, y = ship.synthesize(plan.generator.module, plan.class_names, plan.per_class, plan.seed)
+            x, y = ship.synthesize(module, plan.class_names, plan.per_class, plan.seed, should_stop=should_stop)
         else:
-            x, y = generate(plan.generator.module, plan.text.to(self.service.device), plan.per_class, plan.seed)
+            x, y = generate(module, text, plan.per_class, plan.seed, should_stop=should_stop)
         return x.float().cpu(), y.cpu()
 
     def GenerateFeatures(self, request: pb.GenerateFeaturesRequest, context: grpc.ServicerContext):
@@ -402,7 +407,10 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
 
         def job(ctx: JobContext) -> pb.GenerateFeaturesResult:
             ctx.progress(0, message=f"synthesizing {plan.per_class} features for each of {len(plan.class_names)}")
-            x, y = self._synthesize(plan)
+            try:
+                x, y = self._synthesize(plan, ctx.should_stop)
+            except TrainingCancelled as err:
+                raise Cancelled(str(err)) from err
             features = FeatureSet(x, y, list(plan.class_names), plan.text.float().cpu(), metadata)
             save_features(features, out, ctx)
             ctx.progress(len(plan.class_names))
@@ -421,7 +429,10 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
         if request.output_uri:
             raise InvalidArgument("StreamFeatures streams the features back and writes no file; leave output_uri empty")
         plan = self._plan(request)
-        x, _ = self._synthesize(plan)
+        try:
+            x, _ = self._synthesize(plan, lambda: not context.is_active())
+        except TrainingCancelled as err:
+            raise Cancelled(str(err)) from err
         for i, chunk in enumerate(codec.encode_chunks(x)):
             if not context.is_active():  # the client went away: stop encoding
                 return
@@ -432,6 +443,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
 
     # --- TrainGZSL -------------------------------------------------------------------------------------------------
     def TrainGZSL(self, request: pb.TrainGZSLRequest, context: grpc.ServicerContext):
+        experiment = tracking.experiment_name(request.experiment, EXPERIMENT)
         svc = self.service
         svc.runtime.require_ready()
         roots = svc.runtime.data_roots
@@ -518,7 +530,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
         }
 
         def job(ctx: JobContext) -> pb.TrainGZSLResult:
-            with tracking.run(request.experiment or EXPERIMENT, "train-gzsl", lineage) as run:
+            with tracking.run(experiment, "train-gzsl", lineage) as run:
                 ctx.set_mlflow_run(run.id)
                 run.log_params(params)
 
@@ -575,6 +587,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
 
     # --- EvaluateGZSL ----------------------------------------------------------------------------------------------
     def EvaluateGZSL(self, request: pb.EvaluateGZSLRequest, context: grpc.ServicerContext):
+        experiment = tracking.experiment_name(request.experiment, EXPERIMENT)
         svc = self.service
         svc.runtime.require_ready()
         ref, clf = svc.load_classifier(request.classifier)
@@ -610,7 +623,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
         }
 
         def job(ctx: JobContext) -> pb.EvaluateGZSLResult:
-            with tracking.run(request.experiment or EXPERIMENT, "evaluate-gzsl", tags) as run:
+            with tracking.run(experiment, "evaluate-gzsl", tags) as run:
                 ctx.set_mlflow_run(run.id)
                 ctx.progress(0, message=f"scoring {len(test)} test features")
                 scores = clf.model.scores(test.features.to(svc.device), gamma).cpu()
@@ -673,6 +686,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
 
     # --- FineTune --------------------------------------------------------------------------------------------------
     def FineTune(self, request: pb.FineTuneRequest, context: grpc.ServicerContext):
+        experiment = tracking.experiment_name(request.experiment, EXPERIMENT)
         svc = self.service
         svc.runtime.require_ready()
         method = enum_choice(
@@ -771,7 +785,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
         }
 
         def job(ctx: JobContext) -> pb.FineTuneResult:
-            with tracking.run(request.experiment or EXPERIMENT, f"finetune-{method}", lineage) as run:
+            with tracking.run(experiment, f"finetune-{method}", lineage) as run:
                 ctx.set_mlflow_run(run.id)
                 run.log_params(params)
 
@@ -930,6 +944,9 @@ def _settings(msg: pb_message.Message, rename: dict[str, str] | None = None) -> 
                 raise InvalidArgument(f"{where} must be >= 0, got {value}")
             if key in UNIT_INTERVAL and not 0 <= value < 1:
                 raise InvalidArgument(f"{where} must lie in [0, 1), got {value}")
+            limit = MAX_LR if key.endswith("lr") else MAX_WEIGHT_DECAY if key == "weight_decay" else None
+            if limit is not None and value > limit:  # what torch's optimizers take without float32 overflow
+                raise InvalidArgument(f"{where} must be at most {limit:g}, got {value}")
         elif isinstance(value, int) and not isinstance(value, bool) and value > INT_LIMITS.get(key, 1 << 30):
             raise InvalidArgument(f"{where}={value} is over the limit of {INT_LIMITS.get(key, 1 << 30)}")
         out[key] = value

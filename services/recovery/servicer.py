@@ -96,6 +96,7 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
 
     # --- Recover ---------------------------------------------------------------------------------------------------
     def Recover(self, request: pb.RecoverRequest, context: grpc.ServicerContext):
+        experiment = tracking.experiment_name(request.experiment, EXPERIMENT)
         svc = self.service
         svc.runtime.require_ready()
         names = check_class_names(request.class_names, "class_names", MAX_CLASSES)
@@ -173,7 +174,7 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
         }
 
         def job(ctx: JobContext) -> pb.RecoverResult:
-            with tracking.run(request.experiment or EXPERIMENT, "dfzsl-recover", tags) as run:
+            with tracking.run(experiment, "dfzsl-recover", tags) as run:
                 ctx.set_mlflow_run(run.id)
                 run.log_params(params)
                 rec, base_text = recovery, text
@@ -244,6 +245,7 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
 
     # --- Align -----------------------------------------------------------------------------------------------------
     def Align(self, request: pb.AlignRequest, context: grpc.ServicerContext):
+        experiment = tracking.experiment_name(request.experiment, EXPERIMENT)
         svc = self.service
         svc.runtime.require_ready()
         clip = svc.clip_or_fail("FLPT tunes the profile's CLIP text encoder")
@@ -319,7 +321,7 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
         }
 
         def job(ctx: JobContext) -> pb.AlignResult:
-            with tracking.run(request.experiment or EXPERIMENT, "dfzsl-align", tags) as run:
+            with tracking.run(experiment, "dfzsl-align", tags) as run:
                 ctx.set_mlflow_run(run.id)
                 run.log_params(params)
                 try:

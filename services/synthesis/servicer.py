@@ -41,6 +41,9 @@ CAP_ENV = "ZSC_SYNTHESIS_MAX_IMAGES_PER_CLASS"
 TOTAL_CAP_ENV = "ZSC_SYNTHESIS_MAX_IMAGES"
 DEFAULT_MAX_IMAGES = 2_000_000  # per request: ImageNet-1k at the paper's 2,000 per class; a plan is held in memory
 MAX_PREVIEW_IMAGES = 32
+# A synchronous preview's UNet work, in images x steps at the model's native resolution (a larger native resolution
+# counts its extra area): 32 images at 50 steps. Bigger jobs are GenerateDataset's, an Operation that can be cancelled.
+MAX_PREVIEW_COST = MAX_PREVIEW_IMAGES * 50
 MAX_CONCURRENT_PREVIEWS = 2
 MAX_CLASSES = 10_000
 MAX_CLASS_NAME_BYTES = 200  # a class is a folder name; filesystems allow 255 bytes
@@ -154,7 +157,7 @@ class SynthesisServicer(pb_grpc.SynthesisServicer):
         )
         if not jobs:
             raise InvalidArgument(f"the shard selects no images of the {synthesis.images_per_class} per class")
-        experiment = request.experiment or EXPERIMENT
+        experiment = tracking.experiment_name(request.experiment, EXPERIMENT)
         params = _params(synthesis, parts, service.runtime.profile.name, root, shard, batch_size)
         tags = {
             "zsc.kind": "synthesis",
@@ -227,6 +230,7 @@ class SynthesisServicer(pb_grpc.SynthesisServicer):
         batch_size = _batch_size(request.batch_size) or writer.DEFAULT_BATCH_SIZE
         parts = service.parts_or_fail()
         generator = ImageGenerator(parts, synthesis.generation)
+        _check_preview_cost(len(synthesis.plan(MAX_PREVIEW_IMAGES)), generator)
         if not service.previews.acquire(blocking=False):
             raise ResourceExhausted(f"{MAX_CONCURRENT_PREVIEWS} previews are already running; retry shortly")
         try:
@@ -345,6 +349,18 @@ def _generation(settings: pb.GenerationSettings, resolution: int) -> GenerationC
         size=resolution or None,
         downsample=settings.downsample or GENERATION_DEFAULTS.downsample,
     )
+
+
+def _check_preview_cost(images: int, generator: ImageGenerator) -> None:
+    """Refuse a preview whose UNet work is over MAX_PREVIEW_COST (see there): it would hold an RPC thread for long."""
+    area = (generator.native_resolution / generator.parts.native_resolution) ** 2
+    cost = images * generator.config.steps * area
+    if cost > MAX_PREVIEW_COST:
+        raise InvalidArgument(
+            f"a preview of {images} images x {generator.config.steps} steps at native resolution "
+            f"{generator.native_resolution} is {cost:.0f} image-steps at the model's native "
+            f"{generator.parts.native_resolution}, over the preview limit of {MAX_PREVIEW_COST}; use GenerateDataset"
+        )
 
 
 def _shard(shard: pb.Shard) -> writer.Shard:

@@ -22,6 +22,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from zsc.errors import InvalidArgument
 from zsc.models.hub import require_cached, require_dir, unavailable
 from zsc.profiles import CONFIG_DIR
 from zsc.seeding import seeded_init
@@ -67,6 +68,35 @@ def make_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
         raise ValueError(f"unknown scheduler {name!r}; supported: {', '.join(SCHEDULERS)}")
     cls, overrides = SCHEDULERS[name]
     return cls.from_config(config, **overrides)
+
+
+def max_steps(name: str, config: dict[str, Any]) -> int:
+    """The most sampling steps scheduler ``name`` takes with this model's scheduler ``config``.
+
+    diffusers refuses more steps than ``num_train_timesteps``, and with "leading" spacing and ``steps_offset`` k
+    (SD's configs: 1) the last of T steps is timestep T - 1 + k, past the end of ``alphas_cumprod`` (DDIM, DDPM
+    index it); so the bound is the largest n whose timesteps all lie below T. Found by trying, from T down."""
+    total = int(config.get("num_train_timesteps", 1000))
+    for n in range(total, 0, -1):
+        scheduler = make_scheduler(name, config)
+        try:
+            scheduler.set_timesteps(n)
+        except ValueError:
+            continue
+        if int(scheduler.timesteps.max()) < total:
+            return n
+    return 0
+
+
+def check_steps(name: str, config: dict[str, Any], steps: int) -> None:
+    """InvalidArgument unless ``steps`` fit scheduler ``name`` with ``config`` (see :func:`max_steps`)."""
+    limit = max_steps(name, config)
+    if steps > limit:
+        raise InvalidArgument(
+            f"steps {steps} is over the limit of {limit} for the {name} scheduler of this model "
+            f"(num_train_timesteps {config.get('num_train_timesteps', 1000)}, "
+            f"steps_offset {config.get('steps_offset', 0)})"
+        )
 
 
 @lru_cache(maxsize=1)

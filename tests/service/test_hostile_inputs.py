@@ -304,6 +304,7 @@ def make_world(root: Path, outside: Path) -> World:
         "symlink-file-out": f"{root}/escape-file.safetensors",
         "dangling-symlink-out": f"{root}/dangling.safetensors",
         "home": "~/.bashrc",
+        "file-uri-empty": "file://",  # once the server's working directory
     }
     odd = {
         "empty": "",
@@ -861,3 +862,115 @@ def test_image_limit_flags_reach_the_server_config(tmp_path: Path) -> None:
 
     with pytest.raises(InvalidArgument, match="max_image_pixels must be positive"):
         ZscServer("recovery", ServerConfig(data_roots=[tmp_path], max_image_pixels=0))
+
+
+# ------------------------------------------------------------------- issue #21: accepted values, cancel, server paths
+def refused(channels: dict[str, grpc.Channel], name: str, request: Any) -> grpc.RpcError:
+    """The error a request ends with at once (an Operation started instead fails the test)."""
+    with pytest.raises(grpc.RpcError) as err:
+        call(channels[rpc(name).server], rpc(name), request)
+    return err.value
+
+
+EDGE_CASES: dict[str, tuple[str, Callable[[Any], None], str]] = {
+    # The documented maximum of steps is more than DDIM and DDPM take with SD's steps_offset 1.
+    "ddim-1000-steps": (
+        "Synthesis/GenerateDataset",
+        lambda r: r.generation.MergeFrom(syn_pb.GenerationSettings(steps=1000, scheduler="ddim")),
+        "limit of 999",
+    ),
+    "ddpm-1000-steps": (
+        "Synthesis/GenerateImages",
+        lambda r: r.generation.MergeFrom(syn_pb.GenerationSettings(steps=1000, scheduler="ddpm")),
+        "limit of 999",
+    ),
+    # A preview of one image at native resolution 1000 is ~1000x the tiny model's native work: GenerateDataset's job.
+    "preview-native-1000": (
+        "Synthesis/GenerateImages",
+        lambda r: r.generation.CopyFrom(syn_pb.GenerationSettings(native_resolution=1000)),  # the default 40 steps
+        "preview limit",
+    ),
+    "recover-lr-3.4e38": ("Recovery/Recover", lambda r: setattr(r, "lr", 3.4e38), "lr must lie in (0, 10]"),
+    "align-lr-3.4e38": ("Recovery/Align", lambda r: setattr(r.settings, "lr", 3.4e38), "lr must lie in (0, 10]"),
+    "finetune-lr-1e308": ("Generative/FineTune", lambda r: setattr(r.settings, "lr", 1e308), "at most 10"),
+    "recover-weight-decay-1e300": ("Recovery/Recover", lambda r: setattr(r, "weight_decay", 1e300), "weight_decay"),
+}
+
+
+@pytest.mark.parametrize("case", EDGE_CASES, ids=str)
+def test_accepted_looking_values_are_refused_before_the_library(
+    case: str, trained: World, channels: dict[str, grpc.Channel]
+) -> None:
+    """Values that used to pass validation and fail inside torch or diffusers (INTERNAL) are INVALID_ARGUMENT."""
+    name, mutate, words = EDGE_CASES[case]
+    request = base_request(name, trained)
+    mutate(request)
+    err = refused(channels, name, request)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and words in err.details(), err.details()
+
+
+def test_every_experiment_field_is_bounded_at_request_time(trained: World, channels: dict[str, grpc.Channel]) -> None:
+    """MLflow refuses a 5,000-character experiment inside the job; every RPC with the field refuses it at once."""
+    with_field = [r for r in RPCS if "experiment" in r.method.input_type.fields_by_name]
+    assert len(with_field) >= 11
+    for r in with_field:
+        request = base_request(r.name, trained)
+        request.experiment = "x" * 5000
+        err = refused(channels, r.name, request)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit is 256" in err.details(), r.name
+
+
+CANCEL_PHASES: dict[str, Callable[[Any], None]] = {
+    # f-CLSWGAN's classifier pre-training, before the first generator step
+    "clswgan-classifier-pretraining": lambda r: r.clswgan.MergeFrom(gen_pb.ClswganSettings(cls_epochs=65535)),
+    # the held-out selection's quick GZSL classifier, inside an epoch's scoring
+    "selection-scoring": lambda r: r.selection.MergeFrom(gen_pb.SelectionSettings(every=1, classifier_epochs=65535)),
+    # TF-VAEGAN's own epochs
+    "tfvaegan-epochs": lambda r: (
+        r.ClearField("clswgan"),
+        setattr(r, "kind", gen_pb.TFVAEGAN),
+        setattr(r.settings, "epochs", 65535),
+    ),
+}
+
+
+@pytest.mark.parametrize("phase", CANCEL_PHASES, ids=str)
+def test_cancel_reaches_every_training_phase(phase: str, trained: World, channels: dict[str, grpc.Channel]) -> None:
+    """A cancel ends the job in each phase (before, it ran 229 s on after a cancel in the classifier pre-training)."""
+    from zsc.common.v1 import common_pb2_grpc
+
+    gen = channels["generative"]
+    request = base_request("Generative/TrainGenerator", trained)
+    request.ClearField("registered_model_name")
+    CANCEL_PHASES[phase](request)
+    op = call(gen, rpc("Generative/TrainGenerator"), request)
+    ops = common_pb2_grpc.OperationsStub(gen)
+    for update in ops.WatchOperation(common_pb2.WatchOperationRequest(name=op.name), timeout=CALL_TIMEOUT):
+        if update.metadata.state == common_pb2.OperationMetadata.RUNNING:
+            break  # the job is inside its (long) first phase
+    ops.CancelOperation(common_pb2.CancelOperationRequest(name=op.name))
+    final = finish(gen, op, grace=0)  # waits at most CALL_TIMEOUT; a job deaf to the cancel fails here
+    assert final.metadata.state == common_pb2.OperationMetadata.CANCELLED, final
+
+
+def test_request_paths_resolve_against_the_data_root_and_replies_name_no_server_path(
+    trained: World, channels: dict[str, grpc.Channel]
+) -> None:
+    root = trained.root
+    evaluate = base_request("Classification/EvaluateZeroShot", trained)
+    evaluate.data_uri = "base/images"  # relative: the data root's, not the server's working directory
+    op = call(channels["classification"], rpc("Classification/EvaluateZeroShot"), evaluate)
+    assert finish(channels["classification"], op, grace=60).metadata.state == common_pb2.OperationMetadata.SUCCEEDED
+    server_dirs = {str(root), str(root.resolve()), os.getcwd(), str(Path.home())}
+    for uri, code in {
+        "file://": grpc.StatusCode.INVALID_ARGUMENT,  # once the working directory, listed
+        "file:": grpc.StatusCode.INVALID_ARGUMENT,
+        "../outside/images": grpc.StatusCode.INVALID_ARGUMENT,
+        "/etc": grpc.StatusCode.INVALID_ARGUMENT,
+        "~/": grpc.StatusCode.INVALID_ARGUMENT,
+        "no/such/folder": grpc.StatusCode.NOT_FOUND,
+    }.items():
+        evaluate.data_uri = uri
+        err = refused(channels, "Classification/EvaluateZeroShot", evaluate)
+        assert err.code() == code and repr(uri) in err.details(), (uri, err.details())
+        assert not any(d in err.details() for d in server_dirs), err.details()

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zsc.data import ImageFolder, load_image_file
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument, ModelUnavailable
+from zsc.limits import MAX_LR, MAX_WEIGHT_DECAY
 from zsc.models.hub import hub_cache_dir, hub_online
 from zsc.seeding import seeded_init
 from zsc_services.classification import mlflow_model
@@ -78,10 +79,10 @@ class TrainConfig:
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.epochs <= 10_000, f"epochs must be <= 10000, got {self.epochs}"),
             (1 <= self.batch_size <= 4096, f"batch size must be in [1, 4096], got {self.batch_size}"),
-            (math.isfinite(self.lr) and 0 < self.lr <= 10, f"lr must be in (0, 10], got {self.lr}"),
+            (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR, f"lr must be in (0, {MAX_LR:g}], got {self.lr}"),
             (
-                math.isfinite(self.weight_decay) and 0 <= self.weight_decay <= 10,
-                f"weight decay must be in [0, 10], got {self.weight_decay}",
+                math.isfinite(self.weight_decay) and 0 <= self.weight_decay <= MAX_WEIGHT_DECAY,
+                f"weight decay must be in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay}",
             ),
             (0 < self.val_fraction <= 0.5, f"val fraction must be in (0, 0.5], got {self.val_fraction}"),
             (0 <= self.image_size <= 1024, f"image size must be in [0, 1024] (0 = the data's), got {self.image_size}"),

@@ -71,8 +71,8 @@ def build_generator(config: CLSWGANConfig, feature_dim: int, text_dim: int) -> C
 class _CLSWGANTrainer(AdversarialTrainer):
     loss_names = ("loss_d", "wasserstein", "loss_g", "loss_cls")
 
-    def __init__(self, data: TrainingData, config: CLSWGANConfig) -> None:
-        super().__init__(data, config)
+    def __init__(self, data: TrainingData, config: CLSWGANConfig, should_stop: StopHook | None = None) -> None:
+        super().__init__(data, config, should_stop)
         self.cfg = config
         self.noise_draws = config.critic_iters + 1
         device = data.features.device
@@ -94,7 +94,10 @@ class _CLSWGANTrainer(AdversarialTrainer):
             batch_size=100,  # the reference pre-training: Adam lr 1e-3, beta1 0.5, batch 100, 50 epochs
         )
         k = self.data.num_classes
-        clf = fit_gzsl_classifier(self.data.features, self.data.labels, self.data.class_text, range(k), cfg).classifier
+        data = self.data
+        clf = fit_gzsl_classifier(
+            data.features, data.labels, data.class_text, range(k), cfg, should_stop=self.should_stop
+        ).classifier
         return clf.requires_grad_(False).eval()
 
     def modules(self) -> dict[str, nn.Module]:

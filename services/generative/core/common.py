@@ -74,8 +74,8 @@ _C = TypeVar("_C", bound="ConfigMixin")
 class TrainingCancelled(RuntimeError):
     """A training loop stopped because ``should_stop()`` returned True."""
 
-    def __init__(self, epoch: int) -> None:
-        super().__init__(f"training cancelled during epoch {epoch}")
+    def __init__(self, epoch: int = 0) -> None:
+        super().__init__(f"training cancelled during epoch {epoch}" if epoch else "cancelled")
         self.epoch = epoch
 
 
@@ -214,6 +214,7 @@ def generate(
     *,
     class_indices: Tensor | None = None,
     batch_size: int = 4096,
+    should_stop: StopHook | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Synthesize ``n_per_class`` features for each row of ``class_text_features`` [C, D_t].
 
@@ -234,6 +235,8 @@ def generate(
     generator.eval()
     try:
         for start in range(0, rows.numel(), batch_size):
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled()
             r = rows[start : start + batch_size]
             z = torch.randn(r.numel(), generator.noise_dim, device=device, generator=rng)
             out[start : start + r.numel()] = generator(z, text[r])
@@ -348,9 +351,10 @@ class AdversarialTrainer:
     loss_names: tuple[str, ...]
     sampler: nn.Module
 
-    def __init__(self, data: TrainingData, config: GeneratorConfig) -> None:
+    def __init__(self, data: TrainingData, config: GeneratorConfig, should_stop: StopHook | None = None) -> None:
         self.data = data
         self.config = config
+        self.should_stop = should_stop  # for the work a trainer does before its first step (a classifier's fit)
         self.noise_dim = config.resolved_noise_dim(data.text_dim)
         self.betas = (config.beta1, config.beta2)
         # A tensor, so that adapting it needs no host sync inside the loop.
@@ -477,7 +481,7 @@ def _run_epochs(
 
 
 def _holdout_scorer(
-    data: TrainingData, split: HoldoutSplit, config: GeneratorConfig
+    data: TrainingData, split: HoldoutSplit, config: GeneratorConfig, should_stop: StopHook | None = None
 ) -> Callable[[nn.Module], dict[str, float]]:
     """H (with S and U) of a quick GZSL classifier fit on pseudo-seen real + synthesized pseudo-novel features."""
     # gzsl imports this module, so its import waits until a scorer is built.
@@ -495,9 +499,15 @@ def _holdout_scorer(
             config.select_n_per_class,
             config.seed,
             class_indices=split.novel,
+            should_stop=should_stop,
         )
         clf = fit_gzsl_classifier(
-            torch.cat((fit_x, gen_x)), torch.cat((fit_y, gen_y)), data.class_text, split.seen, clf_config
+            torch.cat((fit_x, gen_x)),
+            torch.cat((fit_y, gen_y)),
+            data.class_text,
+            split.seen,
+            clf_config,
+            should_stop=should_stop,
         ).classifier
         m = gzsl_metrics(eval_y, clf.predict(eval_x), split.seen, split.novel)
         return {"S": m.seen, "U": m.unseen, "H": m.harmonic}
@@ -508,7 +518,7 @@ def _holdout_scorer(
 def fit_generator(
     data: FeatureSet,
     config: GeneratorConfig,
-    make_trainer: Callable[[TrainingData, GeneratorConfig], AdversarialTrainer],
+    make_trainer: Callable[[TrainingData, GeneratorConfig, StopHook | None], AdversarialTrainer],
     *,
     on_epoch: EpochHook | None = None,
     should_stop: StopHook | None = None,
@@ -526,26 +536,26 @@ def fit_generator(
     progress = _Progress(0, config.epochs * (2 if selecting and config.select_refit else 1), on_epoch, should_stop)
     selection_history: list[dict[str, float]] = []
     if not selecting:
-        trainer = make_trainer(full, config)
+        trainer = make_trainer(full, config, should_stop)
         history, best_epoch, _ = _run_epochs(trainer, config.epochs, config.seed, progress)
         state = clone_state_dict(trainer.sampler)
     else:
         split = holdout_split(full, config.select_holdout_fraction, config.select_val_fraction, config.seed)
-        trainer = make_trainer(full.take(split.fit_index), config)
+        trainer = make_trainer(full.take(split.fit_index), config, should_stop)
         selection_history, best_epoch, best_state = _run_epochs(
             trainer,
             config.epochs,
             config.seed,
             progress,
             prefix="select_",
-            scorer=_holdout_scorer(full, split, config),
+            scorer=_holdout_scorer(full, split, config, should_stop),
             select_every=config.select_every,
         )
         if best_state is None:  # unreachable: the last epoch is always scored
             raise RuntimeError("selection produced no scored epoch")
         if config.select_refit:
             progress.total = config.epochs + best_epoch
-            trainer = make_trainer(full, config)
+            trainer = make_trainer(full, config, should_stop)
             history, _, _ = _run_epochs(trainer, best_epoch, config.seed, progress)
             state = clone_state_dict(trainer.sampler)
         else:

@@ -444,7 +444,9 @@ class _TipAdapterF(_Method):
         )
 
     @torch.no_grad()
-    def search(self, x: Tensor, y: Tensor, num_base: int, cfg: FineTuneConfig) -> float:
+    def search(
+        self, x: Tensor, y: Tensor, num_base: int, cfg: FineTuneConfig, should_stop: StopHook | None = None
+    ) -> float:
         """Tip-Adapter's (α, β) grid search on held-out base features, scored like :func:`_accuracy`; keeps the
         current pair unless another one scores higher. Returns the best score."""
         base = slice(0, num_base)
@@ -464,6 +466,8 @@ class _TipAdapterF(_Method):
 
         best = (float(accuracy(self.logits(x)[:, base].argmax(dim=1))), self.alpha, self.beta)
         for beta in betas:
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled()
             cache = torch.exp(-beta * (1 - affinity)) @ self.values[:, base]  # [N, K]
             preds = (clip_logits.unsqueeze(0) + alphas.view(-1, 1, 1) * cache.unsqueeze(0)).argmax(dim=2)
             scores = accuracy(preds)
@@ -632,7 +636,7 @@ def fine_tune(
         method.load_state_dict(best_state)
     if isinstance(method, _TipAdapterF):
         if selecting:
-            best_acc = method.search(val_x, val_y, base.numel(), config)
+            best_acc = method.search(val_x, val_y, base.numel(), config, should_stop)
         extra = {"alpha": method.alpha, "beta": method.beta}
     seen_mask = torch.zeros(len(names), dtype=torch.bool)
     seen_mask[base.cpu()] = True

@@ -294,7 +294,12 @@ def train_ship_vae(
 
 @torch.no_grad()
 def synthesize(
-    model: ShipVAE, class_names: Sequence[str], per_class: int, seed: int, batch_size: int = _SYNTH_BATCH
+    model: ShipVAE,
+    class_names: Sequence[str],
+    per_class: int,
+    seed: int,
+    batch_size: int = _SYNTH_BATCH,
+    should_stop: StopHook | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``per_class`` features of each class, from its name alone: ([K·n, D], labels [K·n] in 0..K-1), grouped by
     class in ``class_names`` order. Equal arguments give identical features on a given device."""
@@ -310,6 +315,8 @@ def synthesize(
     model.eval()
     try:
         for start in range(0, rows.numel(), batch_size):
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled()
             r = rows[start : start + batch_size]
             z = torch.randn(r.numel(), model.latent_dim, device=device, generator=rng)
             out[start : start + r.numel()] = model.decode(z, names, r)

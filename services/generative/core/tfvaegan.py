@@ -195,8 +195,8 @@ def build_generator(config: TFVAEGANConfig, feature_dim: int, text_dim: int) -> 
 class _TFVAEGANTrainer(AdversarialTrainer):
     loss_names = ("loss_d", "wasserstein", "loss_g", "loss_vae", "loss_dec", "gradient_penalty", "gp_weight")
 
-    def __init__(self, data: TrainingData, config: TFVAEGANConfig) -> None:
-        super().__init__(data, config)
+    def __init__(self, data: TrainingData, config: TFVAEGANConfig, should_stop: StopHook | None = None) -> None:
+        super().__init__(data, config, should_stop)
         self.cfg = config
         # One draw per critic fake, the VAE's epsilon, and the prior noise of the generator's fake unless encoded.
         self.noise_draws = config.critic_iters + (1 if config.encoded_noise else 2)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
 from torch import nn
 
+from zsc.limits import MAX_LR, MAX_WEIGHT_DECAY, check_bounded
 from zsc.models.prompt_learner import DEFAULT_CTX_INIT, PromptLearner, text_tower
 
 from .recover import RecoveryCancelled
@@ -68,12 +69,10 @@ class FlptConfig:
             raise ValueError("ctx_init must be a non-empty phrase")
         if not isinstance(self.shuffle, bool):
             raise ValueError(f"shuffle must be a bool, got {self.shuffle!r}")
-        for name in ("residual_scale", "weight_decay"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be finite and >= 0, got {value}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be finite and > 0, got {self.lr}")
+        if not (math.isfinite(self.residual_scale) and self.residual_scale >= 0):
+            raise ValueError(f"residual_scale must be finite and >= 0, got {self.residual_scale}")
+        check_bounded("weight_decay", self.weight_decay, MAX_WEIGHT_DECAY, positive=False)
+        check_bounded("lr", self.lr, MAX_LR, positive=True)
         if self.logit_scale is not None and not (math.isfinite(self.logit_scale) and self.logit_scale > 0):
             raise ValueError(f"logit_scale must be finite and > 0, got {self.logit_scale}")
         for name in ("batch_size", "log_every"):

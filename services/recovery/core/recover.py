@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from zsc.limits import MAX_LR, MAX_WEIGHT_DECAY, check_bounded
+
 from .vmf import SAMPLERS, sample_vmf
 
 __all__ = [
@@ -243,11 +245,11 @@ class RecoveryConfig:
             value = getattr(self, name)
             if int(value) != value or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
-        for name in ("lr", "temperature"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be finite and > 0, got {value}")
-        for name in ("weight_decay", "lr_gamma", "lr_power"):
+        check_bounded("lr", self.lr, MAX_LR, positive=True)
+        check_bounded("weight_decay", self.weight_decay, MAX_WEIGHT_DECAY, positive=False)
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
+        for name in ("lr_gamma", "lr_power"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {value}")

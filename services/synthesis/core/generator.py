@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument
-from zsc.models.diffusion import SCHEDULERS, SDComponents, make_scheduler
+from zsc.models.diffusion import SCHEDULERS, SDComponents, check_steps, make_scheduler
 from zsc_services.synthesis.core.planner import Job
 
 DOWNSAMPLERS = ("lanczos", "bicubic", "bilinear")
@@ -74,6 +74,7 @@ class ImageGenerator:
             raise FailedPrecondition(
                 f"model {parts.ref!r} embeds the guidance scale in the UNet (LCM-style); per-sample CFG does not apply"
             )
+        check_steps(self.config.scheduler, dict(parts.scheduler.config), self.config.steps)
         self.native_resolution = self.config.native_resolution or parts.native_resolution
         if self.native_resolution % parts.vae_scale_factor:
             raise InvalidArgument(
