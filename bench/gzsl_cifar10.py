@@ -71,7 +71,6 @@ from zsc_services.generative.core import clswgan, tfvaegan
 from zsc_services.generative.core.common import generate
 from zsc_services.generative.core.gzsl import GZSLConfig, fit_gzsl_classifier, holdout_calibration
 from zsc_services.recovery.core.recover import LinearTeacher, RecoveryConfig, recover
-from zsc_services.recovery.core.vmf import mean_resultant_length
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -172,11 +171,10 @@ def recover_features(teacher: Teacher, seen: list[int], per_class: int, config: 
     W·x + b = |w_j| cos(x, w_j) + b_j in scale (RecoveryConfig's ``temperature``).
     """
     prototypes = F.normalize(teacher.weight, dim=1)
-    if config.kappa == "angular":
-        kappa: dict[str, object] = {}
+    if config.kappa in ("angular", "matched"):
+        kappa: dict[str, object] = {"kappa_policy": config.kappa}
     else:
-        value = matched_kappa(prototypes.shape[1]) if config.kappa == "matched" else float(config.kappa)
-        kappa = {"kappa_policy": "fixed", "kappa": value}
+        kappa = {"kappa_policy": "fixed", "kappa": float(config.kappa)}
     rc = RecoveryConfig(
         num=per_class,
         epochs=config.recovery_epochs,
@@ -188,19 +186,6 @@ def recover_features(teacher: Teacher, seen: list[int], per_class: int, config: 
     labels = torch.tensor(seen)[result.labels]
     meta = {"kappa": repr(result.kappa), "teacher_agreement": repr(result.teacher_agreement)}
     return FeatureSet(result.features, labels, [], torch.empty(0), meta)
-
-
-def matched_kappa(dim: int, ref_kappa: float = 200.0, ref_dim: int = 512) -> float:
-    """The kappa whose mean resultant length A_dim(kappa) equals A_ref_dim(ref_kappa) (bisection; A grows in kappa)."""
-    target = float(mean_resultant_length(ref_kappa, ref_dim))
-    lo, hi = 1e-3, 1e7
-    for _ in range(200):
-        mid = math.sqrt(lo * hi)
-        if float(mean_resultant_length(mid, dim)) < target:
-            lo = mid
-        else:
-            hi = mid
-    return math.sqrt(lo * hi)
 
 
 def train_generator(data: FeatureSet, config: BenchConfig) -> torch.nn.Module:

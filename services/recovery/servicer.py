@@ -50,7 +50,12 @@ MAX_CURVE_POINTS = 1000  # per-step curves are subsampled to this many MLflow po
 ENCODE_CHUNK = 256  # class prompts per text-encoder call
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 METRICS = {pb.TEACHER_METRIC_UNSPECIFIED: "cosine", pb.COSINE: "cosine", pb.LINEAR: "linear"}
-POLICIES = {pb.KAPPA_POLICY_UNSPECIFIED: "angular", pb.ANGULAR: "angular", pb.FIXED: "fixed"}
+POLICIES = {
+    pb.KAPPA_POLICY_UNSPECIFIED: "angular",
+    pb.ANGULAR: "angular",
+    pb.FIXED: "fixed",
+    pb.MATCHED: "matched",
+}
 SAMPLERS = {pb.VMF_SAMPLER_UNSPECIFIED: "exact", pb.EXACT: "exact", pb.AUTHORS: "authors"}
 
 
@@ -416,7 +421,7 @@ def recovery_config(request: pb.RecoverRequest) -> RecoveryConfig:
     """RecoveryConfig from the request; unset optional fields keep the preset's values, or without a preset the
     defaults of the released configs. ValueError on bad values."""
     if request.kappa_policy not in POLICIES:
-        raise InvalidArgument(f"unknown kappa policy {request.kappa_policy}; expected ANGULAR or FIXED")
+        raise InvalidArgument(f"unknown kappa policy {request.kappa_policy}; expected ANGULAR, FIXED or MATCHED")
     if request.sampler not in SAMPLERS:
         raise InvalidArgument(f"unknown vMF sampler {request.sampler}; expected EXACT or AUTHORS")
     policy = POLICIES[request.kappa_policy]

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # torch costs seconds at import: only the commands that use i
     import torch
 
 METRICS = {"cosine": pb.COSINE, "linear": pb.LINEAR}
-POLICIES = {"angular": pb.ANGULAR, "fixed": pb.FIXED}
+POLICIES = {"angular": pb.ANGULAR, "fixed": pb.FIXED, "matched": pb.MATCHED}
 SAMPLERS = {"exact": pb.EXACT, "authors": pb.AUTHORS}
 
 
@@ -66,7 +66,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="vMF sampler: exact (Wood's algorithm, the default) or authors (the released sampler, biased for "
         "kappa > 10; reproduces the paper's numbers)",
     )
-    p.add_argument("--kappa-policy", choices=sorted(POLICIES), default="angular")
+    p.add_argument(
+        "--kappa-policy",
+        choices=sorted(POLICIES),
+        default="angular",
+        help="angular: the paper's, from the angles between the init prototypes (right for CLIP text prototypes); "
+        "matched: the mean cosine of kappa 200 in 512-d carried to this dimension, for a teacher whose rows are far "
+        "apart (e.g. --mu-init teacher on 1280-d lite features, where angular gives kappa ~ 13 and few trusted draws); "
+        "fixed: --kappa (default angular)",
+    )
     p.add_argument("--theta", type=float, help="angular policy: kappa multiplier (default 1.0 or the preset's)")
     p.add_argument("--kappa", type=float, default=0.0, help="fixed policy: the concentration (> 0)")
     p.add_argument(
@@ -130,6 +138,20 @@ def pick(tensors: dict[str, torch.Tensor], key: str, path: Path) -> torch.Tensor
     raise CommandError(f'{path} has no tensor named "{key}" (it has {", ".join(sorted(tensors)) or "none"})')
 
 
+def base_text_features(path: Path, names: list[str]) -> torch.Tensor:
+    """The rows of ``names`` from a zsc feature set (it lists every class, e.g. an `extract-features` file), or the
+    file's ``text_features`` tensor as it is (its rows are the base classes)."""
+    from zsc.cli.generative import read_text_features
+    from zsc.features import FeatureSet
+
+    tensors = load_tensors(path, "text features")
+    try:
+        FeatureSet.load(path)
+    except ValueError:  # a plain tensor file
+        return pick(tensors, "text_features", path)
+    return read_text_features(path, names)[1]
+
+
 def cmd_recover(args: argparse.Namespace) -> int:
     names = parse_names(args.classes, "--classes")
     tensors = load_tensors(args.teacher, "teacher")
@@ -155,8 +177,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if args.sampler is not None:
         request.sampler = SAMPLERS[args.sampler]
     if args.text_features is not None:
-        text = pick(load_tensors(args.text_features, "text features"), "text_features", args.text_features)
-        request.text_features.CopyFrom(codec.encode(text.float()))
+        request.text_features.CopyFrom(codec.encode(base_text_features(args.text_features, names).float()))
     for field in ("theta", "num", "nsample", "epochs", "lr"):
         value = getattr(args, field)
         if value is not None:

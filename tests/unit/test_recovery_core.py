@@ -21,10 +21,11 @@ from zsc_services.recovery.core.recover import (
     RecoveryConfig,
     VmfRecovery,
     angular_kappa,
+    matched_kappa,
     recover,
     teacher_from_weights,
 )
-from zsc_services.recovery.core.vmf import sample_vmf
+from zsc_services.recovery.core.vmf import mean_resultant_length, sample_vmf
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -221,6 +222,20 @@ def test_angular_kappa_closed_form() -> None:
         CosineTeacher(torch.eye(3)), protos, RecoveryConfig(kappa_policy="fixed", kappa=7.5, epochs=0, num=3)
     )
     assert rec.kappa == 7.5
+
+
+def test_matched_kappa_carries_the_papers_mean_cosine_to_another_dimension() -> None:
+    assert matched_kappa(512) == pytest.approx(200.0, rel=1e-9)  # the reference itself
+    target = float(mean_resultant_length(200.0, 512))  # 0.344 (methods.md: exact vMF, kappa 200, D 512)
+    for dim in (64, 1280):
+        kappa = matched_kappa(dim)
+        assert float(mean_resultant_length(kappa, dim)) == pytest.approx(target, abs=1e-9)
+    assert 450 < matched_kappa(1280) < 550  # ~500: far above the angular rule's ~13 for 1280-d teacher rows
+    protos = F.normalize(torch.randn(5, 1280, generator=torch.Generator().manual_seed(0)), dim=1)
+    rec = VmfRecovery(CosineTeacher(protos), protos, RecoveryConfig(kappa_policy="matched", epochs=0, num=3))
+    assert rec.kappa == pytest.approx(matched_kappa(1280)) and angular_kappa(protos) < 20
+    with pytest.raises(ValueError, match="only used by the fixed policy"):
+        RecoveryConfig(kappa_policy="matched", kappa=3.0)
 
 
 def test_teacher_helpers() -> None:

@@ -19,6 +19,7 @@ class KappaPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KAPPA_POLICY_UNSPECIFIED: _ClassVar[KappaPolicy]
     ANGULAR: _ClassVar[KappaPolicy]
     FIXED: _ClassVar[KappaPolicy]
+    MATCHED: _ClassVar[KappaPolicy]
 
 class VmfSampler(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -31,6 +32,7 @@ LINEAR: TeacherMetric
 KAPPA_POLICY_UNSPECIFIED: KappaPolicy
 ANGULAR: KappaPolicy
 FIXED: KappaPolicy
+MATCHED: KappaPolicy
 VMF_SAMPLER_UNSPECIFIED: VmfSampler
 EXACT: VmfSampler
 AUTHORS: VmfSampler
