@@ -53,6 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("health", help="health of the services, one line each; exit 0 only if all are SERVING")
     p.add_argument("services", nargs="*", help=f"any of {', '.join(DEFAULT_PORTS)} (default: all four)")
     p.add_argument("--all", action="store_true", help="all four services (the default)")
+    p.add_argument(
+        "--address",
+        help="host:port to check instead of ZSC_<SERVICE>_ADDRESS or the default port (name one service with it)",
+    )
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(func=cmd_health)
 
@@ -357,9 +361,12 @@ def cmd_health(args: argparse.Namespace) -> int:
     if unknown:
         print(f"zsc: unknown service(s) {sorted(unknown)}; one of {', '.join(DEFAULT_PORTS)}", file=sys.stderr)
         return 2
+    if args.address and len(services) != 1:
+        print("zsc: --address names one server: give the one service it runs", file=sys.stderr)
+        return 2
     ok = True
     for name in services:
-        address = address_from_env(name) or f"127.0.0.1:{DEFAULT_PORTS[name]}"
+        address = args.address or address_from_env(name) or f"127.0.0.1:{DEFAULT_PORTS[name]}"
         channel = connect(address)
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)

@@ -71,3 +71,11 @@ def test_runs_of_a_server_carry_its_profile_and_models(classification_server) ->
     assert tags["zsc.server.profile"] == "tiny"
     assert tags["zsc.server.address"] == f"127.0.0.1:{classification_server.port}"
     assert tags["zsc.server.model.clip"] == "tiny:zsc-tiny-clip"
+
+
+def test_health_checks_the_address_it_is_given(classification_server, capsys) -> None:
+    address = f"127.0.0.1:{classification_server.port}"
+    assert main(["health", "classification", "--address", address]) == 0
+    assert capsys.readouterr().out.split() == ["classification", address, "SERVING"]
+    assert main(["health", "--address", address]) == 2  # one address, one service
+    assert "names one server" in capsys.readouterr().err
