@@ -84,6 +84,20 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         help=f"largest decoded image in pixels: stops decompression bombs (default {data.MAX_IMAGE_PIXELS})",
     )
     p.add_argument("--max-operations", type=int, default=2, help="concurrent long operations before RESOURCE_EXHAUSTED")
+    p.add_argument(
+        "--max-operations-per-hour",
+        type=int,
+        default=ServerConfig.max_operations_per_hour,
+        help="long operations one client address may start per hour before RESOURCE_EXHAUSTED; each may leave MLflow "
+        f"runs and model versions (default {ServerConfig.max_operations_per_hour}; 0 = no cap)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads per job (default 0: torch's own, one per core); bench/server_threads.py "
+        "measures what concurrent jobs cost with each setting",
+    )
     p.add_argument("--log-level", default="INFO")
     p.add_argument(
         "--auth-token-file",
@@ -96,7 +110,7 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--insecure",
         action="store_true",
-        help="allow a non-loopback --host without authentication (trusted networks only)",
+        help="allow a non-loopback --host without authentication or without TLS (trusted networks only)",
     )
 
 
@@ -110,6 +124,7 @@ def _config(args: argparse.Namespace, port: int) -> ServerConfig:
         max_image_bytes=args.max_image_mb << 20,
         max_image_pixels=args.max_image_pixels,
         max_concurrent_operations=args.max_operations,
+        max_operations_per_hour=args.max_operations_per_hour,
         auth_token=read_token(path=args.auth_token_file),
         tls=_tls(args),
         allow_insecure_remote=args.insecure,
@@ -137,6 +152,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("zsc").setLevel(level)
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # the default of every thread started later: the jobs' threads
     port = DEFAULT_PORTS[args.service] if args.port is None else args.port
     server = ZscServer(args.service, _config(args, port))
     return serve_forever(server, on_ready=lambda s: print(f"{args.service} on {args.host}:{s.port}", flush=True))
@@ -163,6 +184,10 @@ def _serve_argv(args: argparse.Namespace, service: str, port: int) -> list[str]:
         str(args.max_image_pixels),
         "--max-operations",
         str(args.max_operations),
+        "--max-operations-per-hour",
+        str(args.max_operations_per_hour),
+        "--threads",
+        str(args.threads),
         "--log-level",
         args.log_level,
     ]
