@@ -317,7 +317,7 @@ def test_flpt_rejects_bad_input_with_one_line(tiny: ClipBundle) -> None:
         assert "\n" not in str(err.value)
     for bad, message in [
         (dict(batch_size=0), "batch_size must be a positive integer"),
-        (dict(lr=-1.0), "lr must be finite and > 0"),
+        (dict(lr=-1.0), r"lr must lie in \(0, 10\]"),
         (dict(epochs=-1), "epochs must be a non-negative integer"),
         (dict(residual_scale=math.inf), "residual_scale"),
         (dict(ctx_init=" "), "ctx_init"),
