@@ -1,22 +1,21 @@
 """`zsc synthesize`: a synthetic ImageFolder + manifest.jsonl from class names, on one or several synthesis replicas.
 
-Several replicas (``--address`` repeated or comma-separated) each take a shard of the plan, cut on the chunk grid by
-``writer.split_shards``, and write into the same directory, so the result is byte for byte what one replica writes.
+Several replicas (``--address`` repeated or comma-separated, an ``ipv4:`` multi-address target, or a ``dns:///`` name
+standing for all its addresses) share the plan cut into ``fanout.SHARDS_PER_REPLICA`` shards per replica on the
+chunk grid by ``writer.split_shards``: a free replica takes the next shard, a lost replica's shard goes to the others
+(``zsc.cli.fanout``), and all write into the same directory, so the result is byte for byte what one replica writes.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import threading
-from concurrent import futures
+import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import grpc
-
+from zsc.cli import fanout
 from zsc.cli.common import CommandError, follow, open_channel, parse_names
-from zsc.common.v1 import common_pb2, common_pb2_grpc
 from zsc.runtime import client
 from zsc.synthesis.v1 import synthesis_pb2 as pb
 from zsc.synthesis.v1 import synthesis_pb2_grpc as pb_grpc
@@ -78,8 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--address",
         action="append",
         default=[],
-        help="host:port of a synthesis replica; repeat or comma-separate to shard over several (default: "
-        "$ZSC_SYNTHESIS_ADDRESS; with neither, zsc starts one on an ephemeral loopback port for this command)",
+        help="host:port of a synthesis replica; repeat or comma-separate, or give ipv4:A,B,... or dns:///NAME:PORT "
+        "(every address NAME resolves to), to shard over several (default: $ZSC_SYNTHESIS_ADDRESS; with neither, zsc "
+        "starts one on an ephemeral loopback port for this command)",
     )
     p.add_argument(
         "--shard",
@@ -115,10 +115,11 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         experiment=args.experiment,
     )
-    addresses = split_addresses(args.address or [client.address_from_env(SERVICE) or ""])
+    targets = [t for t in args.address or [client.address_from_env(SERVICE) or ""] if t.strip()]
+    replicas = list(dict.fromkeys(r for t in targets for r in client.resolve_target(t)))
     if args.shard is not None:
         index, count = args.shard
-        if len(addresses) > 1:
+        if len(replicas) > 1:
             raise CommandError("--shard runs one shard on one address; give a single --address")
         shards = plan_shards(request, count)
         if index >= len(shards):
@@ -126,14 +127,18 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
             print(f"shard {index}/{count}: nothing to do (the plan cuts into {len(shards)} shards)")
             return 0
         request.shard.CopyFrom(_shard_message(shards[index]))
-    if len(addresses) <= 1:
-        single = argparse.Namespace(address=addresses[0] if addresses else None, profile=args.profile)
+    if len(replicas) <= 1:
+        # one replica: the target as written (gRPC resolves a name itself), else the in-process server
+        address = (targets[0] if len(targets) == 1 else replicas[0].address) if replicas else None
+        single = argparse.Namespace(address=address, profile=args.profile)
         with open_channel(single, SERVICE, [out]) as channel:
             op = follow(channel, pb_grpc.SynthesisStub(channel).GenerateDataset(request), "synthesize")
         results = [client.unpack(op, pb.GenerateDatasetResult)]
+        print_summary(results, out)
     else:
-        results = run_sharded(request, addresses, args.profile)
-    print_summary(results, out)
+        start = time.perf_counter()
+        results = run_sharded(request, replicas, args.profile)
+        print_summary(results, out, time.perf_counter() - start)
     return 0
 
 
@@ -191,54 +196,39 @@ def parse_tricks(args: argparse.Namespace) -> pb.TrickSpec:
     return spec
 
 
-def split_addresses(values: list[str]) -> list[str]:
-    return [a.strip() for v in values for a in v.split(",") if a.strip()]
-
-
 def run_sharded(
-    request: pb.GenerateDatasetRequest, addresses: list[str], profile: str
+    request: pb.GenerateDatasetRequest,
+    replicas: list[client.Replica],
+    profile: str | None,
+    on_start: fanout.OnStart | None = None,
 ) -> list[pb.GenerateDatasetResult]:
-    """One shard per replica, run concurrently, each followed by its own progress bar; then one manifest rewrite."""
+    """The plan cut into ``SHARDS_PER_REPLICA`` shards per replica, spread over the replicas by ``fanout``; then one
+    manifest rewrite."""
     # the core decides the chunk grid and rebuilds the manifest, so replicas and one server agree to the byte
     from zsc_services.synthesis.core import writer
 
     out = Path(request.output_uri)
-    shards = plan_shards(request, len(addresses))
-    started: dict[int, tuple[grpc.Channel, common_pb2.Operation]] = {}
-    lock = threading.Lock()
-
-    def run(i: int, address: str, shard: writer.Shard) -> pb.GenerateDatasetResult:
+    parts = []
+    for shard in plan_shards(request, fanout.SHARDS_PER_REPLICA * len(replicas)):
         part = pb.GenerateDatasetRequest()
         part.CopyFrom(request)
         part.shard.CopyFrom(_shard_message(shard))
-        with client.service_channel(SERVICE, address, profile=profile) as channel:
-            op = pb_grpc.SynthesisStub(channel).GenerateDataset(part)
-            with lock:
-                started[i] = (channel, op)
-            try:
-                op = follow(channel, op, f"shard {i + 1}/{len(shards)} {address}")
-            finally:
-                with lock:
-                    started.pop(i, None)
-        return client.unpack(op, pb.GenerateDatasetResult)
-
-    with futures.ThreadPoolExecutor(len(shards), thread_name_prefix="zsc-shard") as pool:
-        pending = [pool.submit(run, i, a, s) for i, (a, s) in enumerate(zip(addresses, shards, strict=False))]
-        try:
-            done, _ = futures.wait(pending, return_when=futures.FIRST_EXCEPTION)
-            failed = next((f for f in done if f.exception() is not None), None)
-            if failed is not None:
-                _cancel(started, lock)  # one shard failed: the dataset cannot be complete, so stop the others
-                raise failed.exception()
-        except KeyboardInterrupt:
-            _cancel(started, lock)
-            raise CommandError("cancelled the synthesis on every replica") from None
-        results = [f.result() for f in pending]
+        parts.append(part)
+    run = fanout.run_shards(
+        SERVICE,
+        replicas,
+        parts,
+        lambda channel, part: pb_grpc.SynthesisStub(channel).GenerateDataset(part),
+        profile=profile,
+        description="synthesis shard",
+        on_start=on_start,
+    )
+    print(f"zsc: {run.summary(len(replicas))}", file=sys.stderr)
     if (out / writer.REQUEST).is_file():
         writer.write_manifest(out)  # each replica's last rewrite may predate another replica's last image
     else:
         print(f"note: {out} is not visible here; its manifest lists what the last replica to finish saw")
-    return results
+    return [client.unpack(op, pb.GenerateDatasetResult) for op in run.operations]
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -278,19 +268,14 @@ def _stored_batch_size(out: Path) -> int:
         return 0  # new, unreadable or not ours: the service says what is wrong, if anything
 
 
-def _cancel(started: dict[int, tuple[grpc.Channel, common_pb2.Operation]], lock: threading.Lock) -> None:
-    with lock:
-        running = list(started.values())
-    for channel, op in running:
-        with contextlib.suppress(grpc.RpcError):  # that replica is gone: nothing left to stop there
-            common_pb2_grpc.OperationsStub(channel).CancelOperation(common_pb2.CancelOperationRequest(name=op.name))
-
-
-def print_summary(results: list[pb.GenerateDatasetResult], out: Path) -> None:
+def print_summary(results: list[pb.GenerateDatasetResult], out: Path, seconds: float | None = None) -> None:
+    """Counts of the run (its shards added up) and its rate: over ``seconds`` (the sharded run's wall time, shards
+    overlapping), else over the one server's own time."""
     total = sum(r.total for r in results)
     generated = sum(r.generated for r in results)
     skipped = sum(r.skipped for r in results)
-    seconds = max((r.seconds for r in results), default=0.0)
+    if seconds is None:
+        seconds = max((r.seconds for r in results), default=0.0)
     if generated == 0 and skipped == total:
         print(f"nothing to do: all {total} images already exist in {out} (skipped {skipped}, generated 0)")
     else:

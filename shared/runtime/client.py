@@ -1,14 +1,28 @@
 """Client helpers: channels with size limits, retries for idempotent RPCs and a deadline on every call, and the one
-place a client finds (or starts) its service and says which server answered."""
+place a client finds (or starts) its service and says which server answered.
+
+A target may stand for several replicas: a comma list ``a:1,b:2``, gRPC's ``ipv4:a:1,b:2`` / ``ipv6:[..]:1,...``, or
+``dns:///name:port`` (every address the name resolves to, e.g. a Kubernetes headless Service). ``resolve_target``
+turns one into its replicas. Two ways to use several replicas:
+
+- quick unary RPCs (ZeroShot, Predict) go through one ``balanced`` channel: gRPC's ``round_robin`` policy in the
+  service config spreads the calls, and client-side health checking keeps them off replicas not SERVING;
+- long jobs are Operations that live on the replica that started them, so their Get/Watch/Cancel must reach that
+  replica: sharded commands keep one channel per resolved replica (``zsc.cli.fanout``), and any other channel uses
+  ``pick_first``, which keeps all of one channel's calls on one connection.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +55,93 @@ RETRY_POLICY = {
 }
 
 
-def service_config() -> str:
+def service_config(balanced: bool = False) -> str:
+    """The channel's service config: retries of the idempotent RPCs, and the load-balancing policy.
+
+    ``balanced``: ``round_robin`` over every address the target resolves to, with client-side health checking (a
+    replica still loading its models answers NOT_SERVING and gets no calls). Otherwise ``pick_first``: one
+    connection, so an Operation's follow-up calls reach the replica that started it."""
     names = [{"service": s, "method": m} for s, methods in IDEMPOTENT.items() for m in methods]
-    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": RETRY_POLICY}]})
+    config: dict[str, Any] = {"methodConfig": [{"name": names, "retryPolicy": RETRY_POLICY}]}
+    if balanced:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+        config["healthCheckConfig"] = {"serviceName": ""}
+    else:
+        config["loadBalancingConfig"] = [{"pick_first": {}}]
+    return json.dumps(config)
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One server of a target: ``address`` (host:port) to dial, and the DNS ``name`` it was resolved from ("" when
+    dialled as written), which TLS checks the certificate against."""
+
+    address: str
+    name: str = ""
+
+
+def resolve_target(target: str) -> list[Replica]:
+    """The replicas a target stands for, in order, each once (see the module docstring for the forms).
+
+    ``dns:`` targets are resolved here, once, with the system resolver (what a headless Service's DNS answers);
+    a plain ``host:port`` is one replica, dialled as written. Raises ValueError (one line) for a malformed target."""
+    target = target.strip()
+    scheme, sep, rest = target.partition(":")
+    if sep and scheme in ("ipv4", "ipv6"):
+        replicas = [Replica(_check_port(a.strip(), target)) for a in rest.split(",") if a.strip()]
+    elif sep and scheme == "dns":
+        replicas = _resolve_dns(rest, target)
+    else:
+        replicas = [Replica(a.strip()) for a in target.split(",") if a.strip()]
+    if not replicas:
+        raise ValueError(f"no address in target {target!r}")
+    return list(dict.fromkeys(replicas))
+
+
+def grpc_target(target: str) -> str:
+    """``target`` as gRPC's resolvers read it: a zsc comma list of IP literals becomes an ``ipv4:``/``ipv6:``
+    target; any other form is already one."""
+    parts = [a.strip() for a in target.split(",") if a.strip()]
+    if len(parts) <= 1 or target.startswith(("ipv4:", "ipv6:", "dns:")):
+        return target
+    try:
+        families = {ipaddress.ip_address(_split_host_port(a, target)[0]).version for a in parts}
+    except ValueError:
+        raise ValueError(
+            f"{target!r}: one channel over several host names needs a dns:/// name or ipv4: addresses"
+        ) from None
+    if len(families) > 1:
+        raise ValueError(f"{target!r} mixes IPv4 and IPv6 addresses")
+    return f"ipv{families.pop()}:" + ",".join(parts)
+
+
+def _split_host_port(address: str, target: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"{address!r} in target {target!r} has no host:port")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _check_port(address: str, target: str) -> str:
+    _split_host_port(address, target)
+    return address
+
+
+def _resolve_dns(rest: str, target: str) -> list[Replica]:
+    if rest.startswith("//"):  # dns://AUTHORITY/name:port: the system resolver cannot ask a given DNS server
+        authority, _, rest = rest[2:].partition("/")
+        if authority:
+            raise ValueError(f"{target!r}: a DNS server in the target is not supported; write dns:///NAME:PORT")
+    host, port = _split_host_port(rest, target)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise ValueError(f"{target!r}: {host} does not resolve ({err.strerror})") from None
+    replicas = []
+    for family, *_, sockaddr in infos:
+        ip = str(sockaddr[0])
+        replicas.append(Replica(f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}", host))
+    return replicas
 
 
 class _RewriteCallDetails(
@@ -107,19 +205,27 @@ def connect(
     token: str | None = None,
     tls_ca: Path | None = None,
     profile: str | None = None,
+    balanced: bool = False,
+    name: str = "",
 ) -> grpc.Channel:
-    """A channel to ``address`` with zsc's limits, retry policy and default deadlines.
+    """A channel to ``address`` (any target ``grpc_target`` reads) with zsc's limits, retry policy and default
+    deadlines.
 
     ``token`` (default: ZSC_AUTH_TOKEN) is sent as a bearer token; TLS is used when ``tls_ca`` (default: ZSC_TLS_CA)
     is set or ZSC_TLS=1, else the channel is plaintext (loopback and trusted networks). ``profile`` (a profile name)
-    goes with every call, and a server of another profile answers FAILED_PRECONDITION.
+    goes with every call, and a server of another profile answers FAILED_PRECONDITION. ``balanced``: round_robin
+    over the target's addresses (``service_config``). ``name``: the DNS name an IP address was resolved from
+    (``Replica.name``): TLS checks the server's certificate against it, and it is the calls' authority.
     """
-    options = [
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.enable_retries", 1),
-        ("grpc.service_config", service_config()),
+        ("grpc.service_config", service_config(balanced)),
     ]
+    if name:
+        options += [("grpc.ssl_target_name_override", name), ("grpc.default_authority", name)]
+    address = grpc_target(address)
     token = token if token is not None else os.environ.get("ZSC_AUTH_TOKEN") or None
     ca = tls_ca or (Path(os.environ["ZSC_TLS_CA"]) if os.environ.get("ZSC_TLS_CA") else None)
     headers = [(PROFILE_METADATA, profile)] if profile else []
@@ -164,12 +270,15 @@ def describe(address: str, info: common_pb2.ServerInfo) -> str:
     return line
 
 
-def wait_until_serving(channel: grpc.Channel, service: str = "", timeout: float = 120.0) -> None:
-    """Poll grpc health until SERVING; raise TimeoutError with the last status otherwise."""
+def wait_until_serving(
+    channel: grpc.Channel, service: str = "", timeout: float = 120.0, should_stop: Callable[[], bool] | None = None
+) -> None:
+    """Poll grpc health until SERVING; raise TimeoutError with the last status otherwise (also when ``should_stop``
+    turns true first: the caller no longer needs this server)."""
     stub = health_pb2_grpc.HealthStub(channel)
     deadline = time.monotonic() + timeout
     last = "no answer"
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (should_stop is not None and should_stop()):
         try:
             status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
             if status == health_pb2.HealthCheckResponse.SERVING:
@@ -226,19 +335,25 @@ def service_channel(
     profile: str | None = None,
     data_roots: list[Path] | None = None,
     ready_timeout: float = 600.0,
+    balanced: bool = False,
+    name: str = "",
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[grpc.Channel]:
     """A channel to ``service``: at ``address``, at ``ZSC_<SERVICE>_ADDRESS``, or else at a server this process starts
     on an ephemeral loopback port for the duration of the block (still over gRPC).
 
     ``profile`` (default: whatever a running server has; ``tiny`` for one started here) is sent with every call, so
     a running server of another profile refuses with FAILED_PRECONDITION. The server that answers is logged at INFO
-    on ``zsc.client`` ("served by ADDRESS (profile P, models ...)")."""
+    on ``zsc.client`` ("served by ADDRESS (profile P, models ...)"). ``balanced``, ``name``: see ``connect``;
+    ``should_stop``: give up waiting for the server to be SERVING (TimeoutError)."""
     address = address or address_from_env(service)
     if address:
-        channel = connect(address, profile=profile_name(profile) if profile else None)
+        channel = connect(address, profile=profile_name(profile) if profile else None, balanced=balanced, name=name)
         try:
-            wait_until_serving(channel, timeout=ready_timeout)
-            log.info("%s", describe(address, server_info(channel)))
+            wait_until_serving(channel, timeout=ready_timeout, should_stop=should_stop)
+            # balanced: the replica that answered this call is one of those the later calls go to
+            label = f"{address} (round_robin; this reply from one replica)" if balanced else address
+            log.info("%s", describe(label, server_info(channel)))
             yield channel
         finally:
             channel.close()
