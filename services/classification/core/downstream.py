@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from zsc.data import ImageFolder, load_image_file
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument, ModelUnavailable
 from zsc.limits import MAX_LR, MAX_WEIGHT_DECAY
-from zsc.models.hub import hub_cache_dir, hub_online
+from zsc.models.hub import hub_online
 from zsc.seeding import seeded_init
 from zsc_services.classification import mlflow_model
 from zsc_services.classification.mlflow_model import FORMAT, eval_resize, normalize, to_uint8
@@ -159,12 +159,13 @@ def pretrained_weights_file(arch: str) -> str | None:
             found = try_to_load_from_cache(cfg.hf_hub_id, filename)
             if isinstance(found, str):
                 return found
-        looked.append(f"{cfg.hf_hub_id} in {hub_cache_dir()}")
+        # named by kind, not by directory: this line reaches clients, and the server's home is none of theirs
+        looked.append(f"{cfg.hf_hub_id} in the Hugging Face hub cache (HF_HOME)")
     if cfg.url:
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name
         if cached.is_file():
             return str(cached)
-        looked.append(str(cached))
+        looked.append(f"{cached.name} in torch hub's checkpoints (TORCH_HOME)")
     package = lite_package_weights(arch)
     if package is not None:
         return str(package)
