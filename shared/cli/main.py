@@ -6,10 +6,22 @@ import argparse
 import logging
 import sys
 
-from zsc.cli import data, downstream, features, generative, recovery, registry, servers, synthesize, zeroshot
+from zsc.cli import (
+    data,
+    downstream,
+    features,
+    generative,
+    recovery,
+    registry,
+    reproduce,
+    servers,
+    synthesize,
+    zeroshot,
+)
 from zsc.cli.common import run_command
+from zsc.runtime.server import quiet_telemetry
 
-COMMAND_MODULES = [servers, zeroshot, synthesize, recovery, generative, features, downstream, registry, data]
+COMMAND_MODULES = [servers, zeroshot, synthesize, recovery, generative, features, downstream, registry, data, reproduce]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +62,7 @@ def _freeze_heap_for_exit() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_telemetry()  # before anything imports MLflow: client commands log and read runs too
     args = build_parser().parse_args(argv)
     _say_who_served()
     code = run_command(args.func, args)
