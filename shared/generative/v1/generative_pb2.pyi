@@ -15,6 +15,12 @@ class GeneratorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CLSWGAN: _ClassVar[GeneratorKind]
     SHIP_VAE: _ClassVar[GeneratorKind]
 
+class CalibrationMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CALIBRATION_METHOD_UNSPECIFIED: _ClassVar[CalibrationMethod]
+    CALIBRATION_NONE: _ClassVar[CalibrationMethod]
+    CALIBRATION_HOLDOUT: _ClassVar[CalibrationMethod]
+
 class FineTuneMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FINE_TUNE_METHOD_UNSPECIFIED: _ClassVar[FineTuneMethod]
@@ -25,6 +31,9 @@ GENERATOR_KIND_UNSPECIFIED: GeneratorKind
 TFVAEGAN: GeneratorKind
 CLSWGAN: GeneratorKind
 SHIP_VAE: GeneratorKind
+CALIBRATION_METHOD_UNSPECIFIED: CalibrationMethod
+CALIBRATION_NONE: CalibrationMethod
+CALIBRATION_HOLDOUT: CalibrationMethod
 FINE_TUNE_METHOD_UNSPECIFIED: FineTuneMethod
 COOP: FineTuneMethod
 CLIP_ADAPTER: FineTuneMethod
@@ -269,8 +278,22 @@ class GZSLSettings(_message.Message):
     seen_mass: float
     def __init__(self, epochs: _Optional[int] = ..., lr: _Optional[float] = ..., batch_size: _Optional[int] = ..., weight_decay: _Optional[float] = ..., temperature: _Optional[float] = ..., logit_adjustment: _Optional[bool] = ..., logit_adjustment_tau: _Optional[float] = ..., calibration_gamma: _Optional[float] = ..., beta1: _Optional[float] = ..., prior: _Optional[str] = ..., seen_mass: _Optional[float] = ...) -> None: ...
 
+class CalibrationSettings(_message.Message):
+    __slots__ = ("method", "holdout_fraction", "val_fraction", "n_per_class", "generator")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    VAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    N_PER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_FIELD_NUMBER: _ClassVar[int]
+    method: CalibrationMethod
+    holdout_fraction: float
+    val_fraction: float
+    n_per_class: int
+    generator: str
+    def __init__(self, method: _Optional[_Union[CalibrationMethod, str]] = ..., holdout_fraction: _Optional[float] = ..., val_fraction: _Optional[float] = ..., n_per_class: _Optional[int] = ..., generator: _Optional[str] = ...) -> None: ...
+
 class TrainGZSLRequest(_message.Message):
-    __slots__ = ("base_features_uri", "novel_features_uri", "class_names", "text_features", "settings", "seed", "registered_model_name", "experiment")
+    __slots__ = ("base_features_uri", "novel_features_uri", "class_names", "text_features", "settings", "seed", "registered_model_name", "experiment", "calibration")
     BASE_FEATURES_URI_FIELD_NUMBER: _ClassVar[int]
     NOVEL_FEATURES_URI_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +302,7 @@ class TrainGZSLRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     base_features_uri: str
     novel_features_uri: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
@@ -287,10 +311,27 @@ class TrainGZSLRequest(_message.Message):
     seed: int
     registered_model_name: str
     experiment: str
-    def __init__(self, base_features_uri: _Optional[str] = ..., novel_features_uri: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., text_features: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., settings: _Optional[_Union[GZSLSettings, _Mapping]] = ..., seed: _Optional[int] = ..., registered_model_name: _Optional[str] = ..., experiment: _Optional[str] = ...) -> None: ...
+    calibration: CalibrationSettings
+    def __init__(self, base_features_uri: _Optional[str] = ..., novel_features_uri: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., text_features: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., settings: _Optional[_Union[GZSLSettings, _Mapping]] = ..., seed: _Optional[int] = ..., registered_model_name: _Optional[str] = ..., experiment: _Optional[str] = ..., calibration: _Optional[_Union[CalibrationSettings, _Mapping]] = ...) -> None: ...
+
+class CalibrationResult(_message.Message):
+    __slots__ = ("method", "gamma", "harmonic", "harmonic_uncalibrated", "pseudo_unseen", "generator")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_FIELD_NUMBER: _ClassVar[int]
+    HARMONIC_FIELD_NUMBER: _ClassVar[int]
+    HARMONIC_UNCALIBRATED_FIELD_NUMBER: _ClassVar[int]
+    PSEUDO_UNSEEN_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_FIELD_NUMBER: _ClassVar[int]
+    method: CalibrationMethod
+    gamma: float
+    harmonic: float
+    harmonic_uncalibrated: float
+    pseudo_unseen: _containers.RepeatedScalarFieldContainer[str]
+    generator: ModelVersion
+    def __init__(self, method: _Optional[_Union[CalibrationMethod, str]] = ..., gamma: _Optional[float] = ..., harmonic: _Optional[float] = ..., harmonic_uncalibrated: _Optional[float] = ..., pseudo_unseen: _Optional[_Iterable[str]] = ..., generator: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...
 
 class TrainGZSLResult(_message.Message):
-    __slots__ = ("model", "class_names", "seen_indices", "novel_indices", "n_base", "n_novel", "feature_dim", "final_loss")
+    __slots__ = ("model", "class_names", "seen_indices", "novel_indices", "n_base", "n_novel", "feature_dim", "final_loss", "calibration")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     SEEN_INDICES_FIELD_NUMBER: _ClassVar[int]
@@ -299,6 +340,7 @@ class TrainGZSLResult(_message.Message):
     N_NOVEL_FIELD_NUMBER: _ClassVar[int]
     FEATURE_DIM_FIELD_NUMBER: _ClassVar[int]
     FINAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     model: ModelVersion
     class_names: _containers.RepeatedScalarFieldContainer[str]
     seen_indices: _containers.RepeatedScalarFieldContainer[int]
@@ -307,7 +349,8 @@ class TrainGZSLResult(_message.Message):
     n_novel: int
     feature_dim: int
     final_loss: float
-    def __init__(self, model: _Optional[_Union[ModelVersion, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ..., seen_indices: _Optional[_Iterable[int]] = ..., novel_indices: _Optional[_Iterable[int]] = ..., n_base: _Optional[int] = ..., n_novel: _Optional[int] = ..., feature_dim: _Optional[int] = ..., final_loss: _Optional[float] = ...) -> None: ...
+    calibration: CalibrationResult
+    def __init__(self, model: _Optional[_Union[ModelVersion, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ..., seen_indices: _Optional[_Iterable[int]] = ..., novel_indices: _Optional[_Iterable[int]] = ..., n_base: _Optional[int] = ..., n_novel: _Optional[int] = ..., feature_dim: _Optional[int] = ..., final_loss: _Optional[float] = ..., calibration: _Optional[_Union[CalibrationResult, _Mapping]] = ...) -> None: ...
 
 class EvaluateGZSLRequest(_message.Message):
     __slots__ = ("classifier", "test_features_uri", "unseen_classes", "unseen_indices", "calibration_gamma", "experiment", "alignment_uri")
