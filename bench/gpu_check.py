@@ -15,7 +15,6 @@ line. Exit 1 when a check fails or mismatches, 0 when all pass.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -158,10 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         models.append(("paper-shaped", str(paths["sd-2-base"]), str(paths["sd-1-4"])))
 
     data = CIFAR10 if CIFAR10.is_dir() else fake_cifar(Path(tempfile.mkdtemp(prefix="zsc-gpu-check-")), 1)
-    env_threads = os.environ.get("ZSC_GPU_CHECK_THREADS")
-    common = ["--threads", env_threads] if env_threads else []
-    dc = [str(BENCH / "diffusion_classifier.py"), "--device", "cuda", "--data", str(data), "--limit", "2", *common]
-    synth = [str(BENCH / "synthesis.py"), "--device", "cuda", "--repeats", "1", *common]
+    dc = [str(BENCH / "diffusion_classifier.py"), "--device", "cuda", "--data", str(data), "--limit", "2"]
+    synth = [str(BENCH / "synthesis.py"), "--device", "cuda", "--repeats", "1"]
     for label, dc_ref, sd_ref in models:
         # paper size: a short schedule (10 classes x 10 + 2 x 10 = 120 UNet passes per image) and 10 sampler steps
         stages = ["--stages", "10:2,20:1"] if label != "tiny" else []
@@ -186,10 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     for c in checks:
         print(f"{'ok  ' if c.ok else 'FAIL'} {c.name:{width}s}  {c.summary}")
     failed = [c.name for c in checks if not c.ok]
-    print(
-        f"gpu_check: {len(checks) - len(failed)}/{len(checks)} passed"
-        + (f"; failed: {', '.join(failed)}" * bool(failed))
-    )
+    tail = f"; failed: {', '.join(failed)}" if failed else ""
+    print(f"gpu_check: {len(checks) - len(failed)}/{len(checks)} passed{tail}")
     return 1 if failed else 0
 
 
