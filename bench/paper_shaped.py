@@ -48,6 +48,7 @@ def _dc_bench() -> Any:
     spec = importlib.util.spec_from_file_location("zsc_bench_diffusion_classifier", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 

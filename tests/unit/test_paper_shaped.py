@@ -77,6 +77,7 @@ def dry_run() -> dict[str, Any]:
     spec = importlib.util.spec_from_file_location("paper_shaped_bench", REPO / "bench" / "paper_shaped.py")
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses resolve their annotations through sys.modules
     spec.loader.exec_module(bench)
     before = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)  # the suite's one thread would double a 6-minute test
