@@ -3,6 +3,10 @@
 # A team runs `mlflow server` against Postgres and an object store instead and sets MLFLOW_TRACKING_URI.
 set -euo pipefail
 cd "$(dirname "$0")"
+# MLflow's usage telemetry stays off unless the caller sets MLFLOW_DISABLE_TELEMETRY=false (as zsc's own commands do).
+if [ -z "${MLFLOW_DISABLE_TELEMETRY+x}" ]; then
+  export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK="${DO_NOT_TRACK:-true}"
+fi
 exec "${MLFLOW:-../.venv/bin/mlflow}" server \
   --backend-store-uri "sqlite:///$PWD/mlflow.db" \
   --artifacts-destination "$PWD/artifacts" \

@@ -173,7 +173,7 @@ def decode_chunks(
     if first is None:
         raise InvalidArgument(f"{name} stream is empty")
     dtype, shape, nbytes = _check_header(first.dtype, first.shape, max_bytes)
-    buffer = bytearray(nbytes)
+    buffer = bytearray()  # grown as bytes arrive: a stream that announces a large shape and stalls holds nothing
     filled = 0
     for chunk in _chain(first, iterator):
         if chunk.offset != filled:
@@ -181,7 +181,7 @@ def decode_chunks(
         end = filled + len(chunk.data)
         if end > nbytes:
             raise InvalidArgument(f"{name} stream carries more than the {nbytes} bytes its shape needs")
-        buffer[filled:end] = chunk.data
+        buffer += chunk.data
         filled = end
     if filled != nbytes:
         raise InvalidArgument(f"{name} stream ended after {filled} of {nbytes} bytes")

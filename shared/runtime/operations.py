@@ -2,7 +2,8 @@
 
 Jobs run on their own worker threads, never on the RPC threads, so health checks, GetOperation and CancelOperation
 stay responsive while a job computes. A per-service cap on concurrent jobs answers RESOURCE_EXHAUSTED when full
-instead of slowing every job down.
+instead of slowing every job down, and so does a cap on the jobs one client address starts per hour: every job may
+leave MLflow runs and model versions behind, and a fuzzer left a 4 GB store without it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -21,11 +22,12 @@ from google.protobuf import any_pb2, message, timestamp_pb2
 
 from zsc import errors, tracking
 from zsc.common.v1 import common_pb2, common_pb2_grpc
-from zsc.runtime.interceptors import status_for
+from zsc.runtime.interceptors import CLIENT, status_for
 
 log = logging.getLogger("zsc.operations")
 State = common_pb2.OperationMetadata.State
 _managers: weakref.WeakSet[OperationManager] = weakref.WeakSet()  # every manager of this process, for running_jobs()
+HOUR = 3600.0
 
 
 class JobContext:
@@ -83,9 +85,14 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
 
 
 class OperationManager:
-    def __init__(self, service: str, max_concurrent: int = 2, retain: int = 1000) -> None:
+    def __init__(
+        self, service: str, max_concurrent: int = 2, retain: int = 1000, max_per_hour: int = 0, window_s: float = HOUR
+    ) -> None:
         self.service = service
         self.max_concurrent = max_concurrent
+        self.max_per_hour = max_per_hour  # per client address; 0 = no cap
+        self._window = window_s
+        self._starts: dict[str, deque[float]] = {}  # client -> start times within the window
         self._retain = retain
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._changed = threading.Condition()
@@ -107,6 +114,7 @@ class OperationManager:
                 raise errors.ResourceExhausted(
                     f"{self.service} already runs {active} operations (the cap is {self.max_concurrent}); retry later"
                 )
+            self._count_start(CLIENT.get())
             record = _Record(name=f"operations/{self.service}/{uuid.uuid4().hex}", kind=kind, unit=unit)
             record.total_units = total
             self._records[record.name] = record
@@ -123,6 +131,26 @@ class OperationManager:
             self._threads.add(thread)
         thread.start()
         return self._snapshot(record)
+
+    def _count_start(self, client: str) -> None:
+        """Refuse a start past the client's hourly cap; otherwise record it (under self._changed)."""
+        if not self.max_per_hour:
+            return
+        now = time.monotonic()
+        for key in list(self._starts):  # forget clients with no start in the window: the table stays small
+            starts = self._starts[key]
+            while starts and starts[0] <= now - self._window:
+                starts.popleft()
+            if not starts:
+                del self._starts[key]
+        starts = self._starts.setdefault(client, deque())
+        if len(starts) >= self.max_per_hour:
+            wait = starts[0] + self._window - now
+            raise errors.ResourceExhausted(
+                f"{client or 'this client'} started {len(starts)} operations on {self.service} within the hour (the "
+                f"cap is {self.max_per_hour}, --max-operations-per-hour); retry in {wait:.0f} s"
+            )
+        starts.append(now)
 
     def _run(self, record: _Record, job: Callable[[JobContext], message.Message]) -> None:
         try:

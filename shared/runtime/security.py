@@ -54,29 +54,32 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
         if handler_call_details.method in UNAUTHENTICATED_METHODS:
             return continuation(handler_call_details)
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        given = str(metadata.get("authorization", "")).encode()
-        if hmac.compare_digest(given, self._expected):
+        given = [value for key, value in handler_call_details.invocation_metadata or () if key == "authorization"]
+        if len(given) > 1:  # which one a proxy or the server reads would be a guess: refuse, never pick
+            handler = continuation(handler_call_details)
+            return deny(handler, grpc.StatusCode.UNAUTHENTICATED, "more than one authorization header")
+        if given and hmac.compare_digest(str(given[0]).encode(), self._expected):
             return continuation(handler_call_details)
         handler = continuation(handler_call_details)
         return deny(handler, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
 
 
 def deny(handler: grpc.RpcMethodHandler | None, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler | None:
-    """``handler`` with its behaviour replaced by an abort with ``code`` (for interceptors that refuse a call)."""
+    """A handler that aborts with ``code`` for interceptors that refuse a call, before its request body is read.
+
+    grpcio reads and parses a unary request before it calls the handler; a client-streaming handler gets a lazy
+    iterator instead. So the refusal is served as a client stream whatever the method is (on the wire a unary request
+    is a stream of one message), and a 60 MiB unauthenticated body is neither parsed nor waited for."""
     if handler is None:
         return None
 
-    def abort(request: Any, context: grpc.ServicerContext) -> None:
+    def abort(requests: Any, context: grpc.ServicerContext) -> None:
         context.abort(code, message)
 
-    if handler.unary_unary:
-        return handler._replace(unary_unary=abort)
-    if handler.unary_stream:
-        return handler._replace(unary_stream=abort)
-    if handler.stream_unary:
-        return handler._replace(stream_unary=abort)
-    return handler._replace(stream_stream=abort)
+    serializer = handler.response_serializer  # no deserializer: the body is never read
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(abort, response_serializer=serializer)
+    return grpc.stream_unary_rpc_method_handler(abort, response_serializer=serializer)
 
 
 class _BearerMetadata(grpc.AuthMetadataPlugin):

@@ -23,7 +23,8 @@ from zsc import __version__, data, errors, tracking
 from zsc.common.v1 import common_pb2, common_pb2_grpc
 from zsc.profiles import Profile, get_profile
 from zsc.runtime.diagnostics import DiagnosticsServicer
-from zsc.runtime.interceptors import ErrorMappingInterceptor
+from zsc.runtime.interceptors import SMALL_REQUEST_BYTES, ErrorMappingInterceptor
+from zsc.runtime.memory import ByteBudget
 from zsc.runtime.operations import OperationManager, OperationsServicer
 from zsc.runtime.security import UNAUTHENTICATED_METHODS, BearerTokenInterceptor, TlsFiles, deny
 
@@ -39,6 +40,16 @@ STARTUP_ROLES = {"synthesis": ("text_to_image",), "recovery": ("clip",), "genera
 MODEL_ROLES = ("clip", "text_to_image", "diffusion_classifier", "image_encoder", "text_encoder", "downstream_arch")
 # Metadata a client sends with the profile it wants; a server of another profile refuses with FAILED_PRECONDITION.
 PROFILE_METADATA = "x-zsc-profile"
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def quiet_telemetry() -> None:
+    """MLflow's usage telemetry off, unless the environment already says otherwise: MLflow 3 writes
+    ``$HOME/.config/mlflow/telemetry.json`` and reports usage when online. ``MLFLOW_DISABLE_TELEMETRY=false`` in the
+    environment turns it back on (zsc then sets neither variable)."""
+    if "MLFLOW_DISABLE_TELEMETRY" not in os.environ:
+        os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+        os.environ.setdefault("DO_NOT_TRACK", "true")
 
 
 @dataclass
@@ -51,6 +62,10 @@ class ServerConfig:
     max_image_pixels: int = data.MAX_IMAGE_PIXELS  # per decoded image, inline or read from a dataset
     max_image_bytes: int = data.MAX_IMAGE_BYTES  # per encoded image
     max_concurrent_operations: int = 2
+    # Operations one client address may start per hour (0: no cap): each one may leave MLflow runs and model versions.
+    max_operations_per_hour: int = 600
+    # Bytes client streams (EchoTensor) may hold at once over all calls; one stream holds at most 8 messages' worth.
+    max_streamed_bytes: int = 512 * MiB
     rpc_workers: int = 16
     grace_seconds: float = 10.0
     auth_token: str | None = None  # bearer token every call must carry (health checks excepted)
@@ -65,18 +80,30 @@ class ServerConfig:
             "max_image_pixels": self.max_image_pixels,
             "max_image_bytes": self.max_image_bytes,
             "max_concurrent_operations": self.max_concurrent_operations,
+            "max_streamed_bytes": self.max_streamed_bytes,
         }
         for name, value in limits.items():
             if value < 1:
                 raise errors.InvalidArgument(f"{name} must be positive, got {value}")
+        if self.max_operations_per_hour < 0:
+            raise errors.InvalidArgument(
+                f"max_operations_per_hour must be 0 (no cap) or more, got {self.max_operations_per_hour}"
+            )
 
     def check_exposure(self) -> None:
-        """A service reachable from other machines must authenticate its callers, unless told otherwise."""
-        loopback = self.host in ("127.0.0.1", "localhost", "::1", "[::1]")
-        if not loopback and not self.auth_token and not self.allow_insecure_remote:
+        """A service reachable from other machines must authenticate its callers over TLS, unless told otherwise:
+        checked before anything binds."""
+        if self.host in LOOPBACK or self.allow_insecure_remote:
+            return
+        if not self.auth_token:
             raise errors.FailedPrecondition(
                 f"refusing to serve on {self.host} without authentication: set an auth token "
                 "(--auth-token-file or ZSC_AUTH_TOKEN), or pass --insecure if the network is trusted"
+            )
+        if self.tls is None:
+            raise errors.FailedPrecondition(
+                f"refusing to serve on {self.host} without TLS: the bearer token would cross the network in "
+                "cleartext; give --tls-cert and --tls-key, or pass --insecure if the network is trusted"
             )
 
 
@@ -184,13 +211,16 @@ class ZscServer:
             raise errors.NotFound(f"unknown service {service_name!r}; one of {', '.join(SERVICE_MODULES)}")
         config.check_limits()
         config.check_exposure()
+        quiet_telemetry()
         self.name = service_name
         self.config = config
         self.runtime = ServiceRuntime(
             name=service_name,
             config=config,
             profile=get_profile(config.profile),
-            operations=OperationManager(service_name, config.max_concurrent_operations),
+            operations=OperationManager(
+                service_name, config.max_concurrent_operations, max_per_hour=config.max_operations_per_hour
+            ),
         )
         module = importlib.import_module(SERVICE_MODULES[service_name])
         self.service: Service = module.create_service(self.runtime)
@@ -212,7 +242,7 @@ class ZscServer:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         common_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(self.runtime.operations), self.server)
-        diagnostics = DiagnosticsServicer(config.max_message_bytes, self.info)
+        diagnostics = DiagnosticsServicer(config.max_message_bytes, self.info, ByteBudget(config.max_streamed_bytes))
         common_pb2_grpc.add_DiagnosticsServicer_to_server(diagnostics, self.server)
         self.service.add_to_server(self.server)
         self.service_names = [*self.service.grpc_services, "zsc.common.v1.Operations", "zsc.common.v1.Diagnostics"]
@@ -224,7 +254,11 @@ class ZscServer:
         self.health_server: grpc.Server | None = None
         if config.health_port is not None:
             # the same servicer object, so both listeners always report the same status
-            self.health_server = grpc.server(futures.ThreadPoolExecutor(2, thread_name_prefix=f"{service_name}-health"))
+            # health requests are tiny and the port needs no token: the C core refuses a larger body unread
+            self.health_server = grpc.server(
+                futures.ThreadPoolExecutor(2, thread_name_prefix=f"{service_name}-health"),
+                options=[("grpc.max_receive_message_length", SMALL_REQUEST_BYTES)],
+            )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
         self.port = 0
         self.health_port = 0
