@@ -109,11 +109,22 @@ def _recipe(data: dict[str, Any], origin: str) -> Recipe:
         raise InvalidArgument(f"recipe {origin} is malformed: {type(err).__name__}: {err}") from None
 
 
+def load_recipe_file(path: Path) -> Recipe:
+    """One recipe from its JSON file (a user's own table, in the format of ``zsc/recipe_tables``)."""
+    if not path.is_file():
+        raise InvalidArgument(f"no such recipe file: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InvalidArgument(f"recipe {path} is not JSON: {err}") from None
+    return _recipe(data, str(path))
+
+
 def load_recipes(folder: Path = RECIPE_DIR) -> dict[str, Recipe]:
     """Every recipe in ``folder`` by name (file order: sorted names)."""
     recipes: dict[str, Recipe] = {}
     for path in sorted(folder.glob("*.json")):
-        recipe = _recipe(json.loads(path.read_text(encoding="utf-8")), str(path))
+        recipe = load_recipe_file(path)
         if recipe.name in recipes:
             raise InvalidArgument(f"recipe {recipe.name!r} is defined twice ({path})")
         recipes[recipe.name] = recipe
@@ -215,7 +226,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def percent(metric: str, value: float) -> float:
+def percent(value: float) -> float:
     """Papers print accuracies in percent; zsc's metrics are fractions."""
     return 100.0 * value
 
@@ -234,7 +245,7 @@ def table(recipe: Recipe, results: dict[str, list[SeedResult]], run_ids: dict[st
             continue
         seeds = results[row.name]
         for metric in recipe.metrics:
-            mean, std = mean_std([percent(metric, s.metrics[metric]) for s in seeds])
+            mean, std = mean_std([percent(s.metrics[metric]) for s in seeds])
             paper = row.paper.get(metric)
             diff = f"{mean - paper:+.2f}" if paper is not None else "-"
             lines.append(

@@ -44,16 +44,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the command stops with one line naming what is missing and how to get it.",
     )
     p.add_argument("recipe", nargs="?", help="recipe name (see --list)")
+    p.add_argument("--recipe-file", type=Path, help="run the recipe of this JSON file (zsc/recipe_tables' format)")
     p.add_argument("--list", action="store_true", help="list the recipes and their rows")
     p.add_argument("--row", action="append", default=[], help="run only this row (repeatable; default all)")
     p.add_argument("--seeds", help="comma-separated seeds (default: the recipe's, at least 3)")
-    p.add_argument("--work", type=Path, default=Path("recipes"), help="folder for the rows' files (default recipes/)")
+    p.add_argument(
+        "--work", type=Path, default=Path("data/recipes"), help="folder of the rows' files (default data/recipes)"
+    )
     p.add_argument(
         "--data", type=Path, default=Path("data"), help="data root of the imported benchmarks (default data/)"
     )
     p.add_argument("--datasets", type=Path, default=recipes.DATASETS, help="the datasets folder beside the checkout")
     p.add_argument("--check", action="store_true", help="only check that every row's data and weights are here")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser(
+        "report",
+        help="the leaderboard: every registered model and recipe result on one HTML page, with per-model reports",
+    )
+    p.add_argument("--html-dir", type=Path, default=Path("reports"), help="folder of the pages (default reports/)")
+    p.set_defaults(func=cmd_report)
 
 
 def check_weights(weights: recipes.Weights) -> None:
@@ -135,9 +145,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         for r in recipes.load_recipes().values():
             print(f"{r.name}: {r.title} [{r.profile}] rows: {', '.join(row.name for row in r.rows)}")
         return 0
-    if not args.recipe:
-        raise CommandError("name a recipe (zsc reproduce --list)")
-    recipe = recipes.get_recipe(args.recipe)
+    if args.recipe_file is not None:
+        recipe = recipes.load_recipe_file(args.recipe_file)
+    elif args.recipe:
+        recipe = recipes.get_recipe(args.recipe)
+    else:
+        raise CommandError("name a recipe (zsc reproduce --list) or give --recipe-file")
     rows = [recipe.row(n) for n in args.row] if args.row else list(recipe.rows)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(recipe.seeds)
     if len(seeds) < 3 and not args.check:
@@ -174,6 +187,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     )
     if recipe.profile == "tiny":
         print("Note: the tiny profile's models have random weights: these accuracies are chance level by design.")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from zsc.leaderboard import write_leaderboard
+
+    page, entries, n_versions = write_leaderboard(args.html_dir.resolve())
+    for e in entries:
+        scores = ", ".join(f"{m} {mean:.2f} ± {std:.2f}" for m, (mean, std) in e.metrics.items())
+        print(f"{e.recipe} / {e.row} [{e.profile}, {len(e.seeds)} seeds]: {scores}")
+    print(f"{len(entries)} recipe rows, {n_versions} model versions: {page}")
     return 0
 
 
