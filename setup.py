@@ -11,5 +11,5 @@ setup(
     # profiles/configs holds data only (JSON architectures); listing it keeps setuptools from warning about it.
     packages=_packages("shared", "zsc") + ["zsc.profiles.configs"] + _packages("services", "zsc_services"),
     package_dir={"zsc": "shared", "zsc_services": "services"},
-    package_data={"zsc": ["py.typed"], "zsc.profiles.configs": ["*.json"]},
+    package_data={"zsc": ["py.typed", "recipe_tables/*.json"], "zsc.profiles.configs": ["*.json"]},
 )
