@@ -59,6 +59,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, type=Path, help="features file to write")
     q.set_defaults(func=cmd_select)
 
+    q = actions.add_parser(
+        "center",
+        help="subtract the mean of a reference features file (e.g. the teacher's training features) and L2-normalize",
+        description="For a teacher fitted on centered features (a linear probe over non-CLIP features, such as the "
+        "lite profile's 1280-d EfficientNet features, whose raw rows share one large mean): center its training "
+        "features and every later set (test features) by the same mean, so all live in one space. The output "
+        "records the mean's hash, and a file that already records one is refused.",
+    )
+    q.add_argument("--features", required=True, type=Path, help="zsc features file to center")
+    q.add_argument("--mean-of", required=True, type=Path, help="features file whose mean is subtracted")
+    q.add_argument("--classes", help="take the mean over these classes of --mean-of only (comma-separated or @FILE)")
+    q.add_argument("--out", required=True, type=Path, help="features file to write")
+    q.set_defaults(func=cmd_center)
+
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     class_name, splits, default_split = DATASETS[args.dataset]
@@ -171,6 +185,42 @@ def cmd_select(args: argparse.Namespace) -> int:
         args.out
     )
     print(f"kept {keep.numel()} samples of {len(names)} of {data.num_classes} classes: {args.out}")
+    return 0
+
+
+CENTERED_TAG = "zsc.centered.mean_sha256"
+
+
+def cmd_center(args: argparse.Namespace) -> int:
+    import hashlib
+
+    import torch
+    import torch.nn.functional as F
+
+    from zsc.features import FeatureSet
+
+    for path in (args.features, args.mean_of):
+        if not path.is_file():
+            raise CommandError(f"no such features file: {path}")
+    data = FeatureSet.load(args.features)
+    if CENTERED_TAG in data.metadata:
+        raise CommandError(f"{args.features} is centered already (mean {data.metadata[CENTERED_TAG][:12]})")
+    names = parse_names(args.classes, "--classes") if args.classes else []
+    reference, index = load_features_of(args.mean_of, names)
+    if reference.dim != data.dim:
+        raise CommandError(f"{args.mean_of} has D={reference.dim}, {args.features} has D={data.dim}")
+    rows = reference.features
+    if names:
+        rows = rows[torch.isin(reference.labels, torch.tensor([index[n] for n in names]))]
+    if len(rows) == 0:
+        raise CommandError(f"{args.mean_of} has no features to take the mean of")
+    mean = rows.double().mean(dim=0).float()
+    digest = hashlib.sha256(mean.numpy().tobytes()).hexdigest()
+    centered = F.normalize(data.features.float() - mean, dim=1)
+    metadata = {**data.metadata, CENTERED_TAG: digest}
+    FeatureSet(centered, data.labels, list(data.class_names), data.text_features, metadata).save(args.out)
+    print(f"centered {len(data)} features by the mean of {len(rows)} rows of {args.mean_of} ({digest[:12]})")
+    print(f"features: {args.out}")
     return 0
 
 

@@ -106,6 +106,22 @@ def test_data_select_keeps_the_first_shots_of_some_classes_and_every_class_name(
     assert code == 1 and "has 6 samples of 'class 1', fewer than asked" in capsys.readouterr().err
 
 
+def test_data_center_moves_every_set_by_the_reference_mean_once(tmp_path: Path, capsys) -> None:
+    train, test = tmp_path / "train.safetensors", tmp_path / "test.safetensors"
+    reference, data = _features(train), _features(test)
+    out = tmp_path / "centered.safetensors"
+    center = ["data", "center", "--features", str(test), "--mean-of", str(train)]
+    assert main([*center, "--classes", "class 1,class 3", "--out", str(out)]) == 0
+    mean = reference.features[(reference.labels == 1) | (reference.labels == 3)].double().mean(0).float()
+    centered = FeatureSet.load(out)
+    torch.testing.assert_close(centered.features, torch.nn.functional.normalize(data.features - mean, dim=1))
+    assert torch.equal(centered.labels, data.labels) and centered.class_names == data.class_names
+    assert len(centered.metadata[data_cli.CENTERED_TAG]) == 64
+    capsys.readouterr()
+    assert main(["data", "center", "--features", str(out), "--mean-of", str(train), "--out", str(out)]) == 1
+    assert "is centered already" in capsys.readouterr().err
+
+
 def test_data_fetch_offline_says_what_to_do_in_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
     import torchvision.datasets
 
