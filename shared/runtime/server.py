@@ -242,7 +242,8 @@ class ZscServer:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         common_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(self.runtime.operations), self.server)
-        diagnostics = DiagnosticsServicer(config.max_message_bytes, self.info, ByteBudget(config.max_streamed_bytes))
+        self.stream_budget = ByteBudget(config.max_streamed_bytes)
+        diagnostics = DiagnosticsServicer(config.max_message_bytes, self.info, self.stream_budget)
         common_pb2_grpc.add_DiagnosticsServicer_to_server(diagnostics, self.server)
         self.service.add_to_server(self.server)
         self.service_names = [*self.service.grpc_services, "zsc.common.v1.Operations", "zsc.common.v1.Diagnostics"]
