@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,8 +49,14 @@ from zsc.runtime.server import ServiceRuntime
 from zsc_services.generative import models
 from zsc_services.generative.core import finetune, ship
 from zsc_services.generative.core.bank import FeatureBank
-from zsc_services.generative.core.common import GeneratorConfig, GeneratorTrainResult, TrainingCancelled, generate
-from zsc_services.generative.core.gzsl import GZSLConfig, fit_gzsl_classifier
+from zsc_services.generative.core.common import (
+    GeneratorConfig,
+    GeneratorTrainResult,
+    TrainingCancelled,
+    generate,
+    holdout_class_count,
+)
+from zsc_services.generative.core.gzsl import Calibration, GZSLConfig, fit_gzsl_classifier, holdout_calibration
 
 SERVICE = "zsc.generative.v1.Generative"
 TRAIN_GENERATOR_KIND = f"{SERVICE}/TrainGenerator"
@@ -66,6 +72,11 @@ KIND_NAMES = {pb.TFVAEGAN: "tfvaegan", pb.CLSWGAN: "clswgan", pb.SHIP_VAE: model
 KIND_ENUMS = {v: k for k, v in KIND_NAMES.items()}
 METHOD_NAMES = {pb.COOP: "coop", pb.CLIP_ADAPTER: "clip_adapter", pb.TIP_ADAPTER_F: "tip_adapter_f"}
 METHOD_ENUMS = {v: k for k, v in METHOD_NAMES.items()}
+CALIBRATION_NAMES = {
+    pb.CALIBRATION_METHOD_UNSPECIFIED: "none",
+    pb.CALIBRATION_NONE: "none",
+    pb.CALIBRATION_HOLDOUT: "holdout",
+}
 # GeneratorSettings fields that mean nothing to SHIP_VAE (its widths are in ShipVaeSettings; it has no critic).
 SHIP_REFUSED = ("hidden_dim", "critic_iters", "gp_weight")
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
@@ -195,6 +206,25 @@ class GenerationPlan:
     text: torch.Tensor  # [K, D_t]; SHIP_VAE: CLIP's zero-shot text features of the names
     per_class: int
     seed: int
+
+
+@dataclass
+class CalibrationPlan:
+    """A validated CALIBRATION_HOLDOUT request: what trains the calibration generator and how the split is drawn."""
+
+    ref: models.ModelRef  # the generator whose kind and settings are copied
+    kind: models.GeneratorKind
+    config: GeneratorConfig  # its config, reseeded with the request's seed
+    data: FeatureSet  # the base features over the base classes only, with the generator's conditioning text
+    classifier_text: torch.Tensor  # [S, D_c] the final classifier's text features of those classes
+    holdout_fraction: float
+    val_fraction: float
+    n_per_class: int
+
+    @property
+    def total_epochs(self) -> int:
+        """An upper bound of the generator's epochs (selection with refit trains twice at most)."""
+        return self.config.epochs * (2 if self.config.select_every > 0 and self.config.select_refit else 1)
 
 
 class GenerativeServicer(pb_grpc.GenerativeServicer):
@@ -442,6 +472,90 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                 yield pb.FeatureChunk(features=chunk)
 
     # --- TrainGZSL -------------------------------------------------------------------------------------------------
+    def _calibration_plan(
+        self,
+        request: pb.TrainGZSLRequest,
+        names: Sequence[str],
+        text: torch.Tensor,
+        base: FeatureSet,
+        base_y: torch.Tensor,
+        seen: list[int],
+        novel: FeatureSet | None,
+        seed: int,
+    ) -> CalibrationPlan | None:
+        """The checked CALIBRATION_HOLDOUT plan, or None for CALIBRATION_NONE (its settings are range-checked too)."""
+        cal = request.calibration
+        if cal.method not in CALIBRATION_NAMES:
+            raise InvalidArgument(
+                f"unknown calibration method {cal.method}; use CALIBRATION_NONE or CALIBRATION_HOLDOUT"
+            )
+        fractions = {}
+        for field in ("holdout_fraction", "val_fraction"):
+            value = getattr(cal, field) if cal.HasField(field) else 0.2
+            if not (math.isfinite(value) and 0.0 < value < 1.0):
+                raise InvalidArgument(f"CalibrationSettings.{field} must lie in (0, 1), got {value}")
+            fractions[field] = value
+        if not 0 <= cal.n_per_class <= MAX_PER_CLASS:
+            raise InvalidArgument(
+                f"CalibrationSettings.n_per_class must lie in [0, {MAX_PER_CLASS}], got {cal.n_per_class}"
+            )
+        if CALIBRATION_NAMES[cal.method] != "holdout":
+            return None
+        if request.settings.HasField("calibration_gamma"):
+            raise InvalidArgument(
+                "calibration HOLDOUT chooses calibration_gamma itself; leave settings.calibration_gamma unset"
+            )
+        if novel is None:
+            raise InvalidArgument(
+                "calibration HOLDOUT needs novel_features_uri: it calibrates against synthesized classes"
+            )
+        if len(seen) < 2:
+            raise InvalidArgument(f"calibration HOLDOUT holds out base classes and needs at least 2, got {len(seen)}")
+        reference = cal.generator or novel.metadata.get("generator_model_uri", "")
+        if not reference:
+            raise InvalidArgument(
+                "calibration HOLDOUT needs a generator to copy: the novel features name none (GenerateFeatures "
+                "records it); set calibration.generator"
+            )
+        ref, gen = self.service.load_generator(reference)
+        kind = models.KINDS.get(gen.kind)
+        if kind is None or not isinstance(gen.config, GeneratorConfig):
+            raise FailedPrecondition(
+                f"calibration HOLDOUT trains a TFVAEGAN or CLSWGAN generator; {ref.model_uri} is a {gen.kind}"
+            )
+        config = replace(gen.config, seed=seed)
+        fit_classes = len(seen) - holdout_class_count(len(seen), fractions["holdout_fraction"])
+        if config.select_every > 0 and fit_classes < 2:
+            raise InvalidArgument(
+                f"generator {ref.model_uri} selects its epoch on held-out classes, which needs 2 of the "
+                f"{fit_classes} base classes that calibration HOLDOUT leaves it; lower holdout_fraction"
+            )
+        base_names = [names[i] for i in seen]
+        known = set(gen.class_names)
+        if all(n in known for n in base_names):  # what the copied generator conditioned on
+            gen_text = gen.text_of(base_names, ref.model_uri)
+        elif text.shape[1] == gen.text_dim:
+            gen_text = text[seen]
+        else:
+            missing = next(n for n in base_names if n not in known)
+            raise FailedPrecondition(
+                f"generator {ref.model_uri} stores no text feature of base class {missing!r} and the request's text "
+                f"features have D_t={text.shape[1]} where it conditions on D_t={gen.text_dim}"
+            )
+        local = torch.full((len(names),), -1, dtype=torch.int64)
+        local[seen] = torch.arange(len(seen))
+        n_per_class = cal.n_per_class or int(torch.bincount(novel.labels).max())
+        return CalibrationPlan(
+            ref=ref,
+            kind=kind,
+            config=config,
+            data=FeatureSet(base.features, local[base_y], base_names, gen_text.float()),
+            classifier_text=text[seen].float(),
+            holdout_fraction=fractions["holdout_fraction"],
+            val_fraction=fractions["val_fraction"],
+            n_per_class=n_per_class,
+        )
+
     def TrainGZSL(self, request: pb.TrainGZSLRequest, context: grpc.ServicerContext):
         experiment = tracking.experiment_name(request.experiment, EXPERIMENT)
         svc = self.service
@@ -491,6 +605,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
             features.append(novel.features)
             labels.append(novel_y)
         config = gzsl_config(request.settings, seed)
+        plan = self._calibration_plan(request, names, text, base, base_y, seen, novel, seed)
         model_name = models.check_model_name(request.registered_model_name or GZSL_MODEL_NAME)
         seen_set = set(seen)
         novel_idx = [i for i in range(len(names)) if i not in seen_set]
@@ -515,8 +630,11 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                     lineage[f"zsc.{key.replace('_', '.', 1)}"] = novel.metadata[key]
         if request.HasField("text_features"):
             lineage["zsc.text.hash"] = f"sha256:{hashlib.sha256(request.text_features.data).hexdigest()}"
+        if plan is not None:
+            lineage["zsc.calibration.generator"] = plan.ref.model_uri
         params = {
             **config.to_dict(),
+            "calibration": CALIBRATION_NAMES[request.calibration.method],
             "base_features_uri": str(base_path),
             "novel_features_uri": str(novel_path or ""),
             "n_base": len(base),
@@ -528,6 +646,18 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
             "profile": profile,
             "registered_model_name": model_name,
         }
+        if plan is not None:
+            del params["calibration_gamma"]  # chosen in the job, logged then (MLflow params are write-once)
+            params.update(
+                {
+                    "calibration_holdout_fraction": plan.holdout_fraction,
+                    "calibration_val_fraction": plan.val_fraction,
+                    "calibration_n_per_class": plan.n_per_class,
+                    "calibration_generator": plan.ref.model_uri,
+                }
+            )
+        offset = plan.total_epochs if plan is not None else 0
+        total_epochs = offset + config.epochs
 
         def job(ctx: JobContext) -> pb.TrainGZSLResult:
             with tracking.run(experiment, "train-gzsl", lineage) as run:
@@ -536,16 +666,20 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
 
                 def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
                     run.log_metrics(finite(metrics), step=epoch)
-                    ctx.progress(epoch, total, **finite(metrics))
+                    ctx.progress(offset + epoch, total_epochs, **finite(metrics))
 
                 x, y = torch.cat(features), torch.cat(labels)
+                final_config, calibration = config, None
                 try:
+                    if plan is not None:
+                        calibration = calibrate(plan, config, run, ctx, svc.device)
+                        final_config = replace(config, calibration_gamma=calibration.gamma)
                     result = fit_gzsl_classifier(
                         x,
                         y,
                         text,
                         seen,
-                        config,
+                        final_config,
                         on_epoch=on_epoch,
                         should_stop=ctx.should_stop,
                         device=svc.device,
@@ -564,7 +698,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                 with tempfile.TemporaryDirectory(prefix="zsc-gzsl-") as tmp:
                     models.write_classifier(
                         Path(tmp),
-                        config=config,
+                        config=final_config,  # with the chosen gamma: EvaluateGZSL applies it
                         state_dict=result.state_dict,
                         class_names=names,
                         seen=seen,
@@ -581,9 +715,10 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                     n_novel=n_novel,
                     feature_dim=base.dim,
                     final_loss=final_loss,
+                    calibration=calibration_message(calibration, plan),
                 )
 
-        return svc.runtime.operations.start(TRAIN_GZSL_KIND, job, total=config.epochs, unit="epochs")
+        return svc.runtime.operations.start(TRAIN_GZSL_KIND, job, total=total_epochs, unit="epochs")
 
     # --- EvaluateGZSL ----------------------------------------------------------------------------------------------
     def EvaluateGZSL(self, request: pb.EvaluateGZSLRequest, context: grpc.ServicerContext):
@@ -1115,6 +1250,56 @@ class EpochMetrics:
             self.run.client.log_batch(self.run.id, metrics=self.pending[i : i + 500])
         self.pending.clear()
         self.last = time.monotonic()
+
+
+def calibrate(
+    plan: CalibrationPlan, config: GZSLConfig, run: tracking.Run, ctx: JobContext, device: torch.device
+) -> Calibration:
+    """Run CALIBRATION_HOLDOUT (:func:`holdout_calibration`): a fresh generator of the plan's kind and settings on
+    the pseudo-seen base features, its losses logged as ``calibration_*`` metrics, the choice as params/metrics."""
+    curves = EpochMetrics(run)
+
+    def on_epoch(done: int, total: int, metrics: dict[str, float]) -> None:
+        curves.add({f"calibration_{k}": v for k, v in finite(metrics).items()}, done)
+        ctx.progress(done, message=f"calibration: generator epoch {done}")
+
+    def train_generator(data: FeatureSet) -> torch.nn.Module:
+        result = plan.kind.train(data, plan.config, on_epoch=on_epoch, should_stop=ctx.should_stop, device=device)
+        return result.generator
+
+    try:
+        cal = holdout_calibration(
+            plan.data,
+            train_generator,
+            config,
+            n_per_class=plan.n_per_class,
+            holdout_fraction=plan.holdout_fraction,
+            val_fraction=plan.val_fraction,
+            seed=config.seed,
+            normalize=plan.config.normalize_features,
+            classifier_text=plan.classifier_text,
+            should_stop=ctx.should_stop,
+            device=device,
+        )
+    finally:
+        curves.flush()
+    pseudo_unseen = [plan.data.class_names[i] for i in cal.pseudo_novel]
+    run.log_params({"calibration_gamma": cal.gamma, "calibration_pseudo_unseen": ",".join(pseudo_unseen)[:6000]})
+    run.log_metrics(finite({"calibration_H": cal.harmonic, "calibration_H_uncalibrated": cal.harmonic_uncalibrated}))
+    return cal
+
+
+def calibration_message(cal: Calibration | None, plan: CalibrationPlan | None) -> pb.CalibrationResult | None:
+    if cal is None or plan is None:
+        return None
+    return pb.CalibrationResult(
+        method=pb.CALIBRATION_HOLDOUT,
+        gamma=cal.gamma,
+        harmonic=cal.harmonic,
+        harmonic_uncalibrated=cal.harmonic_uncalibrated,
+        pseudo_unseen=[plan.data.class_names[i] for i in cal.pseudo_novel],
+        generator=ref_message(plan.ref),
+    )
 
 
 def finite(metrics: dict[str, float]) -> dict[str, float]:

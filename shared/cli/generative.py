@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # torch costs seconds at import: only the commands that use i
 
 KINDS = {"tfvaegan": pb.TFVAEGAN, "clswgan": pb.CLSWGAN, "ship_vae": pb.SHIP_VAE}
 METHODS = {"coop": pb.COOP, "clip_adapter": pb.CLIP_ADAPTER, "tip_adapter_f": pb.TIP_ADAPTER_F}
+CALIBRATIONS = {"none": pb.CALIBRATION_NONE, "holdout": pb.CALIBRATION_HOLDOUT}
+# train-gzsl --calibration-* options -> CalibrationSettings fields.
+CALIBRATION_OPTIONS = ("holdout_fraction", "val_fraction", "n_per_class", "generator")
 # SHIP_VAE-only options -> ShipVaeSettings fields.
 SHIP_OPTIONS = ("encoder_hidden", "generator_hidden", "n_ctx", "ctx_init_std", "kl_weight", "weight_decay")
 FINETUNE_OPTIONS = (
@@ -158,6 +161,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--logit-adjustment-tau", type=float, help="default 1")
     g.add_argument("--no-logit-adjustment", action="store_true")
     g.add_argument("--calibration-gamma", type=float, help="calibrated stacking (default 0: off)")
+    c = p.add_argument_group("calibrated stacking's gamma chosen on held-out base classes (never test data)")
+    c.add_argument(
+        "--calibration",
+        choices=sorted(CALIBRATIONS),
+        default="none",
+        help="none (default, as released: --calibration-gamma or 0) or holdout: pseudo-unseen base classes, a fresh "
+        "generator of the novel features' kind and settings on the rest, gamma maximizing held-out H",
+    )
+    c.add_argument("--calibration-holdout-fraction", type=float, help="pseudo-unseen base class share (default 0.2)")
+    c.add_argument("--calibration-val-fraction", type=float, help="held-out sample share (default 0.2)")
+    c.add_argument(
+        "--calibration-n-per-class", type=int, help="synthesized per pseudo-unseen class (default: --novel's per class)"
+    )
+    c.add_argument("--calibration-generator", help="generator to copy (default: the one --novel names)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="", help="registered model name (default zsc-gzsl)")
     p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-generative)")
@@ -345,6 +362,8 @@ def cmd_train_gzsl(args: argparse.Namespace) -> int:
         experiment=args.experiment,
     )
     set_fields(request.settings, {o: getattr(args, o) for o in (*GZSL_OPTIONS, "calibration_gamma")})
+    request.calibration.method = CALIBRATIONS[args.calibration]
+    set_fields(request.calibration, {o: getattr(args, f"calibration_{o}") for o in CALIBRATION_OPTIONS})
     if args.no_logit_adjustment:
         request.settings.logit_adjustment = False
     paths = [args.base, *([args.novel] if args.novel else [])]
@@ -363,6 +382,12 @@ def cmd_train_gzsl(args: argparse.Namespace) -> int:
         f"{len(result.novel_indices)} novel) on {result.n_base} base + {result.n_novel} synthesized features "
         f"(final loss {result.final_loss:.4g})"
     )
+    if result.HasField("calibration"):
+        cal = result.calibration
+        print(
+            f"calibration: gamma {cal.gamma:.4g}, chosen on held-out base classes {', '.join(cal.pseudo_unseen)} "
+            f"(held-out H {cal.harmonic_uncalibrated:.4f} -> {cal.harmonic:.4f}; generator {cal.generator.model_uri})"
+        )
     print_model("classifier", result.model)
     save_training_outputs(args, result.model.name, result.model.version, result.model.run_id)
     return 0

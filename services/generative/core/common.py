@@ -56,6 +56,7 @@ __all__ = [
     "fit_generator",
     "generate",
     "gradient_penalty",
+    "holdout_class_count",
     "holdout_split",
     "init_weights",
     "make_adam",
@@ -310,6 +311,12 @@ class HoldoutSplit:
     eval_index: Tensor  # held-out pseudo-seen samples + every pseudo-novel sample
 
 
+def holdout_class_count(num_classes: int, holdout_fraction: float) -> int:
+    """How many of ``num_classes`` (>= 2) classes :func:`holdout_split` makes pseudo-novel: at least one, and at
+    least one stays pseudo-seen."""
+    return min(num_classes - 1, max(1, round(holdout_fraction * num_classes)))
+
+
 def holdout_split(data: TrainingData, holdout_fraction: float, val_fraction: float, seed: int) -> HoldoutSplit:
     """Seeded split of classes into pseudo-seen/pseudo-novel and of pseudo-seen samples into fit/held-out."""
     k = data.num_classes
@@ -317,7 +324,7 @@ def holdout_split(data: TrainingData, holdout_fraction: float, val_fraction: flo
         raise ValueError(f"selection needs at least 2 training classes, got {k}")
     rng = torch.Generator().manual_seed(seed)
     order = torch.randperm(k, generator=rng)
-    n_novel = min(k - 1, max(1, round(holdout_fraction * k)))
+    n_novel = holdout_class_count(k, holdout_fraction)
     novel, seen = order[:n_novel].sort().values, order[n_novel:].sort().values
     labels = data.labels.cpu()
     fit, held = [], []

@@ -347,6 +347,8 @@ def holdout_calibration(
     val_fraction: float = 0.2,
     seed: int = 0,
     normalize: bool = True,
+    classifier_text: Tensor | None = None,
+    should_stop: StopHook | None = None,
     device: str | torch.device | None = None,
 ) -> Calibration:
     """Choose calibrated stacking's gamma without test data, on the seen classes' own training features.
@@ -357,18 +359,33 @@ def holdout_calibration(
     pseudo-novel class, a classifier with ``config`` is fit on them plus the kept real features, and gamma is the
     value that maximizes H on the held-out real features (:func:`choose_calibration_gamma`). Then set
     ``calibration_gamma`` of the final classifier to it.
+
+    The generator conditions on ``data.text_features``; the classifier starts from ``classifier_text`` [C, D_c]
+    (one row per class of ``data``; default the same text), as a final classifier may use other text than the
+    generator did.
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
     full = prepare_training_data(data, normalize, dev)
+    if classifier_text is not None and classifier_text.shape[0] != data.num_classes:
+        raise ValueError(f"classifier_text has {classifier_text.shape[0]} rows for {data.num_classes} classes")
+    clf_text = full.class_text if classifier_text is None else classifier_text[full.classes].to(dev)
     split = holdout_split(full, holdout_fraction, val_fraction, seed)
     fit, held = full.take(split.fit_index), full.take(split.eval_index)
     names = [f"class {int(c)}" for c in full.classes]
     generator = train_generator(FeatureSet(fit.features.cpu(), fit.labels.cpu(), names, full.class_text.cpu()))
     text = full.class_text.to(next(generator.parameters()).device)
-    gen_x, gen_y = generate(generator, text[split.novel.to(text.device)], n_per_class, seed, class_indices=split.novel)
+    gen_x, gen_y = generate(
+        generator,
+        text[split.novel.to(text.device)],
+        n_per_class,
+        seed,
+        class_indices=split.novel,
+        should_stop=should_stop,
+    )
     x = torch.cat((fit.features, gen_x.to(dev)))
     y = torch.cat((fit.labels, gen_y.to(dev)))
-    clf = fit_gzsl_classifier(x, y, full.class_text, split.seen, replace(config, calibration_gamma=0.0)).classifier
+    clf_config = replace(config, calibration_gamma=0.0)
+    clf = fit_gzsl_classifier(x, y, clf_text, split.seen, clf_config, should_stop=should_stop).classifier
     scores = clf.scores(held.features, gamma=0.0)
     gamma, h = choose_calibration_gamma(scores, held.labels.cpu(), split.seen, split.novel)
     h0 = gzsl_metrics(held.labels.cpu(), scores.argmax(dim=1).cpu(), split.seen, split.novel).harmonic
