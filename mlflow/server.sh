@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The MLflow UI and registry over zsc's local store (mlflow/mlflow.db, artifacts in mlflow/artifacts), on loopback.
-# A team runs `mlflow server` against Postgres and an object store instead and sets MLFLOW_TRACKING_URI.
+# A team runs server-postgres-s3.sh (PostgreSQL + S3) instead and sets MLFLOW_TRACKING_URI; see README.md here.
 set -euo pipefail
 cd "$(dirname "$0")"
 # MLflow's usage telemetry stays off unless the caller sets MLFLOW_DISABLE_TELEMETRY=false (as zsc's own commands do).

@@ -26,6 +26,7 @@ from pathlib import Path
 # moto accepts any credentials; real ones in the environment must never reach it (or a real bucket).
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 BIN = Path(sys.executable).parent
+SERVER_SCRIPT = Path(__file__).resolve().parents[2] / "mlflow" / "server-postgres-s3.sh"
 
 
 class Unavailable(RuntimeError):
@@ -192,16 +193,17 @@ class MlflowServer:
 def mlflow_server(
     backend_uri: str, artifacts: str, s3: S3, workdir: Path, timeout: float = 240
 ) -> Iterator[MlflowServer]:
-    """``mlflow server`` over a database and an S3 artifact destination, proxying artifacts (clients need no S3
-    credentials). It yields as soon as the process is started (its imports and migrations take most of a minute on
-    two busy cores, which the caller can overlap with other work); ``wait()`` before the first request."""
+    """The team's MLflow server as mlflow/server-postgres-s3.sh starts it, over a database and an S3 artifact
+    destination, proxying artifacts (clients need no S3 credentials). It yields as soon as the process is started (its
+    imports and migrations take most of a minute on two busy cores, which the caller can overlap with other work);
+    ``wait()`` before the first request."""
     port = free_port()
     log = workdir / "mlflow-server.log"
-    env = {**os.environ, **S3_ENV, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint}
+    env = {**os.environ, **S3_ENV, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint, "MLFLOW": str(BIN / "mlflow")}
+    env |= {"ZSC_MLFLOW_BACKEND_URI": backend_uri, "ZSC_MLFLOW_ARTIFACTS": artifacts}
+    env |= {"MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts,
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
-    with _process(cmd, log, env=env) as proc:
+    with _process(["bash", str(SERVER_SCRIPT)], log, env=env) as proc:
         uri = f"http://127.0.0.1:{port}"
         started = time.monotonic()
         ready: list[bool] = []
