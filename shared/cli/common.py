@@ -43,14 +43,16 @@ def add_client_args(parser: argparse.ArgumentParser, service: str) -> None:
     )
 
 
-def open_channel(args: argparse.Namespace, service: str, paths: list[str | Path] = ()):
-    """A channel to the service; an ephemeral server gets the directories this command names as its data roots."""
+def open_channel(args: argparse.Namespace, service: str, paths: list[str | Path] = (), balanced: bool = False):
+    """A channel to the service; an ephemeral server gets the directories this command names as its data roots.
+    ``balanced``: round_robin over a multi-replica target, for commands that make only unary calls (no Operation
+    whose follow-ups must reach the replica that started it)."""
     roots = [Path.cwd()]
     for p in paths:
         if p:
             path = Path(p).expanduser().resolve()
             roots.append(path if path.is_dir() else path.parent)
-    return client.service_channel(service, args.address, profile=args.profile, data_roots=roots)
+    return client.service_channel(service, args.address, profile=args.profile, data_roots=roots, balanced=balanced)
 
 
 def follow(channel: grpc.Channel, op: common_pb2.Operation, description: str) -> common_pb2.Operation:

@@ -149,7 +149,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise CommandError(f"no such image: {path}")
         mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         images.append(common_pb2.Image(data=path.read_bytes(), mime=mime))
-    with open_channel(args, "classification") as channel:
+    with open_channel(args, "classification", balanced=True) as channel:  # unary: spread over replicas
         reply = pb_grpc.DownstreamStub(channel).Predict(
             pb.PredictRequest(model_uri=model_uri(args.model), images=images, top_k=args.top_k)
         )

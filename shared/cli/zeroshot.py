@@ -1,11 +1,17 @@
-"""`zsc zeroshot`: zero-shot classification of a few images, or evaluation on an ImageFolder."""
+"""`zsc zeroshot`: zero-shot classification of a few images, or evaluation on an ImageFolder.
+
+An evaluation over several replicas (``--address a,b``, ``ipv4:A,B``, ``dns:///NAME:PORT``) is cut into
+``fanout.SHARDS_PER_REPLICA`` contiguous index ranges per replica on the batch grid, run as independent shard
+operations by ``zsc.cli.fanout`` (a lost replica's shards go to the others), and merged: confusion matrices add up,
+so the report is exactly one replica's. ``--image`` sends one ZeroShot call through a round_robin channel."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import mimetypes
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +19,11 @@ import numpy as np
 from zsc import codec
 from zsc.classification.v1 import classification_pb2 as pb
 from zsc.classification.v1 import classification_pb2_grpc as pb_grpc
+from zsc.cli import fanout
 from zsc.cli.common import (
     CommandError,
-    Interrupted,
     add_class_map_arg,
     add_client_args,
-    cancel_operation,
     class_map,
     follow,
     markdown_table,
@@ -28,9 +33,13 @@ from zsc.cli.common import (
 )
 from zsc.common.v1 import common_pb2
 from zsc.data import ImageFolder
-from zsc.runtime.client import connect, service_channel, unpack
+from zsc.runtime import client
+from zsc.runtime.client import unpack
 
 METHODS = {"clip": pb.CLIP, "diffusion": pb.DIFFUSION}
+# The service's default evaluation batch per method (classification servicer): shards are cut on this grid, so each
+# replica's batches are exactly those one server runs (batch composition can move a float in the last place).
+DEFAULT_BATCH = {pb.CLIP: 64, pb.DIFFUSION: 8}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -88,7 +97,8 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     prompts = pb.PromptSpec(templates=args.templates, template_set=args.template_set)
     diffusion = _diffusion_options(args) if args.method == "diffusion" else None
     if args.image:
-        with open_channel(args, "classification") as channel:
+        # one unary call: a multi-replica target spreads such calls round_robin (no operation to follow)
+        with open_channel(args, "classification", balanced=True) as channel:
             return _classify_images(pb_grpc.ClassificationStub(channel), args, classes, prompts, diffusion)
     data = Path(args.data).resolve()
     request = pb.EvaluateZeroShotRequest(
@@ -102,77 +112,80 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
         experiment=args.experiment,
         diffusion=diffusion,
     )
-    addresses = [a for a in (args.address or "").split(",") if a]
+    target = args.address or client.address_from_env("classification")
+    replicas = client.resolve_target(target) if target else []
     start = time.perf_counter()
-    if len(addresses) > 1:
-        results = _evaluate_sharded(addresses, request, args)
+    if len(replicas) > 1:
+        results = evaluate_sharded(replicas, request, args.results, args.profile)
     else:
         if args.results:
             request.results_uri = str(args.results.resolve())
         with open_channel(args, "classification", [data, args.results.parent if args.results else ""]) as channel:
             op = follow(channel, pb_grpc.ClassificationStub(channel).EvaluateZeroShot(request), f"{args.method}")
             results = [(unpack(op, pb.EvaluationResult), dict(op.metadata.metrics))]
-    names, per_class, confusion, metrics = merge_results(results, time.perf_counter() - start)
+    names, per_class, confusion, metrics = merge_results(results, time.perf_counter() - start, max(1, len(replicas)))
     print_evaluation(names, per_class, confusion, metrics, [r.mlflow_run_id for r, _ in results])
     save_evaluation(names, per_class, confusion.tolist(), metrics, args.metrics_out, args.plots_dir)
     return 0
 
 
-def _evaluate_sharded(
-    addresses: list[str], request: pb.EvaluateZeroShotRequest, args: argparse.Namespace
+def evaluate_sharded(
+    replicas: list[client.Replica],
+    request: pb.EvaluateZeroShotRequest,
+    results: Path | None = None,
+    profile: str | None = None,
+    on_start: fanout.OnStart | None = None,
+    shards_per_replica: int = fanout.SHARDS_PER_REPLICA,
 ) -> list[tuple[pb.EvaluationResult, dict[str, float]]]:
-    """Split the samples into one contiguous range per replica and evaluate the ranges concurrently."""
+    """The samples cut into ``shards_per_replica`` contiguous ranges per replica, evaluated by whichever replica is
+    free (``fanout.run_shards``); each shard's result and final metrics, in sample order. With ``results``, shard k
+    of N logs to ``RESULTS.shardKofN`` (a shard re-run elsewhere resumes from its log)."""
     try:
-        n = len(ImageFolder.open(Path(request.data_uri), limit=request.limit))
+        n = len(ImageFolder.open(Path(request.data_uri), request.limit, request.class_names, request.folder_to_class))
     except Exception as err:
         raise CommandError(f"sharding over replicas needs the dataset visible here too: {err}") from err
-    bounds = [round(i * n / len(addresses)) for i in range(len(addresses) + 1)]
-    started: dict[int, str] = {}  # the shards' operations, for Ctrl-C in the main thread
-
-    def run(i: int) -> tuple[pb.EvaluationResult, dict[str, float]]:
-        shard = pb.EvaluateZeroShotRequest()
-        shard.CopyFrom(request)
-        shard.shard_start, shard.shard_stop = bounds[i], bounds[i + 1]
-        if args.results:
-            shard.results_uri = str(args.results.resolve()) + f".shard{i}of{len(addresses)}"
-        with service_channel("classification", addresses[i]) as channel:
-            op = pb_grpc.ClassificationStub(channel).EvaluateZeroShot(shard)
-            started[i] = op.name
-            op = follow(channel, op, f"{args.method} shard {i + 1}/{len(addresses)} @ {addresses[i]}")
-            return unpack(op, pb.EvaluationResult), dict(op.metadata.metrics)
-
-    # Ctrl-C reaches only the main thread: it cancels every shard's operation (the followers then see them end).
-    with ThreadPoolExecutor(len(addresses)) as pool:
-        futures = [pool.submit(run, i) for i in range(len(addresses))]
-        try:
-            return [f.result() for f in futures]
-        except KeyboardInterrupt:
-            for f in futures:
-                f.cancel()
-            raise Interrupted(
-                "; ".join(_cancel_at(addresses[i], name) for i, name in list(started.items()))
-                or "interrupted before any shard started"
-            ) from None
+    grid = request.batch_size or DEFAULT_BATCH[request.method]
+    bounds = shard_bounds(n, shards_per_replica * len(replicas), grid)
+    parts = []
+    for k, (lo, hi) in enumerate(bounds):
+        part = pb.EvaluateZeroShotRequest()
+        part.CopyFrom(request)
+        part.shard_start, part.shard_stop = lo, hi
+        if results is not None:
+            part.results_uri = f"{results.resolve()}.shard{k}of{len(bounds)}"
+        parts.append(part)
+    method = pb.ZeroShotMethod.Name(request.method).lower()
+    run = fanout.run_shards(
+        "classification",
+        replicas,
+        parts,
+        lambda channel, part: pb_grpc.ClassificationStub(channel).EvaluateZeroShot(part),
+        profile=profile,
+        description=f"{method} shard",
+        on_start=on_start,
+    )
+    print(f"zsc: {run.summary(len(replicas))}", file=sys.stderr)
+    return [(unpack(op, pb.EvaluationResult), dict(op.metadata.metrics)) for op in run.operations]
 
 
-def _cancel_at(address: str, name: str) -> str:
-    """Cancel from a channel of its own: the shard's follower closes its channel when it sees the operation end."""
-    channel = connect(address)
-    try:
-        return cancel_operation(channel, name)
-    finally:
-        channel.close()
+def shard_bounds(n: int, parts: int, grid: int) -> list[tuple[int, int]]:
+    """At most ``parts`` contiguous ranges covering [0, n), every cut on a multiple of ``grid``, sizes within one
+    grid step of each other."""
+    chunks = -(-n // grid)
+    parts = max(1, min(parts, chunks))
+    cuts = [min(n, round(i * chunks / parts) * grid) for i in range(parts + 1)]
+    return list(itertools.pairwise(cuts))
 
 
 def merge_results(
-    results: list[tuple[pb.EvaluationResult, dict[str, float]]], wall_seconds: float
+    results: list[tuple[pb.EvaluationResult, dict[str, float]]], wall_seconds: float, replicas: int = 1
 ) -> tuple[list[str], list[float], np.ndarray, dict[str, float]]:
     """One report from the shards of several replicas: confusion matrices add up exactly.
 
     ``seconds_per_image`` is the servers' own figure: evaluation time per image computed in this run (resumed images
-    cost nothing), divided by the number of replicas working at once (the slowest replica's figure, so equal
-    shards give the effective time per image). ``wall_seconds`` is the whole command, with server start-up, model
-    loading and MLflow logging, which would dominate a short run's per-image figure.
+    cost nothing), averaged over the shards by their images and divided by the ``replicas`` working at once: the
+    effective time per image. ``wall_seconds`` is the whole command, with server start-up, model loading and MLflow
+    logging, which would dominate a short run's per-image figure.
     """
     names = list(results[0][0].class_names)
     confusion = sum(codec.decode(r.confusion) for r, _ in results)
@@ -183,7 +196,7 @@ def merge_results(
         "top1": float(np.trace(confusion) / max(1, n)),
         "macro_accuracy": float(np.mean([a for a, s in zip(per_class, support, strict=True) if s])),
         "n_images": n,
-        "seconds_per_image": max(r.seconds_per_image for r, _ in results) / len(results),
+        "seconds_per_image": sum(r.seconds_per_image * r.n_images for r, _ in results) / max(1, n) / replicas,
         "wall_seconds": wall_seconds,
     }
     passes = [m["unet_passes_per_image"] * r.n_images for r, m in results if "unet_passes_per_image" in m]
