@@ -383,6 +383,32 @@ def test_holdout_calibration_never_sees_the_held_out_classes(problem: Problem) -
     assert cal.harmonic >= cal.harmonic_uncalibrated
 
 
+def test_holdout_calibration_takes_the_classifier_text_apart_and_stops() -> None:
+    p = tiny_problem()
+
+    def train(data: FeatureSet) -> torch.nn.Module:
+        return tfvaegan.train_tfvaegan(
+            data, tfvaegan.TFVAEGANConfig(seed=0, epochs=2, hidden_dim=16, noise_dim=4, batch_size=8)
+        ).generator
+
+    config = GZSLConfig(epochs=3, lr=1e-2)
+    default = holdout_calibration(p.train, train, config, n_per_class=8, holdout_fraction=0.4, seed=1)
+    same = holdout_calibration(
+        p.train, train, config, n_per_class=8, holdout_fraction=0.4, seed=1, classifier_text=p.text.clone()
+    )
+    assert (same.gamma, same.harmonic, same.pseudo_novel) == (default.gamma, default.harmonic, default.pseudo_novel)
+    # The classifier may start from text of another width than the generator's (D_c = 5 here, D_t = 7): the split
+    # is the seed's alone, and 2 of the 5 base classes are held out.
+    other = holdout_calibration(
+        p.train, train, config, n_per_class=8, holdout_fraction=0.4, seed=1, classifier_text=torch.randn(6, 5)
+    )
+    assert other.pseudo_novel == default.pseudo_novel and len(other.pseudo_novel) == 2
+    with pytest.raises(ValueError, match="classifier_text has 5 rows for 6 classes"):
+        holdout_calibration(p.train, train, config, n_per_class=8, classifier_text=torch.randn(5, 7))
+    with pytest.raises(TrainingCancelled):
+        holdout_calibration(p.train, train, config, n_per_class=8, should_stop=lambda: True)
+
+
 def test_adaptive_gp_weight_follows_the_released_rule() -> None:
     data = tiny_problem().train
     config = tfvaegan.TFVAEGANConfig(seed=0, epochs=1, hidden_dim=16, noise_dim=4, batch_size=8)
