@@ -9,9 +9,12 @@ with it. Both strategies run here, in this process: two concurrent warm-up jobs,
 Fresh threads first, so the pool's threads (which outlive their jobs) cannot slow them down.
 """
 
-from __future__ import annotations  # noqa: I001  (zsc is imported before torch on purpose)
+# ruff: noqa: E402  (CPU tuning runs before torch is imported, on purpose)
+from __future__ import annotations
 
-import zsc  # noqa: F401  (first: it sets torch's allocator options, which torch reads when it loads)
+from zsc.runtime.tuning import apply_cpu_tuning
+
+apply_cpu_tuning()  # before torch loads: it reads its allocator options then
 
 import argparse
 import threading

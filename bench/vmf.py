@@ -28,9 +28,12 @@ Gaussian draws into independently seeded blocks, which a per-sample loop cannot 
 The exact samplers' mean cosine should be A_D(kappa); the released ones' is lower for kappa > 10 (the bias).
 """
 
-from __future__ import annotations  # noqa: I001  (zsc is imported before torch on purpose)
+# ruff: noqa: E402  (CPU tuning runs before torch is imported, on purpose)
+from __future__ import annotations
 
-import zsc  # noqa: F401  (first: it sets torch's allocator options, which torch reads when it loads)
+from zsc.runtime.tuning import apply_cpu_tuning
+
+apply_cpu_tuning()  # before torch loads: it reads its allocator options then
 
 import argparse
 import importlib

@@ -56,10 +56,6 @@ LINEAGE_TAGS = (
     "zsc.synthesis.guidance_max",
 )
 
-# MLflow draws a tqdm bar on stderr for every artifact copy, even inside a server; zsc reports its own progress.
-# setdefault: a user who wants the bars back sets the variable, and child processes see the same choice.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
 # MLflow's models-from-code loader publishes the model through a module global; serialize saves and loads.
 _MLFLOW_MODEL_LOCK = threading.Lock()
 _HISTORY_LOCK = threading.Lock()

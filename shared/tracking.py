@@ -60,6 +60,16 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _quiet_mlflow() -> None:
+    """Users see results, not plumbing: MLflow announces store creation and migrations at INFO, and draws a tqdm bar
+    on stderr for every artifact copy, even inside a server (zsc reports its own progress). Done where zsc creates
+    its client, not at import; a user who sets MLFLOW_LOGGING_LEVEL or MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR keeps
+    that choice, and child processes see the same one."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # read on every artifact copy
+    if "MLFLOW_LOGGING_LEVEL" not in os.environ:  # MLflow read it when it was imported: set its logger instead
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
 def client():
     """An MlflowClient on zsc's tracking URI (the store is created on first use).
 
@@ -68,6 +78,7 @@ def client():
     with _import_lock:
         from mlflow.tracking import MlflowClient
 
+    _quiet_mlflow()
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

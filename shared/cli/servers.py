@@ -20,6 +20,7 @@ from zsc.cli.common import CommandError
 from zsc.runtime.client import address_from_env, connect, server_info
 from zsc.runtime.security import TlsFiles, read_token
 from zsc.runtime.server import DEFAULT_PORTS, ServerConfig, ZscServer, port_unavailable, serve_forever
+from zsc.runtime.tuning import apply_cpu_tuning
 
 STATE_FILE = Path(".zsc") / "up.json"
 LOG_DIR = Path(".zsc") / "logs"
@@ -154,10 +155,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("zsc").setLevel(level)
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)  # the default of every thread started later: the jobs' threads
+    apply_cpu_tuning(args.threads)  # before the service imports torch
     port = DEFAULT_PORTS[args.service] if args.port is None else args.port
     server = ZscServer(args.service, _config(args, port))
     return serve_forever(server, on_ready=lambda s: print(f"{args.service} on {args.host}:{s.port}", flush=True))

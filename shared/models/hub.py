@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,19 @@ from zsc.errors import ModelUnavailable
 def hub_online() -> bool:
     """zsc reads only the local hub cache unless the user opts in to downloads with ZSC_HUB_ONLINE=1."""
     return os.environ.get("ZSC_HUB_ONLINE", "0") == "1" and os.environ.get("HF_HUB_OFFLINE", "0") != "1"
+
+
+def stay_offline() -> None:
+    """Put the Hugging Face hub in offline mode unless the user opted in to downloads (ZSC_HUB_ONLINE=1), so cached
+    weights load without a request and a missing model fails at once with one clear line instead of hanging on the
+    network. Called where zsc loads hub weights and by the `zsc` entry point, never at import; an explicit
+    HF_HUB_OFFLINE in the environment wins."""
+    if os.environ.get("ZSC_HUB_ONLINE") == "1":
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None and os.environ["HF_HUB_OFFLINE"] == "1":
+        hub.HF_HUB_OFFLINE = True  # the hub read its environment when it was imported
 
 
 def hub_cache_dir() -> str:
@@ -47,6 +61,7 @@ def require_cached(what: str, ref: str, repo: str, filenames: Sequence[str]) -> 
     A pure file-system look-up: no network, no logging, so a missing model fails in milliseconds with one line
     instead of after the libraries' own retries and warnings. With ZSC_HUB_ONLINE=1 the loaders may download, so
     nothing is required here."""
+    stay_offline()
     if hub_online():
         return
     from huggingface_hub import try_to_load_from_cache

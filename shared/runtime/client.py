@@ -359,7 +359,9 @@ def service_channel(
             channel.close()
         return
     from zsc.runtime.server import ServerConfig, ZscServer
+    from zsc.runtime.tuning import apply_cpu_tuning
 
+    apply_cpu_tuning()  # this process now serves too
     config = ServerConfig(profile=profile or "tiny", data_roots=data_roots or [Path.cwd()])
     server = ZscServer(service, config)
     port = server.start()
