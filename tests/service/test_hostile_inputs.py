@@ -68,6 +68,9 @@ IMAGE_LIMITS = {"max_image_bytes": 256 << 10, "max_image_pixels": 128 * 128}  # 
 EXAMPLES = 30  # hypothesis examples per RPC: ~20 RPCs on 2 CPU cores within the file's time budget
 CALLS: Counter[str] = Counter()  # "<rpc> <status>" -> calls, for the summary
 LAST: list[str] = []  # the error message of the last finished operation
+SERVER_DIRS: list[str] = []  # the data root and the working directory: no reply may name them
+PATH_REPLIES: Counter[str] = Counter()  # "<rpc>" -> error replies (call or job) that named a server directory
+GARBAGE = b"\xff\xff\xff\xff"  # request bytes that parse as no message
 
 
 # ---------------------------------------------------------------------------------------------- the RPCs under test
@@ -331,6 +334,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     old_cache = os.environ.get("ZSC_FEATURE_CACHE_DIR")
     os.environ["ZSC_FEATURE_CACHE_DIR"] = str(base / "root" / "cache")  # a request without cache_uri writes here
     (base / "root").mkdir()
+    SERVER_DIRS[:] = sorted({str(base / "root"), str((base / "root").resolve()), os.getcwd()})
     yield make_world(base / "root", base / "outside")
     if old_cache is None:
         os.environ.pop("ZSC_FEATURE_CACHE_DIR", None)
@@ -386,7 +390,8 @@ def summary(world: World) -> Iterator[None]:
         for key, n in CALLS.items():
             name, code = key.rsplit(" ", 1)
             per_rpc.setdefault(name, {})[code] = n
-        Path(path).write_text(json.dumps({"calls": sum(CALLS.values()), "rpcs": per_rpc}, indent=2, sort_keys=True))
+        counts = {"calls": sum(CALLS.values()), "rpcs": per_rpc, "replies_with_server_path": dict(PATH_REPLIES)}
+        Path(path).write_text(json.dumps(counts, indent=2, sort_keys=True))
 
 
 def rpc(name: str) -> Rpc:
@@ -550,6 +555,7 @@ def attempt(channels: dict[str, grpc.Channel], r: Rpc, request: Any, grace: floa
     except grpc.RpcError as err:
         code = err.code()
         CALLS[f"{r.name} {code.name}"] += 1
+        count_server_paths(r, err.details() or "")
         assert code not in FORBIDDEN, f"{r.name} -> {code.name}: {err.details()}\nrequest: {short(request)}"
         response = None
     else:
@@ -559,6 +565,7 @@ def attempt(channels: dict[str, grpc.Channel], r: Rpc, request: Any, grace: floa
         final = finish(channel, response, grace)
         job_state = common_pb2.OperationMetadata.State.Name(final.metadata.state)
         LAST[:] = [final.error.message]
+        count_server_paths(r, final.error.message)
         if final.HasField("error"):
             job_code = status_name(final.error.code)
             CALLS[f"{r.name} job:{job_code}"] += 1
@@ -568,6 +575,12 @@ def attempt(channels: dict[str, grpc.Channel], r: Rpc, request: Any, grace: floa
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
     assert health.status == health_pb2.HealthCheckResponse.SERVING, f"{r.server} stopped serving after {r.name}"
     return code.name, job_state
+
+
+def count_server_paths(r: Rpc, text: str) -> None:
+    """Count a reply that names the data root or the working directory (counted, for bench/reliability.py)."""
+    if any(d in text for d in SERVER_DIRS):
+        PATH_REPLIES[r.name] += 1
 
 
 def short(request: Any) -> str:
@@ -974,3 +987,20 @@ def test_request_paths_resolve_against_the_data_root_and_replies_name_no_server_
         err = refused(channels, "Classification/EvaluateZeroShot", evaluate)
         assert err.code() == code and repr(uri) in err.details(), (uri, err.details())
         assert not any(d in err.details() for d in server_dirs), err.details()
+
+
+@pytest.mark.parametrize("r", RPCS, ids=lambda r: r.name)
+def test_undecodable_request_bytes_are_invalid_argument(r: Rpc, channels: dict[str, grpc.Channel]) -> None:
+    """Bytes that parse as no message: INVALID_ARGUMENT from the runtime's guarded deserializer, not grpcio's
+    INTERNAL "Exception deserializing request!"."""
+    channel = channels[r.server]
+    with pytest.raises(grpc.RpcError) as err:
+        if r.method.client_streaming:
+            first(channel.stream_stream(r.path)(iter([GARBAGE]), timeout=CALL_TIMEOUT))
+        elif r.method.server_streaming:
+            first(channel.unary_stream(r.path)(GARBAGE, timeout=CALL_TIMEOUT))
+        else:
+            channel.unary_unary(r.path)(GARBAGE, timeout=CALL_TIMEOUT)
+    CALLS[f"{r.name} {err.value.code().name}"] += 1
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert err.value.details() == f"the request bytes do not parse as {r.method.input_type.full_name}"
