@@ -8,7 +8,7 @@ SHELL := /bin/bash
 QUIET_PIP := { grep -v "is ignored" || true; }
 PIP := $(BIN)/python -m pip
 
-.PHONY: install protos test test-fast lint demo mlflow-ui up clean
+.PHONY: install protos test test-fast lint typecheck demo mlflow-ui up clean
 
 install: ## create .venv and install zsc with pinned dependencies
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test-fast:
 lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+typecheck: ## mypy on the library and the cores (136 errors to fix before CI runs it: issue #17 item 9)
+	scripts/typecheck.sh
 
 up: ## all four services on loopback with params.yaml's profile, allowed to read the repo and its real datasets
 	scripts/demo.sh up
