@@ -87,7 +87,6 @@ def run_shards(
     state = threading.Condition()
     stop = threading.Event()
     max_attempts = len(replicas) + 2  # each replica once, and a couple of cancels by others
-    tag = client.profile_name(profile) if profile else None
 
     def requeue(index: int, address: str, err: grpc.RpcError | client.OperationError) -> bool:
         """Put shard ``index`` back; False (and the job fails) once it has been tried too often."""
@@ -111,7 +110,12 @@ def run_shards(
         address = replica.address
         try:
             with client.service_channel(
-                service, address, profile=tag, name=replica.name, ready_timeout=ready_timeout, should_stop=stop.is_set
+                service,
+                address,
+                profile=profile,
+                name=replica.name,
+                ready_timeout=ready_timeout,
+                should_stop=stop.is_set,
             ) as channel:
                 # idle workers stay until the job ends: a lost replica's shard may come back on the queue
                 while not stop.is_set() and not finished():
