@@ -31,11 +31,11 @@ from .common import (
     GeneratorTrainResult,
     StopHook,
     TrainingData,
-    fit_generator,
     make_adam,
     seeded_init,
 )
 from .gzsl import CosineClassifier, GZSLConfig, fit_gzsl_classifier
+from .training import fit_generator
 
 __all__ = ["CLSWGANConfig", "build_generator", "train_clswgan"]
 

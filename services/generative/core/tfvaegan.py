@@ -43,11 +43,11 @@ from .common import (
     GeneratorTrainResult,
     StopHook,
     TrainingData,
-    fit_generator,
     init_weights,
     make_adam,
     seeded_init,
 )
+from .training import fit_generator
 
 __all__ = [
     "FeedbackGenerator",
