@@ -69,6 +69,7 @@ EXAMPLES = 30  # hypothesis examples per RPC: ~20 RPCs on 2 CPU cores within the
 CALLS: Counter[str] = Counter()  # "<rpc> <status>" -> calls, for the summary
 LAST: list[str] = []  # the error message of the last finished operation
 SERVER_DIRS: list[str] = []  # the data root and the working directory: no reply may name them
+LEAKS: list[str] = []  # their texts, for the summary
 PATH_REPLIES: Counter[str] = Counter()  # "<rpc>" -> error replies (call or job) that named a server directory
 GARBAGE = b"\xff\xff\xff\xff"  # request bytes that parse as no message
 
@@ -391,6 +392,7 @@ def summary(world: World) -> Iterator[None]:
             name, code = key.rsplit(" ", 1)
             per_rpc.setdefault(name, {})[code] = n
         counts = {"calls": sum(CALLS.values()), "rpcs": per_rpc, "replies_with_server_path": dict(PATH_REPLIES)}
+        counts["server_path_examples"] = sorted(set(LEAKS))[:10]
         Path(path).write_text(json.dumps(counts, indent=2, sort_keys=True))
 
 
@@ -555,7 +557,7 @@ def attempt(channels: dict[str, grpc.Channel], r: Rpc, request: Any, grace: floa
     except grpc.RpcError as err:
         code = err.code()
         CALLS[f"{r.name} {code.name}"] += 1
-        count_server_paths(r, err.details() or "")
+        count_server_paths(r, err.details() or "", request)
         assert code not in FORBIDDEN, f"{r.name} -> {code.name}: {err.details()}\nrequest: {short(request)}"
         response = None
     else:
@@ -565,7 +567,7 @@ def attempt(channels: dict[str, grpc.Channel], r: Rpc, request: Any, grace: floa
         final = finish(channel, response, grace)
         job_state = common_pb2.OperationMetadata.State.Name(final.metadata.state)
         LAST[:] = [final.error.message]
-        count_server_paths(r, final.error.message)
+        count_server_paths(r, final.error.message, request)
         if final.HasField("error"):
             job_code = status_name(final.error.code)
             CALLS[f"{r.name} job:{job_code}"] += 1
@@ -577,10 +579,13 @@ def attempt(channels: dict[str, grpc.Channel], r: Rpc, request: Any, grace: floa
     return code.name, job_state
 
 
-def count_server_paths(r: Rpc, text: str) -> None:
-    """Count a reply that names the data root or the working directory (counted, for bench/reliability.py)."""
-    if any(d in text for d in SERVER_DIRS):
+def count_server_paths(r: Rpc, text: str, request: Any) -> None:
+    """Count a reply that names the data root or the working directory where the request did not (quoting the
+    client's own absolute URI back is no leak), for bench/reliability.py."""
+    sent = str(request)
+    if any(d in text and d not in sent for d in SERVER_DIRS):
         PATH_REPLIES[r.name] += 1
+        LEAKS.append(text)
 
 
 def short(request: Any) -> str:
