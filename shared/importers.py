@@ -582,7 +582,8 @@ def write_coop(split: CoopSplit, images: Path, out: Path, link: str = "symlink")
     through symlinks), ``hardlink`` (same file system, no dangling links when the source moves) or ``copy``
     (self-contained, e.g. for DVC). Every image must exist under ``images`` with an image suffix zsc reads. Beside
     the folders: ``classes.txt``, ``base.txt``, ``new.txt``, ``class_map.txt`` (only where a class name cannot be a
-    folder name) and ``import.json``."""
+    folder name), ``class_map_base.txt`` and ``class_map_new.txt`` (each half's entries, always written, maybe empty,
+    for ``--class-map @`` on ``<split>/<half>``) and ``import.json``."""
     if link not in LINKS:
         raise ImportFault(f"unknown link mode {link!r}; choose one of {', '.join(LINKS)}")
     images = images.resolve()
@@ -608,6 +609,11 @@ def write_coop(split: CoopSplit, images: Path, out: Path, link: str = "symlink")
         _write_text(tmp / "base.txt", [split.class_names[y] for y in split.base])
         _write_text(tmp / "new.txt", [split.class_names[y] for y in split.new])
         write_class_map(tmp, folders, split.class_names)
+        for half, labels in (("base", split.base), ("new", split.new)):
+            # A half's folder holds only its own classes, and --class-map refuses entries naming absent folders, so
+            # each half gets its own map, written even when empty: a recipe can always pass it.
+            pairs = [f"{folders[y]}={split.class_names[y]}" for y in labels if folders[y] != split.class_names[y]]
+            _write_text(tmp / f"class_map_{half}.txt", pairs)
         _write_json(
             tmp / "import.json",
             {

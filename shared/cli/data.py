@@ -73,6 +73,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, type=Path, help="features file to write")
     q.set_defaults(func=cmd_center)
 
+    q = actions.add_parser(
+        "merge",
+        help="join features files of disjoint classes into one (e.g. a base and a new test half, for B/N/HM)",
+        description="Samples and classes are listed in the order of the files. The files must share one feature "
+        "space (encoders, prompt template, alignment, centering, views) and no class; the output records each "
+        "file's dataset hash.",
+    )
+    q.add_argument("--features", required=True, action="append", type=Path, help="a features file (repeat: 2 or more)")
+    q.add_argument("--out", required=True, type=Path, help="features file to write")
+    q.set_defaults(func=cmd_merge)
+
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     class_name, splits, default_split = DATASETS[args.dataset]
@@ -224,6 +235,64 @@ def cmd_center(args: argparse.Namespace) -> int:
     return 0
 
 
+# The metadata that says which space the rows live in (with the alignment id): files that differ in one cannot share
+# a classifier.
+SPACE_KEYS = (
+    "image_encoder", "image_model_id", "text_encoder", "prompt_template", "aligned", "normalized", CENTERED_TAG,
+)  # fmt: skip
+PER_FILE_KEYS = ("dataset_sha256", "class_folders", "selection")  # describe one input, not the merge
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from zsc.features import ALIGNMENT_ID_KEY, FeatureSet
+
+    if len(args.features) < 2:
+        raise CommandError("zsc data merge needs at least two --features files")
+    parts = []
+    for path in args.features:
+        if not path.is_file():
+            raise CommandError(f"no such features file: {path}")
+        parts.append(FeatureSet.load(path))
+    first, owner = parts[0], {}
+    for path, part in zip(args.features, parts, strict=True):
+        for key in (*SPACE_KEYS, ALIGNMENT_ID_KEY, "zsc.views"):
+            if part.metadata.get(key) != first.metadata.get(key):
+                raise CommandError(
+                    f"{path} and {args.features[0]} differ in {key} ({part.metadata.get(key)!r} vs "
+                    f"{first.metadata.get(key)!r}): not one feature space"
+                )
+        if (part.dim, part.text_dim) != (first.dim, first.text_dim):
+            raise CommandError(
+                f"{path} has D={part.dim}/{part.text_dim}, {args.features[0]} D={first.dim}/{first.text_dim}"
+            )
+        for name in part.class_names:
+            if name in owner:
+                raise CommandError(f"class {name!r} is in both {owner[name]} and {path}; merge joins disjoint classes")
+            owner[name] = path
+    offsets = [0]
+    for part in parts[:-1]:
+        offsets.append(offsets[-1] + part.num_classes)
+    sources = [
+        {"file": str(p), "dataset_sha256": d.metadata.get("dataset_sha256", ""), "classes": d.num_classes, "n": len(d)}
+        for p, d in zip(args.features, parts, strict=True)
+    ]
+    metadata = {k: v for k, v in first.metadata.items() if k not in PER_FILE_KEYS} | {"merged": json.dumps(sources)}
+    merged = FeatureSet(
+        torch.cat([d.features for d in parts]),
+        torch.cat([d.labels + off for d, off in zip(parts, offsets, strict=True)]),
+        [n for d in parts for n in d.class_names],
+        torch.cat([d.text_features for d in parts]),
+        metadata,
+    )
+    merged.save(args.out)
+    print(f"merged {len(merged)} samples of {merged.num_classes} classes from {len(parts)} files: {args.out}")
+    return 0
+
+
 # --- zsc data import -----------------------------------------------------------------------------------------------
 
 # name -> (torchvision class, splits, default split, `zsc zeroshot --method diffusion` preset, archive to fetch by hand)
@@ -319,7 +388,8 @@ def register_import(actions: argparse._SubParsersAction) -> None:
         help="CoOp's base-to-new datasets: split_zhou_<Dataset>.json over an image root",
         description="Writes OUT/<train|val|test>/<base|new>/<class>/<image> (base: the first half of the sorted "
         "labels, CoOp's rule), classes.txt, base.txt, new.txt, import.json and, where a class name holds '/', "
-        "class_map.txt for --class-map @class_map.txt.",
+        "class_map.txt for --class-map @class_map.txt; class_map_base.txt and class_map_new.txt (always, maybe "
+        "empty) map the folders of one half, for --data OUT/<split>/<half>.",
     )
     q.add_argument("--split-file", required=True, type=Path, help="split_zhou_<Dataset>.json")
     q.add_argument("--images", required=True, type=Path, help="the image root its paths are relative to")

@@ -309,6 +309,35 @@ def test_coop_import_writes_an_image_folder_per_split_and_half(
     assert new_test.classes == ["beagle", "sea lion"] and len(new_test) == 2
     assert json.loads((out / "import.json").read_text())["original_names"] == COOP_CLASSES
 
+
+def test_coop_import_maps_each_half_and_merge_joins_the_halves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    split_file, images = coop_files(tmp_path / "src")
+    out = tmp_path / "pets"
+    argv = ["data", "import", "coop", "--split-file", str(split_file), "--images", str(images), "--out", str(out)]
+    assert run(argv, capsys)[0] == 0
+    # F/A-18 is a base class: the base map has its entry, the new map is empty
+    assert (out / "class_map_base.txt").read_text() == "F_A-18=F/A-18\n"
+    assert (out / "class_map_new.txt").read_text() == ""
+    base, new = ["abyssinian", "american bulldog", "F/A-18"], ["beagle", "sea lion"]
+    a = FeatureSet(torch.eye(3, 4), torch.tensor([0, 1, 2]), base, torch.ones(3, 2), {"image_encoder": "x"})
+    b = FeatureSet(torch.ones(2, 4), torch.tensor([1, 0]), new, torch.zeros(2, 2), {"image_encoder": "x"})
+    a.save(tmp_path / "a.safetensors")
+    b.save(tmp_path / "b.safetensors")
+    merge = ["data", "merge", "--features", str(tmp_path / "a.safetensors"), "--features"]
+    code, _, err = run([*merge, str(tmp_path / "b.safetensors"), "--out", str(tmp_path / "m.safetensors")], capsys)
+    assert code == 0, err
+    m = FeatureSet.load(tmp_path / "m.safetensors")
+    assert m.class_names == base + new and m.labels.tolist() == [0, 1, 2, 4, 3]
+    assert m.text_features[3:].abs().sum() == 0 and torch.equal(m.features[:3], torch.eye(3, 4))
+    assert [s["n"] for s in json.loads(m.metadata["merged"])] == [3, 2] and m.metadata["image_encoder"] == "x"
+    code, _, err = run([*merge, str(tmp_path / "a.safetensors"), "--out", str(tmp_path / "x.safetensors")], capsys)
+    assert code == 1 and "class 'abyssinian' is in both" in err and len(err.strip().splitlines()) == 1
+    FeatureSet(b.features, b.labels, new, b.text_features, {"image_encoder": "y"}).save(tmp_path / "c.safetensors")
+    code, _, err = run([*merge, str(tmp_path / "c.safetensors"), "--out", str(tmp_path / "x.safetensors")], capsys)
+    assert code == 1 and "differ in image_encoder ('y' vs 'x'): not one feature space" in err
+
     copied = tmp_path / "copied"
     argv = ["data", "import", "coop", "--split-file", str(split_file), "--images", str(images), "--link", "copy"]
     assert run([*argv, "--out", str(copied)], capsys)[0] == 0
