@@ -16,12 +16,13 @@ from zsc.errors import InvalidArgument
 
 def test_every_recipe_loads_with_three_seeds_and_the_tables_the_issue_names() -> None:
     loaded = recipes.load_recipes()
-    assert {"dfzsl-gzsl", "diffusion-classifier", "bag-of-tricks", "lite-cifar10-gzsl"} <= set(loaded)
+    assert {"dfzsl-gzsl", "diffusion-classifier", "bag-of-tricks", "lite-cifar10-gzsl", "ship-base-to-new",
+            "dfzsl-base-to-new"} <= set(loaded)  # fmt: skip
     for recipe in loaded.values():
         assert len(recipe.seeds) >= 3, recipe.name
         assert recipe.rows and recipe.steps, recipe.name
         for command in (*recipe.setup, *recipe.steps):  # every command is a real zsc command
-            assert command[0] in {*SERVICE_OF, "fit-teacher"}
+            assert command[0] in {*SERVICE_OF, "fit-teacher", "data"}  # the last two need no service
     assert [r.name for r in loaded["dfzsl-gzsl"].rows] == ["AWA2", "CUB", "SUN", "FLO", "APY"]
 
 
@@ -44,6 +45,44 @@ def test_paper_numbers_are_methods_md_and_absent_ones_stay_none() -> None:
                       "EuroSAT tricks": None}  # fmt: skip
     # methods.md gives no DFZSL GZSL numbers: none is invented
     assert all(v is None for r in recipes.get_recipe("dfzsl-gzsl").rows for v in r.paper.values())
+
+
+COOP_DATASETS = ["ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101", "FGVCAircraft",
+                 "SUN397", "DTD", "EuroSAT", "UCF101"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["ship-base-to-new", "dfzsl-base-to-new"])
+def test_base_to_new_recipes_list_the_11_coop_datasets_with_no_invented_numbers(name: str) -> None:
+    recipe = recipes.get_recipe(name)
+    assert [r.name for r in recipe.rows] == COOP_DATASETS and recipe.metrics == ("B", "N", "HM")
+    # methods.md has only 11-dataset means of other methods for SHIP and nothing for DFZSL base-to-new
+    assert all(v is None for r in recipe.rows for v in r.paper.values())
+    assert recipe.profile == "paper" and len(recipe.seeds) >= 3
+    last = recipe.steps[-1]
+    assert last[0] == "evaluate-gzsl" and last[last.index("--unseen") + 1] == "@{coop}/new.txt"
+    if name == "ship-base-to-new":  # SHIP's released configs: 200 epochs, ImageNet 20
+        epochs = {r.name: r.vars["epochs"] for r in recipe.rows}
+        assert epochs.pop("ImageNet") == "20" and set(epochs.values()) == {"200"}
+    else:  # the recovery preset of each dataset exists
+        from zsc_services.recovery.core.recover import PRESETS
+
+        assert all(r.vars["preset"] in PRESETS for r in recipe.rows)
+
+
+@pytest.mark.parametrize("name", ["ship-base-to-new", "dfzsl-base-to-new"])
+def test_base_to_new_without_the_import_stops_with_one_line(name: str, tmp_path: Path, capsys) -> None:
+    from zsc.cli.main import main
+
+    work = tmp_path / "w"
+    code = main(["reproduce", name, "--row", "oxfordpets", "--data", str(tmp_path / "d"), "--work", str(work)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert err[0] == (
+        f"zsc: recipe {name} row OxfordPets: missing {tmp_path / 'd/coop/oxfordpets/train/base'}; get it with: "
+        "zsc data import coop --split-file oxford_pets/split_zhou_OxfordPets.json --images oxford_pets/images --out "
+        f"{tmp_path / 'd/coop/oxfordpets'}"
+    )
+    assert not work.exists()  # nothing ran
 
 
 def test_placeholders_fill_vars_that_use_other_vars() -> None:
