@@ -200,7 +200,8 @@ def parse_class_map(value: str, option: str = "--class-map") -> dict[str, str]:
         if folder in mapping:
             raise CommandError(f"{option} maps folder {folder!r} twice")
         mapping[folder] = name
-    check_class_names(list(mapping.values()), option)
+    if mapping:  # an empty @FILE maps nothing (a CoOp half whose folders all bear their class names)
+        check_class_names(list(mapping.values()), option)
     return mapping
 
 

@@ -14,6 +14,7 @@ import scipy.io
 import torch
 from PIL import Image
 
+from zsc.cli.common import parse_class_map
 from zsc.cli.main import main
 from zsc.data import ImageFolder
 from zsc.features import FeatureSet
@@ -320,6 +321,7 @@ def test_coop_import_maps_each_half_and_merge_joins_the_halves(
     # F/A-18 is a base class: the base map has its entry, the new map is empty
     assert (out / "class_map_base.txt").read_text() == "F_A-18=F/A-18\n"
     assert (out / "class_map_new.txt").read_text() == ""
+    assert parse_class_map(f"@{out / 'class_map_new.txt'}") == {}  # an empty map file maps nothing
     base, new = ["abyssinian", "american bulldog", "F/A-18"], ["beagle", "sea lion"]
     a = FeatureSet(torch.eye(3, 4), torch.tensor([0, 1, 2]), base, torch.ones(3, 2), {"image_encoder": "x"})
     b = FeatureSet(torch.ones(2, 4), torch.tensor([1, 0]), new, torch.zeros(2, 2), {"image_encoder": "x"})
