@@ -26,7 +26,10 @@ _setup_lock = threading.Lock()
 # may first touch it from its startup sweep and a job at once.
 _import_lock = threading.Lock()
 # The service whose job thread is running now; its runs carry the owner tags the startup sweep reads.
-_owner: contextvars.ContextVar[str | None] = contextvars.ContextVar("zsc_tracking_owner", default=None)
+# (service, the tags its server says about itself) of the job running on this thread; None outside jobs.
+_owner: contextvars.ContextVar[tuple[str, dict[str, str]] | None] = contextvars.ContextVar(
+    "zsc_tracking_owner", default=None
+)
 OWNER_SERVICE_TAG = "zsc.server.service"
 OWNER_HOST_TAG = "zsc.server.host"
 OWNER_PROCESS_TAG = "zsc.server.process"  # "<pid>:<start time>": a reused pid does not look alive
@@ -216,23 +219,15 @@ def process_identity(pid: int) -> str | None:
     return str(pid)
 
 
-# Per service in this process: what the server that answers says about itself (profile, models, address).
-_server_tags: dict[str, dict[str, str]] = {}
-
-
-def set_server_tags(service: str, tags: dict[str, str]) -> None:
-    """Tags every run created in a job of ``service`` in this process carries (see ``owner_tags``)."""
-    _server_tags[service] = dict(tags)
-
-
 def owner_tags() -> dict[str, str]:
     """Tags naming the server process that owns a run created in one of its jobs, and what that server runs
-    (profile, model ids: ``set_server_tags``); empty outside jobs."""
-    service = _owner.get()
-    if service is None:
+    (profile, model ids, address: the ``server_tags`` of ``owned_by``); empty outside jobs."""
+    owner = _owner.get()
+    if owner is None:
         return {}
+    service, server_tags = owner
     return {
-        **_server_tags.get(service, {}),
+        **server_tags,
         OWNER_SERVICE_TAG: service,
         OWNER_HOST_TAG: socket.gethostname(),
         OWNER_PROCESS_TAG: process_identity(os.getpid()) or str(os.getpid()),
@@ -240,9 +235,10 @@ def owner_tags() -> dict[str, str]:
 
 
 @contextmanager
-def owned_by(service: str) -> Iterator[None]:
-    """Runs created in this block (on this thread) are tagged as owned by ``service`` in this process."""
-    token = _owner.set(service)
+def owned_by(service: str, server_tags: dict[str, str] | None = None) -> Iterator[None]:
+    """Runs created in this block (on this thread) are tagged as owned by ``service`` in this process, with the
+    tags of the server that runs the job (one process may hold several servers of one service, e.g. in tests)."""
+    token = _owner.set((service, dict(server_tags or {})))
     try:
         yield
     finally:

@@ -500,6 +500,8 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                 f"CalibrationSettings.n_per_class must lie in [0, {MAX_PER_CLASS}], got {cal.n_per_class}"
             )
         if CALIBRATION_NAMES[cal.method] != "holdout":
+            if cal.generator:  # a setting that would change nothing is a mistake worth naming
+                raise InvalidArgument("calibration.generator is used only with CALIBRATION_HOLDOUT")
             return None
         if request.settings.HasField("calibration_gamma"):
             raise InvalidArgument(

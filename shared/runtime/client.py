@@ -352,7 +352,8 @@ def service_channel(
         try:
             wait_until_serving(channel, timeout=ready_timeout, should_stop=should_stop)
             # balanced: the replica that answered this call is one of those the later calls go to
-            label = f"{address} (round_robin; this reply from one replica)" if balanced else address
+            several = balanced and len(resolve_target(address)) > 1
+            label = f"{address} (round_robin; this reply from one replica)" if several else address
             log.info("%s", describe(label, server_info(channel)))
             yield channel
         finally:

@@ -89,6 +89,7 @@ class OperationManager:
         self, service: str, max_concurrent: int = 2, retain: int = 1000, max_per_hour: int = 0, window_s: float = HOUR
     ) -> None:
         self.service = service
+        self.server_tags: dict[str, str] = {}  # what the server says about itself; its jobs' runs carry them
         self.max_concurrent = max_concurrent
         self.max_per_hour = max_per_hour  # per client address; 0 = no cap
         self._window = window_s
@@ -164,7 +165,7 @@ class OperationManager:
         self._update(record, state=State.RUNNING)
         try:
             ctx.check_cancelled()
-            with tracking.owned_by(self.service):  # its MLflow runs name this server, for the startup sweep
+            with tracking.owned_by(self.service, self.server_tags):  # its runs name this server (the startup sweep)
                 response = job(ctx)
             ctx.check_cancelled()
         except BaseException as err:

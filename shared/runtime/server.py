@@ -306,7 +306,7 @@ class ZscServer:
         tags = {"zsc.server.profile": self.runtime.profile.name}
         tags["zsc.server.address"] = f"{self.config.host}:{self.port}"
         tags.update({f"zsc.server.model.{role}": ref for role, ref in profile_models(self.runtime.profile).items()})
-        tracking.set_server_tags(self.name, tags)
+        self.runtime.operations.server_tags = tags
         self.server.start()
         if self.health_server is not None:
             self.health_server.start()

@@ -59,12 +59,15 @@ def test_service_errors_equal_the_papers_literal_procedure(classification_channe
             parts, pixels[i], [TEMPLATE.format(c) for c in CLASSES], stages, "l1", draw_noise(3, i, 8, latent)
         )
         expected = ref.class_errors(list(range(len(CLASSES))))
-        assert result.label == ref.best_prompt and result.class_name == CLASSES[ref.best_prompt]
+        if result.label != ref.best_prompt:  # only a float-level tie between the two may pick either
+            assert abs(expected[-1][result.label] - expected[-1][ref.best_prompt]) < 1e-6, (result, ref)
+        assert result.class_name == CLASSES[result.label]
         assert result.unet_passes == ref.unet_passes == unet_passes(stages, len(CLASSES))
         for stage, exp in zip(result.stages, expected, strict=True):
-            assert list(stage.class_indices) == list(exp)
+            got = dict(zip(stage.class_indices, stage.errors, strict=True))
+            assert set(got) == set(exp)  # the same survivors (their order breaks ties by float noise)
             torch.testing.assert_close(
-                torch.tensor(list(stage.errors)), torch.tensor(list(exp.values())), rtol=1e-4, atol=1e-6
+                torch.tensor([got[c] for c in exp]), torch.tensor(list(exp.values())), rtol=1e-4, atol=1e-6
             )
         assert reply.top_k[i].indices[0] == result.label and not reply.top_k[i].probs
         # classes eliminated at stage 1 never reappear later

@@ -402,7 +402,7 @@ def test_cli_train_evaluate_predict_review(
     assert line.startswith(f"{image}: ") and len(line.split(", ")) == 2
 
     assert main(["predict", "--model", "models:/no-such/1", str(image), *address]) == 1
-    assert capsys.readouterr().err.strip().startswith("zsc: NOT_FOUND:")
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("zsc: NOT_FOUND:")
 
     html = tmp_path / "review.html"
     assert main(["registry", "review", name, "--html", str(html)]) == 0

@@ -66,8 +66,20 @@ def test_cli_with_another_profile_fails_in_one_line_and_names_the_server_otherwi
 
 
 def test_runs_of_a_server_carry_its_profile_and_models(classification_server) -> None:
-    with tracking.owned_by("classification"):
-        tags = tracking.owner_tags()
+    """What a run created in one of the server's jobs is tagged with: this server's, even when the process holds
+    other servers of the same service (test processes do)."""
+    from google.protobuf import empty_pb2
+
+    seen: dict[str, str] = {}
+
+    def job(ctx) -> empty_pb2.Empty:
+        seen.update(tracking.owner_tags())
+        return empty_pb2.Empty()
+
+    operations = classification_server.runtime.operations
+    op = operations.start("identity-test", job)
+    assert next(o for o in operations.watch(op.name) if o.done).HasField("response")
+    tags = seen
     assert tags["zsc.server.profile"] == "tiny"
     assert tags["zsc.server.address"] == f"127.0.0.1:{classification_server.port}"
     assert tags["zsc.server.model.clip"] == "tiny:zsc-tiny-clip"
