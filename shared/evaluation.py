@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -151,6 +152,21 @@ def base_to_new_metrics(
 
     (b, b_pc), (n, n_pc) = within(base), within(new)
     return BaseNewMetrics(base=b, new=n, harmonic=harmonic_mean(b, n), base_per_class=b_pc, new_per_class=n_pc)
+
+
+def gzsl_report(gzsl: Any, base_new: Any) -> dict[str, float]:
+    """S/U/H and B/N/HM (overall accuracy, as the released code computes them) plus the per-class B/N under their
+    own names, from GZSLMetrics and BaseNewMetrics or their proto messages (same field names)."""
+    return {
+        "S": gzsl.seen,
+        "U": gzsl.unseen,
+        "H": gzsl.harmonic,
+        "B": base_new.base,
+        "N": base_new.new,
+        "HM": base_new.harmonic,
+        "B_per_class": base_new.base_per_class,
+        "N_per_class": base_new.new_per_class,
+    }
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from google.protobuf import message as pb_message
 from zsc import codec, tracking
 from zsc.data import check_class_names, duplicate_class, output_file, resolve_uri
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument, first_line
-from zsc.evaluation import base_to_new_metrics, confusion_matrix, gzsl_metrics, per_class_accuracy
+from zsc.evaluation import base_to_new_metrics, confusion_matrix, gzsl_metrics, gzsl_report, per_class_accuracy
 from zsc.features import ALIGNMENT_ID_KEY, FeatureSet, alignment_id, content_hash, read_alignment
 from zsc.generative.v1 import generative_pb2 as pb
 from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
@@ -769,17 +769,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                 bn = base_to_new_metrics(scores, y, seen, unseen)
                 per_class = per_class_accuracy(y, pred, len(names))
                 support = torch.bincount(y, minlength=len(names))
-                # B/N/HM are overall accuracy (the released code's); the per-class means go under their own names.
-                metrics = {
-                    "S": gz.seen,
-                    "U": gz.unseen,
-                    "H": gz.harmonic,
-                    "B": bn.base,
-                    "N": bn.new,
-                    "HM": bn.harmonic,
-                    "B_per_class": bn.base_per_class,
-                    "N_per_class": bn.new_per_class,
-                }
+                metrics = gzsl_report(gz, bn)
                 run.log_params(
                     {
                         "classifier": ref.model_uri,

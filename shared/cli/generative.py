@@ -469,17 +469,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.plots_dir is not None:
         write_per_class_accuracy(args.plots_dir, list(result.class_names), list(result.per_class_accuracy), unseen)
     if args.metrics_out is not None:
+        from zsc.evaluation import gzsl_report
         from zsc.io import atomic_write_bytes
 
         payload = {
-            "S": gz.seen,
-            "U": gz.unseen,
-            "H": gz.harmonic,
-            "B": bn.base,
-            "N": bn.new,
-            "HM": bn.harmonic,
-            "B_per_class": bn.base_per_class,
-            "N_per_class": bn.new_per_class,
+            **gzsl_report(gz, bn),
             # JSON has no NaN: a class without test samples has no accuracy.
             "per_class_accuracy": {
                 n: (a if math.isfinite(a) else None)
