@@ -11,6 +11,7 @@ import importlib.util
 import json
 import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -125,12 +126,16 @@ def test_shards_are_cut_on_the_batch_grid() -> None:
 
 def test_round_robin_spreads_unary_calls_over_every_replica(replicas) -> None:
     pids = {}
+    everyone = {proc.pid for proc, _ in replicas}
     for balanced in (True, False):
         channel = client.connect(_target(replicas), balanced=balanced)
         client.wait_until_serving(channel, timeout=60)
+        if balanced:  # round_robin uses the subchannels that are connected; on a loaded machine some connect later
+            seen, deadline = set(), time.monotonic() + 60
+            while seen != everyone and time.monotonic() < deadline:
+                seen.add(client.server_info(channel).pid)
         pids[balanced] = [client.server_info(channel).pid for _ in range(9)]
         channel.close()
-    everyone = {proc.pid for proc, _ in replicas}
     assert {p: pids[True].count(p) for p in everyone} == dict.fromkeys(everyone, 3)
     assert len(set(pids[False])) == 1  # pick_first: one replica, so an Operation's follow-ups find it
 

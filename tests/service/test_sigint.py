@@ -45,7 +45,17 @@ def test_sigint_cancels_flushes_results_ends_run_killed_and_exits_130(tmp_path: 
     # One image a batch, so each result line is written as its image completes; a schedule long enough to be mid-run.
     cmd = [sys.executable, "-m", "zsc.cli.main", "zeroshot", "--method", "diffusion", "--profile", "tiny"]
     cmd += ["--data", str(data), "--results", str(results), "--batch-size", "1", "--stages", "4:2,32:1"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT's default disposition in the child: a pytest-xdist worker ignores SIGINT, a child inherits that, and a
+    # Python started with SIGINT ignored installs no KeyboardInterrupt handler (as under nohup).
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + HANG_GUARD
         while _lines(results) == 0 and proc.poll() is None and time.monotonic() < deadline:
