@@ -15,7 +15,7 @@ install: ## create .venv and install zsc with pinned dependencies
 	$(PIP) install -q --upgrade "pip>=24" 2>&1 | $(QUIET_PIP)
 	$(PIP) install -q -c requirements/constraints.txt -e ".[dev,lite]" 2>&1 | $(QUIET_PIP)
 	$(BIN)/python scripts/plots_template.py   # vega for `dvc plots show` offline (npm registry)
-	$(BIN)/python -c "import open_clip, timm, torchvision, diffusers, grpc, mlflow, zsc, zsc_services; print('zsc installed:', torchvision.__version__)"
+	$(BIN)/python -c "import open_clip, timm, torchvision, diffusers, grpc, mlflow, zsc, zsc_synthesis, zsc_recovery, zsc_generative, zsc_classification; print('zsc installed:', torchvision.__version__)"
 
 protos: ## regenerate the committed gRPC stubs from protos/
 	$(BIN)/python -m zsc.protogen

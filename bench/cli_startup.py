@@ -38,7 +38,7 @@ CASES = {
 # A heavy command's heap (the modules and a tiny model of an in-process classification service), then exit. The
 # child prints when its work is over, so the teardown is the time from that line to the process's end.
 HEAVY = (
-    "import mlflow.tracking, zsc_services.classification.servicer\n"
+    "import mlflow.tracking, zsc_classification.servicer\n"
     "from zsc.models.clip import create_clip\n"
     "model = create_clip('tiny:zsc-tiny-clip')\n"
 )

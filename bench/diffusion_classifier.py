@@ -23,7 +23,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from zsc.models.diffusion import create_sd_components
 from zsc.profiles import COMPILE_MODES
-from zsc_services.classification.core.diffusion_classifier import (
+from zsc_classification.core.diffusion_classifier import (
     PRESETS,
     DiffusionClassifier,
     DiffusionClassifierOptions,
@@ -33,7 +33,7 @@ from zsc_services.classification.core.diffusion_classifier import (
     stage_grid_indices,
     unet_passes,
 )
-from zsc_services.classification.core.diffusion_reference import reference_classify
+from zsc_classification.core.diffusion_reference import reference_classify
 
 CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-test"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

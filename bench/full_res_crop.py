@@ -32,10 +32,10 @@ import torch
 from zsc.data import ImageFolder
 from zsc.models.diffusion import create_sd_components
 from zsc.profiles import get_profile
-from zsc_services.classification.core import downstream as core
-from zsc_services.synthesis.core.generator import GenerationConfig, ImageGenerator, to_pil
-from zsc_services.synthesis.core.planner import make_plan
-from zsc_services.synthesis.core.writer import write_png
+from zsc_classification.core import downstream as core
+from zsc_synthesis.core.generator import GenerationConfig, ImageGenerator, to_pil
+from zsc_synthesis.core.planner import make_plan
+from zsc_synthesis.core.writer import write_png
 
 
 def parse_args() -> argparse.Namespace:

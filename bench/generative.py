@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from zsc.features import FeatureSet
-from zsc_services.generative.core import clswgan, tfvaegan
-from zsc_services.generative.core.common import ConditionalCritic, generate, gradient_penalty
+from zsc_generative.core import clswgan, tfvaegan
+from zsc_generative.core.common import ConditionalCritic, generate, gradient_penalty
 
 
 def synthetic(classes: int, per_class: int, dim: int, text_dim: int, seed: int = 0) -> FeatureSet:

@@ -60,17 +60,17 @@ import torch.nn.functional as F
 from zsc.data import IMAGE_SUFFIXES, ImageFolder
 from zsc.evaluation import BaseNewMetrics, GZSLMetrics, base_to_new_metrics, gzsl_metrics, mean_per_class_accuracy
 from zsc.features import FeatureSet
-from zsc_services.classification.core.extract import (
+from zsc_classification.core.extract import (
     Extractors,
     FeatureCache,
     default_cache_dir,
     extract_features,
     lite_extractors,
 )
-from zsc_services.generative.core import clswgan, tfvaegan
-from zsc_services.generative.core.common import generate
-from zsc_services.generative.core.gzsl import GZSLConfig, fit_gzsl_classifier, holdout_calibration
-from zsc_services.recovery.core.recover import LinearTeacher, RecoveryConfig, recover
+from zsc_generative.core import clswgan, tfvaegan
+from zsc_generative.core.common import generate
+from zsc_generative.core.gzsl import GZSLConfig, fit_gzsl_classifier, holdout_calibration
+from zsc_recovery.core.recover import LinearTeacher, RecoveryConfig, recover
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"

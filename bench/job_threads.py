@@ -27,7 +27,7 @@ from google.protobuf import empty_pb2
 
 from zsc.models.diffusion import create_sd_components
 from zsc.runtime.operations import OperationManager
-from zsc_services.classification.core.diffusion_classifier import DiffusionClassifier, DiffusionClassifierOptions
+from zsc_classification.core.diffusion_classifier import DiffusionClassifier, DiffusionClassifierOptions
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

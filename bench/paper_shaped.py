@@ -33,11 +33,11 @@ from zsc.models import paper_shaped
 from zsc.models.clip import create_clip, require_clip_weights
 from zsc.models.diffusion import create_sd_components, require_sd_weights
 from zsc.profiles import Profile, get_profile
-from zsc_services.classification.core.clip_zeroshot import ClipZeroShot
-from zsc_services.classification.core.diffusion_classifier import DiffusionClassifier, DiffusionClassifierOptions
-from zsc_services.classification.core.extract import clip_extractors, extract_features, weights_fingerprint
-from zsc_services.synthesis.core.generator import GenerationConfig, ImageGenerator
-from zsc_services.synthesis.core.planner import make_plan
+from zsc_classification.core.clip_zeroshot import ClipZeroShot
+from zsc_classification.core.diffusion_classifier import DiffusionClassifier, DiffusionClassifierOptions
+from zsc_classification.core.extract import clip_extractors, extract_features, weights_fingerprint
+from zsc_synthesis.core.generator import GenerationConfig, ImageGenerator
+from zsc_synthesis.core.planner import make_plan
 
 CLASSES = ("cat", "dog")
 

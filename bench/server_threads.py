@@ -22,7 +22,7 @@ import time
 import torch
 
 from zsc.features import FeatureSet
-from zsc_services.generative.core import tfvaegan
+from zsc_generative.core import tfvaegan
 
 
 def problem(seed: int = 0) -> FeatureSet:

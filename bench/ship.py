@@ -2,7 +2,7 @@
 
 SHIP's released code (like CoOp's and Tip-Adapter's) runs every training image through CLIP's frozen image encoder
 again in every epoch, under a fresh random augmentation. zsc encodes each image once per augmentation view into a
-:class:`~zsc_services.generative.core.bank.FeatureBank` and every epoch draws one view per image.
+:class:`~zsc_generative.core.bank.FeatureBank` and every epoch draws one view per image.
 
 Both sides run SHIP's CoOp recipe on the same images, classes and synthesized pool: 4 context tokens from "a photo
 of a" over base + new classes, each real batch joined by as many synthesized new-class features, logits 100·cos,
@@ -36,8 +36,8 @@ from PIL import Image
 
 from zsc.models.clip import create_clip
 from zsc.models.prompt_learner import PromptLearner
-from zsc_services.generative.core.bank import augment_view, encode_bank
-from zsc_services.generative.core.finetune import FineTuneConfig, fine_tune
+from zsc_generative.core.bank import augment_view, encode_bank
+from zsc_generative.core.finetune import FineTuneConfig, fine_tune
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-train-500"
 NEW = ["apple", "rocket", "tulip", "whale", "zebra"]

@@ -1,7 +1,7 @@
 """SHIP end to end over gRPC on the tiny profile: train ship_vae, synthesize new-class features, fine-tune with CoOp,
 CLIP-Adapter and Tip-Adapter-F, and print B/N/HM (and S/U/H) for each method with and without synthesized features.
 
-The data is the constructed problem of ``zsc_services.generative.core.ship_problem``: "real" image features of a
+The data is the constructed problem of ``zsc_generative.core.ship_problem``: "real" image features of a
 class are CLIP's own text-encoder output for a prompt with a hidden context, so the ground truth is known and a VAE
 that decodes through the same encoder can learn it from 10 base classes (16 images x 4 augmentation views each)
 and synthesize the 10 new classes from their names. The zero-shot classifier does not know the hidden context.
@@ -29,7 +29,7 @@ from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
 from zsc.models.clip import create_clip
 from zsc.profiles import get_profile
 from zsc.runtime.client import service_channel, unpack, watch
-from zsc_services.generative.core.ship_problem import hidden_context_problem
+from zsc_generative.core.ship_problem import hidden_context_problem
 
 SHIP = {"epochs": 25, "lr": 3e-3, "batch_size": 8, "noise_dim": 32}
 SHIP_WIDTHS = {"encoder_hidden": 256, "generator_hidden": 256}

@@ -7,7 +7,7 @@ epoch that scores best on it and, for Tip-Adapter-F, searches (alpha, beta) on i
 seed, and are scored on the problem's fresh test features of all 20 classes: B / N / HM (base-to-new) as mean ± std
 over the seeds, with the ratio of HM (option / released).
 
-The data is ``zsc_services.generative.core.ship_problem`` (problem seed 0 unless ``--problem-seed``): "real" features
+The data is ``zsc_generative.core.ship_problem`` (problem seed 0 unless ``--problem-seed``): "real" features
 are the tiny CLIP's text-encoder outputs for prompts with a hidden context; 10 base classes x 16 images x 4 views,
 10 new classes known by name. The sizes are the unit tests' (tests/unit/test_ship.py explains them).
 
@@ -22,10 +22,10 @@ import torch
 
 from zsc.evaluation import base_to_new_metrics, mean_std
 from zsc.models.clip import create_clip
-from zsc_services.generative.core.bank import FeatureBank
-from zsc_services.generative.core.finetune import FineTuneConfig, fine_tune
-from zsc_services.generative.core.ship import ShipConfig, synthesize, train_ship_vae
-from zsc_services.generative.core.ship_problem import hidden_context_problem
+from zsc_generative.core.bank import FeatureBank
+from zsc_generative.core.finetune import FineTuneConfig, fine_tune
+from zsc_generative.core.ship import ShipConfig, synthesize, train_ship_vae
+from zsc_generative.core.ship_problem import hidden_context_problem
 
 SHIP = {"epochs": 25, "lr": 3e-3, "batch_size": 8, "encoder_hidden": 256, "generator_hidden": 256, "latent_dim": 32}
 FINETUNE = {

@@ -18,8 +18,8 @@ from PIL import Image
 
 from zsc.models.diffusion import SCHEDULERS, create_sd_components, text_to_image_pipeline
 from zsc.profiles import get_profile
-from zsc_services.synthesis.core.generator import GenerationConfig, ImageGenerator
-from zsc_services.synthesis.core.planner import Job, make_plan
+from zsc_synthesis.core.generator import GenerationConfig, ImageGenerator
+from zsc_synthesis.core.planner import Job, make_plan
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

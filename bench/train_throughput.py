@@ -146,8 +146,8 @@ def main() -> None:
     from zsc.data import ImageFolder
     from zsc.runtime.client import connect, unpack, watch
     from zsc.runtime.server import ServerConfig, ZscServer
-    from zsc_services.classification.core import downstream as core
-    from zsc_services.classification.mlflow_model import eval_resize, to_uint8
+    from zsc_classification.core import downstream as core
+    from zsc_classification.mlflow_model import eval_resize, to_uint8
 
     folder = ImageFolder.open(data)
     labels = [label for _, label in folder.samples]

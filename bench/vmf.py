@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zsc_services.recovery.core.vmf import (
+from zsc_recovery.core.vmf import (
     _authors_envelope,
     mean_resultant_length,
     sample_vmf,

@@ -30,7 +30,7 @@ from zsc.features import ALIGNMENT_ID_KEY, Alignment, FeatureSet, alignment_id
 from zsc.generative.v1 import generative_pb2 as pb
 from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
 from zsc.runtime.client import OperationError, connect, unpack, watch
-from zsc_services.generative import models
+from zsc_generative import models
 
 pytestmark = [pytest.mark.service, pytest.mark.usefixtures("one_torch_thread")]
 NAMES = ["a", "b", "c", "d", "e", "f"]

@@ -23,7 +23,7 @@ from zsc.cli.zeroshot import shard_bounds
 from zsc.common.v1 import common_pb2, common_pb2_grpc
 from zsc.runtime import client
 from zsc.synthesis.v1 import synthesis_pb2 as pb
-from zsc_services.synthesis import servicer
+from zsc_synthesis import servicer
 
 pytestmark = pytest.mark.service
 CLASSES = ("cat", "dog", "ship")

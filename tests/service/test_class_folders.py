@@ -125,7 +125,7 @@ def test_training_refuses_a_synthetic_folder_that_is_not_its_request(classificat
 
 
 def test_a_synthesis_resume_refuses_a_folder_of_no_requested_class(tmp_path: Path) -> None:
-    from zsc_services.synthesis.core import writer
+    from zsc_synthesis.core import writer
 
     header = {
         "format": writer.FORMAT,

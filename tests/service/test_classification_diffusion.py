@@ -18,8 +18,8 @@ from zsc.classification.v1 import classification_pb2_grpc as pb_grpc
 from zsc.common.v1 import common_pb2
 from zsc.models.diffusion import create_sd_components
 from zsc.runtime.client import connect, unpack, watch
-from zsc_services.classification.core.diffusion_classifier import draw_noise, preprocess_images, unet_passes
-from zsc_services.classification.core.diffusion_reference import reference_classify
+from zsc_classification.core.diffusion_classifier import draw_noise, preprocess_images, unet_passes
+from zsc_classification.core.diffusion_reference import reference_classify
 
 pytestmark = [pytest.mark.service, pytest.mark.realdata]
 CLASSES = ["airplane", "cat", "dog", "ship"]

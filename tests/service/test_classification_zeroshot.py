@@ -60,7 +60,7 @@ def test_clip_logits_equal_open_clip_in_process(classification_channel) -> None:
     logits = codec.decode(reply.logits, "torch")
 
     # The same model built directly with open_clip: same config, same seed, same preprocessing.
-    open_clip.add_model_config(REPO / "shared/profiles/configs/zsc-tiny-clip.json")
+    open_clip.add_model_config(REPO / "shared/zsc/profiles/configs/zsc-tiny-clip.json")
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms("zsc-tiny-clip", pretrained=None)
     model.eval()

@@ -137,7 +137,7 @@ def _teacher(rows: int = 6, dim: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.slow
 def test_recovery_sigkill_leaves_no_file_and_a_rerun_equals_the_core(root: Path, tmp_path: Path) -> None:
-    from zsc_services.recovery.core.recover import RecoveryConfig, recover, teacher_from_weights
+    from zsc_recovery.core.recover import RecoveryConfig, recover, teacher_from_weights
 
     text, weight = _teacher()
     names = ["cat", "dog", "bird", "frog", "truck", "ship"]
@@ -187,7 +187,7 @@ def _features_file(path: Path) -> FeatureSet:
 
 @pytest.mark.slow
 def test_generative_sigkill_registers_nothing_and_a_rerun_equals_the_core(root: Path, tmp_path: Path) -> None:
-    from zsc_services.generative import models
+    from zsc_generative import models
 
     data = _features_file(root / "generative" / "train.safetensors")
     name = f"zsc-faults-generator-{uuid.uuid4().hex[:8]}"
@@ -304,7 +304,7 @@ def test_sweep_fails_only_runs_of_dead_processes_of_this_service_on_this_host() 
 # ----------------------------------------------------------------------------------------------------- deadlines
 def test_an_expired_deadline_stops_the_core(classification_server, classification_channel, monkeypatch) -> None:
     """ZeroShot runs on the RPC thread: its deadline reaches the Diffusion Classifier, which stops between batches."""
-    from zsc_services.classification.core.diffusion_classifier import DiffusionClassifier
+    from zsc_classification.core.diffusion_classifier import DiffusionClassifier
 
     stub = cls_grpc.ClassificationStub(classification_channel)
     rng = np.random.default_rng(1)

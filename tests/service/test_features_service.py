@@ -30,14 +30,14 @@ from zsc.recovery.v1 import recovery_pb2 as rec_pb
 from zsc.recovery.v1 import recovery_pb2_grpc as rec_grpc
 from zsc.runtime.client import connect, unpack, watch
 from zsc.runtime.server import ServerConfig, ZscServer
-from zsc_services.classification.core.extract import (
+from zsc_classification.core.extract import (
     Extractors,
     FeatureCache,
     clip_extractors,
     extract_features,
     weights_fingerprint,
 )
-from zsc_services.recovery.core.recover import angular_kappa
+from zsc_recovery.core.recover import angular_kappa
 
 pytestmark = pytest.mark.service
 CLASSES = ["bird", "cat", "ship"]

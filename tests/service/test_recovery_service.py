@@ -27,8 +27,8 @@ from zsc.recovery.v1 import recovery_pb2 as pb
 from zsc.recovery.v1 import recovery_pb2_grpc as pb_grpc
 from zsc.runtime.client import OperationError, connect, unpack, watch
 from zsc.runtime.server import ServerConfig, ZscServer
-from zsc_services.recovery.core.flpt import FlptConfig, align_features
-from zsc_services.recovery.core.recover import RecoveryConfig, angular_kappa, recover, teacher_from_weights
+from zsc_recovery.core.flpt import FlptConfig, align_features
+from zsc_recovery.core.recover import RecoveryConfig, angular_kappa, recover, teacher_from_weights
 
 pytestmark = pytest.mark.service
 BASE = ["cat", "dog", "bird", "frog", "truck", "ship"]
@@ -288,7 +288,7 @@ def test_recover_preset_and_authors_sampler_equal_the_core(stub, channel, data_r
 
 
 def test_requests_too_big_for_the_service(stub, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from zsc_services.recovery import servicer
+    from zsc_recovery import servicer
 
     monkeypatch.setattr(servicer, "MAX_BUFFER_BYTES", 1 << 20)  # 1 MiB, so a small request trips the limit
     with pytest.raises(grpc.RpcError) as err:

@@ -34,7 +34,7 @@ def _health(channel: grpc.Channel, service: str = "") -> int:
 
 
 def test_health_is_not_serving_until_models_are_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from zsc_services.classification import servicer
+    from zsc_classification import servicer
 
     release = threading.Event()
     real_load = servicer.ClassificationService.load

@@ -30,7 +30,7 @@ from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
 from zsc.models.clip import create_clip
 from zsc.runtime.client import connect, unpack, watch
 from zsc.runtime.server import ServerConfig, ZscServer
-from zsc_services.generative.core.ship_problem import HiddenContextProblem, hidden_context_problem
+from zsc_generative.core.ship_problem import HiddenContextProblem, hidden_context_problem
 
 pytestmark = [pytest.mark.service, pytest.mark.usefixtures("one_torch_thread")]
 SHIP = dict(epochs=25, lr=3e-3, batch_size=8, noise_dim=32)
@@ -254,8 +254,8 @@ def test_generation_from_new_names_is_seeded(pipeline, stub) -> None:
 
 def test_generator_folder_rebuilds_only_with_its_own_clip(pipeline, stub) -> None:
     from zsc.errors import FailedPrecondition
-    from zsc_services.generative import models
-    from zsc_services.generative.core.ship import synthesize
+    from zsc_generative import models
+    from zsc_generative.core.ship import synthesize
 
     gen = pipeline["generator"]
     folder = Path(tracking.client().download_artifacts(gen.model.run_id, "generator"))

@@ -27,8 +27,8 @@ from zsc.runtime.client import OperationError, connect, unpack, wait_until_servi
 from zsc.runtime.server import ServerConfig, ZscServer
 from zsc.synthesis.v1 import synthesis_pb2 as pb
 from zsc.synthesis.v1 import synthesis_pb2_grpc as pb_grpc
-from zsc_services.synthesis import servicer
-from zsc_services.synthesis.core import planner, writer
+from zsc_synthesis import servicer
+from zsc_synthesis.core import planner, writer
 
 pytestmark = pytest.mark.service
 CAP = 1000  # images per class, configured through the service's environment variable

@@ -86,9 +86,9 @@ def test_cli_class_map() -> None:
 
 def test_one_duplicate_message_everywhere() -> None:
     """Every place that refuses a repeated class name says so in the same words and names the class."""
-    from zsc_services.classification.core.diffusion_classifier import _check_class_names
-    from zsc_services.classification.core.prompts import validate_class_names
-    from zsc_services.synthesis.core.planner import normalize_classes
+    from zsc_classification.core.diffusion_classifier import _check_class_names
+    from zsc_classification.core.prompts import validate_class_names
+    from zsc_synthesis.core.planner import normalize_classes
 
     features = FeatureSet(torch.zeros(2, 3), torch.tensor([0, 1]), ["cat", "cat"], torch.zeros(2, 3))
     checks = {

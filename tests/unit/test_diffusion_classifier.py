@@ -15,7 +15,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from zsc.errors import Cancelled, InvalidArgument
 from zsc.models.diffusion import create_sd_components
 from zsc.profiles import get_profile
-from zsc_services.classification.core.diffusion_classifier import (
+from zsc_classification.core.diffusion_classifier import (
     PRESETS,
     DiffusionClassifier,
     DiffusionClassifierOptions,
@@ -27,8 +27,8 @@ from zsc_services.classification.core.diffusion_classifier import (
     timestep_grid,
     unet_passes,
 )
-from zsc_services.classification.core.diffusion_reference import reference_classify
-from zsc_services.classification.zeroshot import DiffusionModelCache
+from zsc_classification.core.diffusion_reference import reference_classify
+from zsc_classification.zeroshot import DiffusionModelCache
 
 CIFAR10 = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "cifar10-test"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer"]
@@ -407,7 +407,7 @@ def test_compiled_unet_on_cuda_matches_eager(images):
 
 def test_request_n_trials_reaches_the_options_and_the_pass_count():
     from zsc.classification.v1 import classification_pb2 as pb
-    from zsc_services.classification.zeroshot import diffusion_options
+    from zsc_classification.zeroshot import diffusion_options
 
     assert diffusion_options(pb.DiffusionOptions(preset="cifar10"), pb.PromptSpec()).n_trials == 1
     options = diffusion_options(pb.DiffusionOptions(preset="cifar10", n_trials=3), pb.PromptSpec())

@@ -17,8 +17,8 @@ from PIL import Image
 
 from zsc.data import ImageFolder
 from zsc.errors import FailedPrecondition, InvalidArgument, ModelUnavailable
-from zsc_services.classification import mlflow_model
-from zsc_services.classification.core import downstream as core
+from zsc_classification import mlflow_model
+from zsc_classification.core import downstream as core
 
 
 def _write_folder(root: Path, images: dict[str, list[np.ndarray]]) -> Path:
@@ -337,7 +337,7 @@ def test_packaged_files_rebuild_the_same_model(tmp_path: Path) -> None:
 
 def test_model_cache_is_a_bounded_lru_that_loads_each_version_once(monkeypatch: pytest.MonkeyPatch) -> None:
     from zsc import registry
-    from zsc_services.classification.downstream_servicer import ModelCache
+    from zsc_classification.downstream_servicer import ModelCache
 
     loads: list[str] = []
 

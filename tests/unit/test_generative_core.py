@@ -24,8 +24,8 @@ from safetensors.torch import load_file, save_file
 from zsc.evaluation import gzsl_metrics
 from zsc.features import FeatureSet
 from zsc.seeding import seeded_init
-from zsc_services.generative.core import clswgan, tfvaegan
-from zsc_services.generative.core.common import (
+from zsc_generative.core import clswgan, tfvaegan
+from zsc_generative.core.common import (
     ConditionalGenerator,
     GeneratorTrainResult,
     TrainingCancelled,
@@ -34,7 +34,7 @@ from zsc_services.generative.core.common import (
     gradient_penalty,
     prepare_training_data,
 )
-from zsc_services.generative.core.gzsl import (
+from zsc_generative.core.gzsl import (
     GZSLConfig,
     build_gzsl_classifier,
     choose_calibration_gamma,

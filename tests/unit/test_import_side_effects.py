@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "zsc"
 
 # Runs in a fresh interpreter with a bare environment. Third-party packages zsc imports are loaded first, so only
 # what zsc's own modules do is compared.

@@ -1,6 +1,6 @@
 """Layering contracts over the source, read with ``ast`` (nothing is imported):
 
-- a core (``zsc_services.<service>.core``) reaches neither grpc, nor MLflow, nor protobuf, nor zsc's runtime, nor a
+- a core (``zsc_<service>.core``) reaches neither grpc, nor MLflow, nor protobuf, nor zsc's runtime, nor a
   service module, however deep the chain of zsc imports: cores are pure PyTorch, usable without a server;
 - the library (``zsc``) never imports a service (the server loads servicers by name, at run time);
 - no module imports itself through others (an import cycle), counting imports inside functions and under
@@ -17,17 +17,21 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-ROOTS = {"zsc": REPO / "shared", "zsc_services": REPO / "services"}
+# Each folder is its import name: shared/zsc is zsc, services/<name>/zsc_<name> is that service.
+ROOTS = {"zsc": REPO / "shared" / "zsc"} | {
+    package.name: package for package in sorted((REPO / "services").glob("*/zsc_*"))
+}
+SERVICES = tuple(name for name in ROOTS if name != "zsc")
 CORE_FORBIDDEN = ("grpc", "grpc_health", "grpc_reflection", "mlflow", "google.protobuf", "zsc.runtime")
 # Breaks still open (issue #17 item 9). Each test fails once its break is gone too, so the list only shrinks.
-KNOWN_CORE_BREAKS = {"zsc_services.classification.core.downstream": "zsc_services.classification.mlflow_model"}
-KNOWN_LIBRARY_BREAKS = {"zsc.cli.synthesize": ["zsc_services.synthesis.core.writer"]}  # client-side sharding
+KNOWN_CORE_BREAKS = {"zsc_classification.core.downstream": "zsc_classification.mlflow_model"}
+KNOWN_LIBRARY_BREAKS = {"zsc.cli.synthesize": ["zsc_synthesis.core.writer"]}  # client-side sharding
 KNOWN_CYCLES = [
     ["zsc.cli.main", "zsc.cli.reproduce"],
     [
-        "zsc_services.classification.downstream_servicer",
-        "zsc_services.classification.features_servicer",
-        "zsc_services.classification.servicer",
+        "zsc_classification.downstream_servicer",
+        "zsc_classification.features_servicer",
+        "zsc_classification.servicer",
     ],
 ]
 
@@ -104,20 +108,21 @@ def _chain(start: str, bad: tuple[str, ...]) -> list[str] | None:
 
 
 def _cores() -> list[str]:
-    return [m for m in modules() if m.startswith("zsc_services.") and ".core" in m and not _is_generated(modules()[m])]
+    return [m for m in modules() if m.startswith(SERVICES) and ".core" in m and not _is_generated(modules()[m])]
 
 
 def test_the_walk_sees_the_layout() -> None:
     # guards the contracts below against passing vacuously on a moved tree
-    assert {"zsc.runtime.server", "zsc.registry", "zsc_services.classification.core.downstream"} <= set(modules())
+    assert {"zsc.runtime.server", "zsc.registry", "zsc_classification.core.downstream"} <= set(modules())
     assert len(_cores()) >= 20
-    assert "zsc.errors" in graph()["zsc_services.generative.core.common"] | graph()["zsc.registry"]
+    assert set(SERVICES) == {"zsc_synthesis", "zsc_recovery", "zsc_generative", "zsc_classification"}
+    assert "zsc.errors" in graph()["zsc_generative.core.common"] | graph()["zsc.registry"]
 
 
 @pytest.mark.parametrize("core", _cores())
 def test_a_core_reaches_no_server_no_mlflow_no_protobuf(core: str) -> None:
     own_core = core.rpartition(".core")[0] + ".core"
-    services = sorted(t for t in graph()[core] if _matches(t, ("zsc_services",)) and not _matches(t, (own_core,)))
+    services = sorted(t for t in graph()[core] if _matches(t, SERVICES) and not _matches(t, (own_core,)))
     if core in KNOWN_CORE_BREAKS:
         assert services == [KNOWN_CORE_BREAKS[core]]
         return
@@ -128,7 +133,7 @@ def test_a_core_reaches_no_server_no_mlflow_no_protobuf(core: str) -> None:
 
 def test_the_library_imports_no_service() -> None:
     broken = {
-        name: sorted(t for t in targets if _matches(t, ("zsc_services",)))
+        name: sorted(t for t in targets if _matches(t, SERVICES))
         for name, targets in graph().items()
         if name.startswith("zsc.") or name == "zsc"
     }

@@ -162,7 +162,7 @@ def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_linear_probe_on_lite_features_is_far_above_chance(tmp_path_factory: pytest.TempPathFactory) -> None:
     from sklearn.linear_model import LogisticRegression
 
-    from zsc_services.classification.core.extract import FeatureCache, extract_features, lite_extractors
+    from zsc_classification.core.extract import FeatureCache, extract_features, lite_extractors
 
     extractors = lite_extractors(
         create_image_encoder("efficientnet-lite0:pypi", image_size=PROBE_IMAGE_SIZE), create_text_encoder("minilm:pypi")

@@ -21,8 +21,8 @@ from zsc.features import ALIGNMENT_KEY, Alignment, FeatureSet, alignment_id
 from zsc.models.clip import ClipBundle, create_clip
 from zsc.models.prompt_learner import PromptLearner, text_tower
 from zsc.profiles import CONFIG_DIR
-from zsc_services.recovery.core.flpt import AlignResult, FlptConfig, FlptModel, align_features
-from zsc_services.recovery.core.recover import RecoveryCancelled
+from zsc_recovery.core.flpt import AlignResult, FlptConfig, FlptModel, align_features
+from zsc_recovery.core.recover import RecoveryCancelled
 
 NAMES = ["cat", "golden retriever", "aquarium_fish", "sea lion", "a class name long enough to span many tokens"]
 BASE = ["cat", "dog", "bird", "frog", "truck", "ship"]

@@ -64,7 +64,7 @@ def test_base_to_new_recipes_list_the_11_coop_datasets_with_no_invented_numbers(
         epochs = {r.name: r.vars["epochs"] for r in recipe.rows}
         assert epochs.pop("ImageNet") == "20" and set(epochs.values()) == {"200"}
     else:  # the recovery preset of each dataset exists
-        from zsc_services.recovery.core.recover import PRESETS
+        from zsc_recovery.core.recover import PRESETS
 
         assert all(r.vars["preset"] in PRESETS for r in recipe.rows)
 

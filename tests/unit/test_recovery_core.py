@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
-from zsc_services.recovery.core.recover import (
+from zsc_recovery.core.recover import (
     MAX_SAMPLES_PER_CLASS,
     PRESETS,
     CosineTeacher,
@@ -25,7 +25,7 @@ from zsc_services.recovery.core.recover import (
     recover,
     teacher_from_weights,
 )
-from zsc_services.recovery.core.vmf import mean_resultant_length, sample_vmf
+from zsc_recovery.core.vmf import mean_resultant_length, sample_vmf
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

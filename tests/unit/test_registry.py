@@ -18,9 +18,9 @@ from PIL import Image
 from zsc import registry, tracking
 from zsc.errors import InvalidArgument, NotFound
 from zsc.plots import confusion_figure, per_class_figure
-from zsc_services.classification import mlflow_model
-from zsc_services.classification.core import downstream as core
-from zsc_services.classification.downstream_servicer import pip_requirements
+from zsc_classification import mlflow_model
+from zsc_classification.core import downstream as core
+from zsc_classification.downstream_servicer import pip_requirements
 
 CLASSES = ["a", "b", "c"]
 

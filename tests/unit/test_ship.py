@@ -29,17 +29,17 @@ from zsc.evaluation import base_to_new_metrics, mean_per_class_accuracy
 from zsc.features import FeatureSet
 from zsc.models.clip import ClipBundle, create_clip
 from zsc.models.prompt_learner import PromptLearner, text_tower
-from zsc_services.generative.core.bank import VIEWS_KEY, FeatureBank, augment_view, encode_bank
-from zsc_services.generative.core.common import GeneratorTrainResult, TrainingCancelled
-from zsc_services.generative.core.finetune import (
+from zsc_generative.core.bank import VIEWS_KEY, FeatureBank, augment_view, encode_bank
+from zsc_generative.core.common import GeneratorTrainResult, TrainingCancelled
+from zsc_generative.core.finetune import (
     TIP_ADAPTER_PRESETS,
     FineTuneConfig,
     _split,
     build_classifier,
     fine_tune,
 )
-from zsc_services.generative.core.ship import ShipConfig, ShipVAE, build_ship_vae, synthesize, train_ship_vae
-from zsc_services.generative.core.ship_problem import HiddenContextProblem, hidden_context_problem
+from zsc_generative.core.ship import ShipConfig, ShipVAE, build_ship_vae, synthesize, train_ship_vae
+from zsc_generative.core.ship_problem import HiddenContextProblem, hidden_context_problem
 
 SHIP = dict(epochs=25, lr=3e-3, batch_size=8, encoder_hidden=256, generator_hidden=256, latent_dim=32)
 FINETUNE = {

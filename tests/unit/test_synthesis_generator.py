@@ -14,9 +14,9 @@ from PIL import Image
 
 from zsc.errors import Cancelled, FailedPrecondition
 from zsc.models.diffusion import create_sd_components, text_to_image_pipeline
-from zsc_services.synthesis.core.generator import GenerationConfig, ImageGenerator
-from zsc_services.synthesis.core.planner import make_plan
-from zsc_services.synthesis.core.writer import (
+from zsc_synthesis.core.generator import GenerationConfig, ImageGenerator
+from zsc_synthesis.core.planner import make_plan
+from zsc_synthesis.core.writer import (
     MANIFEST,
     REQUEST,
     Shard,

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from zsc_services.synthesis.core.planner import (
+from zsc_synthesis.core.planner import (
     DEFAULT_DOMAINS,
     IMAGE_TEMPLATES,
     TEMPLATES,

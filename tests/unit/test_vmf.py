@@ -14,7 +14,7 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 
-from zsc_services.recovery.core.vmf import (
+from zsc_recovery.core.vmf import (
     log_bessel_iv,
     mean_resultant_length,
     sample_vmf,

@@ -31,9 +31,9 @@ from zsc.runtime.operations import JobContext
 from zsc.runtime.server import ServiceRuntime
 from zsc.synthesis.v1 import synthesis_pb2 as pb
 from zsc.synthesis.v1 import synthesis_pb2_grpc as pb_grpc
-from zsc_services.synthesis.core import planner, writer
-from zsc_services.synthesis.core.generator import DOWNSAMPLERS, GenerationConfig, ImageGenerator
-from zsc_services.synthesis.core.planner import ClassSpec, Job
+from zsc_synthesis.core import planner, writer
+from zsc_synthesis.core.generator import DOWNSAMPLERS, GenerationConfig, ImageGenerator
+from zsc_synthesis.core.planner import ClassSpec, Job
 
 EXPERIMENT = "zsc-synthesis"
 KIND = "zsc.synthesis.v1.Synthesis/GenerateDataset"

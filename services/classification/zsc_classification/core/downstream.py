@@ -43,8 +43,8 @@ from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument, ModelUnav
 from zsc.limits import MAX_LR, MAX_WEIGHT_DECAY
 from zsc.models.hub import hub_online
 from zsc.seeding import seeded_init
-from zsc_services.classification import mlflow_model
-from zsc_services.classification.mlflow_model import FORMAT, eval_resize, normalize, to_uint8
+from zsc_classification import mlflow_model
+from zsc_classification.mlflow_model import FORMAT, eval_resize, normalize, to_uint8
 
 log = logging.getLogger("zsc.downstream")
 

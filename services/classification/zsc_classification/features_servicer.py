@@ -27,7 +27,7 @@ from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument
 from zsc.features import ALIGNMENT_ID_KEY, read_alignment
 from zsc.models.lite import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from zsc.runtime.operations import JobContext
-from zsc_services.classification.core.extract import (
+from zsc_classification.core.extract import (
     DEFAULT_TEMPLATE,
     ExtractionCancelled,
     Extractors,
@@ -38,11 +38,11 @@ from zsc_services.classification.core.extract import (
     lite_extractors,
     weights_fingerprint,
 )
-from zsc_services.classification.core.prompts import validate_class_names
+from zsc_classification.core.prompts import validate_class_names
 
 if TYPE_CHECKING:
     from zsc.models.lite import ImageEncoder, TextEncoder
-    from zsc_services.classification.servicer import ClassificationService
+    from zsc_classification.servicer import ClassificationService
 
 KIND = "zsc.classification.v1.Features/ExtractFeatures"
 EXPERIMENT = "zsc-features"

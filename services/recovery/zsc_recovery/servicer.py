@@ -29,8 +29,8 @@ from zsc.recovery.v1 import recovery_pb2 as pb
 from zsc.recovery.v1 import recovery_pb2_grpc as pb_grpc
 from zsc.runtime.operations import JobContext
 from zsc.runtime.server import ServiceRuntime
-from zsc_services.recovery.core.flpt import FlptConfig, align_features
-from zsc_services.recovery.core.recover import (
+from zsc_recovery.core.flpt import FlptConfig, align_features
+from zsc_recovery.core.recover import (
     RecoveryCancelled,
     RecoveryConfig,
     Teacher,

@@ -26,7 +26,7 @@ from typing import Any
 from zsc.errors import FailedPrecondition, InvalidArgument
 
 RECIPE_DIR = Path(__file__).parent / "recipe_tables"
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"  # beside the checkout
+DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"  # beside the checkout
 RUN_ID = re.compile(r"\b(?:MLflow run:?|run)\s+([0-9a-f]{32})\b")
 
 

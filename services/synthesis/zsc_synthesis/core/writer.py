@@ -37,8 +37,8 @@ from PIL import Image, ImageDraw, ImageFont
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument
 from zsc.io import atomic_open, atomic_write_bytes, open_temp
 from zsc.models.diffusion import SDComponents
-from zsc_services.synthesis.core.generator import GenerationConfig, ImageGenerator, StopFn
-from zsc_services.synthesis.core.planner import (
+from zsc_synthesis.core.generator import GenerationConfig, ImageGenerator, StopFn
+from zsc_synthesis.core.planner import (
     MAX_IMAGES_PER_CLASS,
     ClassSpec,
     Job,

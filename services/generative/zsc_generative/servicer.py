@@ -46,17 +46,17 @@ from zsc.models.clip import ClipBundle, create_clip
 from zsc.models.prompt_learner import check_prompts_fit
 from zsc.runtime.operations import JobContext
 from zsc.runtime.server import ServiceRuntime
-from zsc_services.generative import models
-from zsc_services.generative.core import finetune, ship
-from zsc_services.generative.core.bank import FeatureBank
-from zsc_services.generative.core.common import (
+from zsc_generative import models
+from zsc_generative.core import finetune, ship
+from zsc_generative.core.bank import FeatureBank
+from zsc_generative.core.common import (
     GeneratorConfig,
     GeneratorTrainResult,
     TrainingCancelled,
     generate,
     holdout_class_count,
 )
-from zsc_services.generative.core.gzsl import Calibration, GZSLConfig, fit_gzsl_classifier, holdout_calibration
+from zsc_generative.core.gzsl import Calibration, GZSLConfig, fit_gzsl_classifier, holdout_calibration
 
 SERVICE = "zsc.generative.v1.Generative"
 TRAIN_GENERATOR_KIND = f"{SERVICE}/TrainGenerator"

@@ -40,11 +40,11 @@ from torch import Tensor, nn
 from zsc import tracking
 from zsc.errors import FailedPrecondition, InvalidArgument, NotFound
 from zsc.models.clip import ClipBundle
-from zsc_services.generative.core import clswgan, tfvaegan
-from zsc_services.generative.core.common import GeneratorConfig, GeneratorTrainResult
-from zsc_services.generative.core.finetune import FineTuneConfig, FineTunedClassifier, build_classifier
-from zsc_services.generative.core.gzsl import CosineClassifier, GZSLConfig, build_gzsl_classifier
-from zsc_services.generative.core.ship import ShipConfig, build_ship_vae, text_fingerprint
+from zsc_generative.core import clswgan, tfvaegan
+from zsc_generative.core.common import GeneratorConfig, GeneratorTrainResult
+from zsc_generative.core.finetune import FineTuneConfig, FineTunedClassifier, build_classifier
+from zsc_generative.core.gzsl import CosineClassifier, GZSLConfig, build_gzsl_classifier
+from zsc_generative.core.ship import ShipConfig, build_ship_vae, text_fingerprint
 
 __all__ = [
     "CLASSIFIER_FORMAT",

@@ -18,8 +18,8 @@ from zsc.classification.v1 import classification_pb2 as pb
 from zsc.errors import FailedPrecondition, InvalidArgument
 from zsc.models.diffusion import SDComponents, create_sd_components
 from zsc.profiles import Profile
-from zsc_services.classification.core.clip_zeroshot import ClipZeroShot
-from zsc_services.classification.core.diffusion_classifier import (
+from zsc_classification.core.clip_zeroshot import ClipZeroShot
+from zsc_classification.core.diffusion_classifier import (
     PRESETS,
     DiffusionClassifier,
     DiffusionClassifierOptions,
@@ -27,7 +27,7 @@ from zsc_services.classification.core.diffusion_classifier import (
     make_stages,
     unet_passes,
 )
-from zsc_services.classification.core.prompts import resolve_templates
+from zsc_classification.core.prompts import resolve_templates
 
 METHOD_NAMES = {pb.ZERO_SHOT_METHOD_UNSPECIFIED: "clip", pb.CLIP: "clip", pb.DIFFUSION: "diffusion"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -92,6 +92,7 @@ def _client_of(context: grpc.ServicerContext) -> str:
     kind, _, rest = peer.partition(":")
     return f"{kind}:{rest.rsplit(':', 1)[0]}" if kind in ("ipv4", "ipv6") else peer
 
+
 # Most specific first: InvalidArgument is also a ValueError, NotFound also a LookupError.
 STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),

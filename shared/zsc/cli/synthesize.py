@@ -21,7 +21,7 @@ from zsc.synthesis.v1 import synthesis_pb2 as pb
 from zsc.synthesis.v1 import synthesis_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    from zsc_services.synthesis.core.writer import Shard
+    from zsc_synthesis.core.writer import Shard
 
 SERVICE = "synthesis"
 
@@ -205,7 +205,7 @@ def run_sharded(
     """The plan cut into ``SHARDS_PER_REPLICA`` shards per replica, spread over the replicas by ``fanout``; then one
     manifest rewrite."""
     # the core decides the chunk grid and rebuilds the manifest, so replicas and one server agree to the byte
-    from zsc_services.synthesis.core import writer
+    from zsc_synthesis.core import writer
 
     out = Path(request.output_uri)
     parts = []
@@ -232,7 +232,7 @@ def run_sharded(
 
 
 def parse_shard(value: str) -> tuple[int, int]:
-    """"I/N" -> (I, N) with 0 <= I < N."""
+    """ "I/N" -> (I, N) with 0 <= I < N."""
     index, sep, count = value.partition("/")
     try:
         i, n = int(index), int(count)
@@ -245,7 +245,7 @@ def parse_shard(value: str) -> tuple[int, int]:
 
 def plan_shards(request: pb.GenerateDatasetRequest, workers: int) -> list[Shard]:
     """The request's plan cut for ``workers`` on its chunk grid (``writer.split_shards``): what each worker runs."""
-    from zsc_services.synthesis.core import writer
+    from zsc_synthesis.core import writer
 
     grid = request.batch_size or _stored_batch_size(Path(request.output_uri)) or writer.DEFAULT_BATCH_SIZE
     # the split depends only on the class names and the count, so the tricks need not be parsed here
@@ -260,7 +260,7 @@ def _shard_message(shard: Shard) -> pb.Shard:
 def _stored_batch_size(out: Path) -> int:
     """The batch grid an existing output directory was started with (0 when new or not visible here)."""
     from zsc.errors import FailedPrecondition
-    from zsc_services.synthesis.core import writer
+    from zsc_synthesis.core import writer
 
     try:
         return int(writer.read_header(out)["batch_size"])

@@ -32,9 +32,9 @@ from zsc.errors import FailedPrecondition, InvalidArgument
 from zsc.lineage import MD5_TAG, dvc_md5
 from zsc.runtime.operations import JobContext
 from zsc.runtime.server import ServiceRuntime
-from zsc_services.classification import mlflow_model
-from zsc_services.classification.core import downstream as core
-from zsc_services.classification.core.evaluate import evaluate_folder
+from zsc_classification import mlflow_model
+from zsc_classification.core import downstream as core
+from zsc_classification.core.evaluate import evaluate_folder
 
 log = logging.getLogger("zsc.downstream")
 
@@ -305,7 +305,7 @@ class DownstreamServicer(pb_grpc.DownstreamServicer):
         self, ctx: JobContext, loaded: LoadedModel, folder: ImageFolder, experiment: str, batch_size: int, limit: int
     ) -> pb.ModelEvaluation:
         # Imported here: servicer.py imports this module to register the Downstream service.
-        from zsc_services.classification.servicer import log_evaluation
+        from zsc_classification.servicer import log_evaluation
 
         model = loaded.model
         label = f"{model.name}-v{model.version}" if model.version else model.uri

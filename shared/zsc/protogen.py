@@ -1,7 +1,7 @@
 """Generates the gRPC stubs from protos/ into this package (``make protos``), or checks them for drift (``--check``).
 
 protoc names Python modules after the proto path, so ``protos/zsc/<area>/v1/<area>.proto`` becomes the module
-``zsc.<area>.v1.<area>_pb2``; this package is ``zsc``, so the stubs land in ``shared/<area>/v1/``.
+``zsc.<area>.v1.<area>_pb2``; this package is ``zsc``, so the stubs land in ``shared/zsc/<area>/v1/``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-PROTO_ROOT = PACKAGE_DIR.parent / "protos"
+PROTO_ROOT = PACKAGE_DIR.parents[1] / "protos"
 
 
 def proto_files() -> list[Path]:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             target = PACKAGE_DIR / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(tmp, "zsc", rel), target)
-            print(f"wrote shared/{rel}")
+            print(f"wrote shared/zsc/{rel}")
     return 0
 
 

@@ -19,12 +19,12 @@ from zsc.models.clip import create_clip
 from zsc.plots import confusion_figure, per_class_figure
 from zsc.runtime.operations import JobContext
 from zsc.runtime.server import ServiceRuntime
-from zsc_services.classification.core.clip_zeroshot import ClipZeroShot
-from zsc_services.classification.core.evaluate import FolderEvaluation, evaluate_folder
-from zsc_services.classification.core.prompts import validate_class_names
-from zsc_services.classification.downstream_servicer import DownstreamServicer
-from zsc_services.classification.features_servicer import add_features_to_server
-from zsc_services.classification.zeroshot import (
+from zsc_classification.core.clip_zeroshot import ClipZeroShot
+from zsc_classification.core.evaluate import FolderEvaluation, evaluate_folder
+from zsc_classification.core.prompts import validate_class_names
+from zsc_classification.downstream_servicer import DownstreamServicer
+from zsc_classification.features_servicer import add_features_to_server
+from zsc_classification.zeroshot import (
     METHOD_NAMES,
     DiffusionModelCache,
     ZeroShotMethod,

@@ -32,7 +32,7 @@ log = logging.getLogger("zsc.server")
 
 DEFAULT_PORTS = {"synthesis": 50051, "recovery": 50052, "generative": 50053, "classification": 50054}
 # Each service's module exposes `create_service(runtime) -> Service`.
-SERVICE_MODULES = {name: f"zsc_services.{name}.servicer" for name in DEFAULT_PORTS}
+SERVICE_MODULES = {name: f"zsc_{name}.servicer" for name in DEFAULT_PORTS}
 MiB = 1 << 20
 # The profile roles each service's load() reads before it reports SERVING (the others load on first use). Their
 # weights are checked on disk before the server listens, so a missing model stops it at once with one line.

@@ -24,7 +24,7 @@ from PIL import Image
 
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument
 from zsc.models.diffusion import SCHEDULERS, SDComponents, check_steps, make_scheduler
-from zsc_services.synthesis.core.planner import Job
+from zsc_synthesis.core.planner import Job
 
 DOWNSAMPLERS = ("lanczos", "bicubic", "bilinear")
 StopFn = Callable[[], bool]
