@@ -83,7 +83,7 @@ def output_file(uri: str, roots: list[Path], field: str = "output_uri", what: st
     return path
 
 
-MAX_CLASS_NAME_CHARS = 256
+MAX_CLASS_NAME_BYTES = 200  # a class name becomes a folder name (synthesis, ImageFolder); filesystems allow 255
 
 
 def duplicate_class(name: str, field: str) -> str:
@@ -108,8 +108,8 @@ def check_class_names(
     for i, name in enumerate(names):
         if not isinstance(name, str) or not name.strip():
             raise InvalidArgument(f"{field}[{i}] is empty")
-        if len(name) > MAX_CLASS_NAME_CHARS:
-            raise InvalidArgument(f"{field}[{i}] is longer than {MAX_CLASS_NAME_CHARS} characters")
+        if len(name.encode("utf-8")) > MAX_CLASS_NAME_BYTES:
+            raise InvalidArgument(f"{field}[{i}] is longer than {MAX_CLASS_NAME_BYTES} UTF-8 bytes")
         if name != name.strip():
             raise InvalidArgument(f"class name {name!r} in {field} has leading or trailing whitespace")
         if not name.isprintable():

@@ -22,7 +22,7 @@ from zsc.models.clip import ClipBundle, create_clip
 from zsc.models.prompt_learner import PromptLearner, text_tower
 from zsc.profiles import CONFIG_DIR
 from zsc_recovery.core.flpt import AlignResult, FlptConfig, FlptModel, align_features
-from zsc_recovery.core.recover import RecoveryCancelled
+from zsc_recovery.core.recover import Cancelled
 
 NAMES = ["cat", "golden retriever", "aquarium_fish", "sea lion", "a class name long enough to span many tokens"]
 BASE = ["cat", "dog", "bird", "frog", "truck", "ship"]
@@ -334,7 +334,7 @@ def test_flpt_cancel(tiny: ClipBundle) -> None:
         polls.append(1)
         return len(polls) > 3
 
-    with pytest.raises(RecoveryCancelled, match="after 3 of"):
+    with pytest.raises(Cancelled, match="after 3 of"):
         align_features(tiny.model, tiny.tokenizer, x, y, BASE, NOVEL, FlptConfig(epochs=5), should_stop=stop)
 
 

@@ -15,9 +15,9 @@ from sklearn.linear_model import LogisticRegression
 from zsc_recovery.core.recover import (
     MAX_SAMPLES_PER_CLASS,
     PRESETS,
+    Cancelled,
     CosineTeacher,
     LinearTeacher,
-    RecoveryCancelled,
     RecoveryConfig,
     VmfRecovery,
     angular_kappa,
@@ -175,7 +175,7 @@ def test_hooks_report_progress_and_cancel() -> None:
         polls.append(1)
         return len(polls) > 3
 
-    with pytest.raises(RecoveryCancelled, match="after 3 of 25"):
+    with pytest.raises(Cancelled, match="after 3 of 25"):
         recover(CosineTeacher(weight), weight, RecoveryConfig(epochs=25, num=5), should_stop=stop)
 
 

@@ -30,7 +30,7 @@ from zsc.features import FeatureSet
 from zsc.models.clip import ClipBundle, create_clip
 from zsc.models.prompt_learner import PromptLearner, text_tower
 from zsc_generative.core.bank import VIEWS_KEY, FeatureBank, augment_view, encode_bank
-from zsc_generative.core.common import GeneratorTrainResult, TrainingCancelled
+from zsc_generative.core.common import Cancelled, GeneratorTrainResult
 from zsc_generative.core.finetune import (
     TIP_ADAPTER_PRESETS,
     FineTuneConfig,
@@ -167,7 +167,7 @@ def test_vae_bad_input_and_cancel(clip, problem) -> None:
     model = build_ship_vae(clip.model, clip.tokenizer, config, 32)
     with pytest.raises(ValueError, match="per_class must be >= 1"):
         synthesize(model, ["cat"], 0, seed=0)
-    with pytest.raises(TrainingCancelled):
+    with pytest.raises(Cancelled):
         train_ship_vae(clip.model, clip.tokenizer, problem.train, config, should_stop=lambda: True)
 
 
@@ -431,5 +431,5 @@ def test_fine_tuning_bad_input(clip, problem, synthetic) -> None:
     for bad in bad_settings:
         with pytest.raises(ValueError):
             FineTuneConfig.for_method("clip_adapter", **bad).check()
-    with pytest.raises(TrainingCancelled):
+    with pytest.raises(Cancelled):
         fine_tune(clip.model, clip.tokenizer, bank, names, config, should_stop=lambda: True)

@@ -29,7 +29,6 @@ from zsc.models.lite import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from zsc.runtime.operations import JobContext
 from zsc_classification.core.extract import (
     DEFAULT_TEMPLATE,
-    ExtractionCancelled,
     Extractors,
     FeatureCache,
     clip_extractors,
@@ -178,7 +177,7 @@ class FeaturesServicer(pb_grpc.FeaturesServicer):
                         should_stop=ctx.should_stop,
                         metadata={"profile": profile.name, "data_uri": str(root), "mlflow_run_id": run.id},
                     )
-                except ExtractionCancelled as err:
+                except Cancelled as err:
                     raise Cancelled(str(err)) from err
                 ctx.check_cancelled()
                 # DFZSL moves every image feature into FLPT's space; the cache keeps the encoder's own features.

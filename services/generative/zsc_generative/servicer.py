@@ -52,7 +52,6 @@ from zsc_generative.core.bank import FeatureBank
 from zsc_generative.core.common import (
     GeneratorConfig,
     GeneratorTrainResult,
-    TrainingCancelled,
     generate,
     holdout_class_count,
 )
@@ -330,7 +329,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
 
                 try:
                     result = train(on_epoch=on_epoch, should_stop=ctx.should_stop)
-                except TrainingCancelled as err:
+                except Cancelled as err:
                     raise Cancelled(str(err)) from err
                 finally:
                     curves.flush()
@@ -439,7 +438,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
             ctx.progress(0, message=f"synthesizing {plan.per_class} features for each of {len(plan.class_names)}")
             try:
                 x, y = self._synthesize(plan, ctx.should_stop)
-            except TrainingCancelled as err:
+            except Cancelled as err:
                 raise Cancelled(str(err)) from err
             features = FeatureSet(x, y, list(plan.class_names), plan.text.float().cpu(), metadata)
             save_features(features, out, ctx)
@@ -461,7 +460,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
         plan = self._plan(request)
         try:
             x, _ = self._synthesize(plan, lambda: not context.is_active())
-        except TrainingCancelled as err:
+        except Cancelled as err:
             raise Cancelled(str(err)) from err
         for i, chunk in enumerate(codec.encode_chunks(x)):
             if not context.is_active():  # the client went away: stop encoding
@@ -686,7 +685,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                         should_stop=ctx.should_stop,
                         device=svc.device,
                     )
-                except TrainingCancelled as err:
+                except Cancelled as err:
                     raise Cancelled(str(err)) from err
                 # Accuracy on the training features (base real, novel synthesized): a sanity check, not a selection.
                 pred = result.classifier.predict(x).cpu()
@@ -933,7 +932,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                         on_epoch=on_epoch,
                         should_stop=ctx.should_stop,
                     )
-                except TrainingCancelled as err:
+                except Cancelled as err:
                     raise Cancelled(str(err)) from err
                 finally:
                     curves.flush()

@@ -31,7 +31,6 @@ from zsc.runtime.operations import JobContext
 from zsc.runtime.server import ServiceRuntime
 from zsc_recovery.core.flpt import FlptConfig, align_features
 from zsc_recovery.core.recover import (
-    RecoveryCancelled,
     RecoveryConfig,
     Teacher,
     VmfRecovery,
@@ -193,7 +192,7 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
                         on_step=lambda step, total, loss: ctx.progress(step, total, loss=loss),
                         should_stop=ctx.should_stop,
                     )
-                except RecoveryCancelled as err:
+                except Cancelled as err:
                     raise Cancelled(str(err)) from err
                 kept = result.kept_fraction.tolist()
                 log_curve(run, "loss", result.loss_curve)
@@ -341,7 +340,7 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
                         on_step=lambda step, n, loss: ctx.progress(step, n, loss=loss),
                         should_stop=ctx.should_stop,
                     )
-                except RecoveryCancelled as err:
+                except Cancelled as err:
                     raise Cancelled(str(err)) from err
                 log_curve(run, "loss", result.loss_curve)
                 summary = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -12,11 +12,16 @@ from pathlib import Path
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from zsc.models.hub import require_cached, require_dir, unavailable
 from zsc.profiles import CONFIG_DIR
 from zsc.seeding import seeded_init
+
+# CLIP's single zero-shot prompt (the released code of every method here uses it where no template set is named).
+DEFAULT_TEMPLATE = "a photo of a {}."
+TEXT_CHUNK = 256  # prompts per text-encoder call: bounds the activations of a 10k-class request
 
 
 @dataclass
@@ -125,3 +130,30 @@ def require_clip_weights(ref: str) -> None:
     located = _hub_location(ref)
     if located is not None:
         require_cached("CLIP model", ref, *located)
+
+
+@torch.no_grad()  # not inference_mode: the features become buffers that later training reads under autograd
+def encode_texts(
+    model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], texts: Sequence[str]
+) -> torch.Tensor:
+    """L2-normalized float32 [N, D] CLIP text features of ``texts``, on the text tower's device, ``TEXT_CHUNK``
+    prompts per call. ``model`` is anything with open_clip's ``encode_text`` (a CLIP, a prompt-learning wrapper)."""
+    device = next(model.parameters()).device
+    texts = list(texts)
+    if not texts:  # the width of an empty result is the tower's, read off one placeholder prompt
+        return torch.empty(0, encode_texts(model, tokenizer, [""]).shape[1], device=device)
+    chunks = [
+        model.encode_text(tokenizer(texts[i : i + TEXT_CHUNK]).to(device)).float()
+        for i in range(0, len(texts), TEXT_CHUNK)
+    ]
+    return F.normalize(torch.cat(chunks), dim=-1)
+
+
+def encode_class_names(
+    model: torch.nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    class_names: Sequence[str],
+    template: str = DEFAULT_TEMPLATE,
+) -> torch.Tensor:
+    """The one class-text encoder: ``encode_texts`` of ``template.format(name)`` for each class, in order."""
+    return encode_texts(model, tokenizer, [template.format(name) for name in class_names])

@@ -30,13 +30,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from zsc.data import ImageFolder, load_image_file
+from zsc.errors import Cancelled
 from zsc.features import FeatureSet
 from zsc.models.clip import ClipBundle
 from zsc.models.lite import ImageEncoder, TextEncoder
 
 __all__ = [
     "DEFAULT_TEMPLATE",
-    "ExtractionCancelled",
     "ExtractionResult",
     "Extractors",
     "FeatureCache",
@@ -51,10 +51,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 DEFAULT_TEMPLATE = "a photo of a {}."
 _CACHE_FORMAT = "zsc.featurecache/1"
-
-
-class ExtractionCancelled(RuntimeError):
-    """``should_stop()`` returned True during extraction."""
 
 
 @dataclass
@@ -202,7 +198,7 @@ def extract_features(
 
     ``class_names`` (default: the dataset's classes) rename its labels in label order. Images are decoded with
     zsc.data's limits. ``on_progress(done, total)`` is called after the cache lookup and after every batch;
-    ``should_stop()`` is polled between batches and raises :class:`ExtractionCancelled`.
+    ``should_stop()`` is polled between batches and raises :class:`Cancelled`.
     """
     start = time.perf_counter()
     names = list(class_names) if class_names is not None else list(dataset.classes)
@@ -230,7 +226,7 @@ def extract_features(
     computed: dict[str, torch.Tensor] = {}
     for i in range(0, len(pending), batch_size):
         if should_stop is not None and should_stop():
-            raise ExtractionCancelled(f"extraction cancelled after {done} of {total} images")
+            raise Cancelled(f"extraction cancelled after {done} of {total} images")
         chunk = pending[i : i + batch_size]
         images = [load_image_file(path) for _, path in chunk]
         features = extractors.encode_images(images).float().cpu()

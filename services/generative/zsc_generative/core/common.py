@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zsc.errors import Cancelled
 from zsc.features import FeatureSet
 from zsc.seeding import seeded_init
 
@@ -49,7 +50,6 @@ __all__ = [
     "GeneratorTrainResult",
     "HoldoutSplit",
     "StopHook",
-    "TrainingCancelled",
     "TrainingData",
     "clone_state_dict",
     "generate",
@@ -65,17 +65,9 @@ __all__ = [
 EpochHook = Callable[[int, int, dict[str, float]], None]
 """``on_epoch(epoch, total, metrics)``: epoch counts from 1; ``total`` may change once selection has finished."""
 StopHook = Callable[[], bool]
-"""``should_stop()``: polled every step; returning True raises :class:`TrainingCancelled`."""
+"""``should_stop()``: polled every step; returning True raises :class:`Cancelled`."""
 
 _C = TypeVar("_C", bound="ConfigMixin")
-
-
-class TrainingCancelled(RuntimeError):
-    """A training loop stopped because ``should_stop()`` returned True."""
-
-    def __init__(self, epoch: int = 0) -> None:
-        super().__init__(f"training cancelled during epoch {epoch}" if epoch else "cancelled")
-        self.epoch = epoch
 
 
 class ConfigMixin:
@@ -235,7 +227,7 @@ def generate(
     try:
         for start in range(0, rows.numel(), batch_size):
             if should_stop is not None and should_stop():
-                raise TrainingCancelled()
+                raise Cancelled("training cancelled")
             r = rows[start : start + batch_size]
             z = torch.randn(r.numel(), generator.noise_dim, device=device, generator=rng)
             out[start : start + r.numel()] = generator(z, text[r])

@@ -57,11 +57,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zsc.errors import Cancelled
 from zsc.evaluation import mean_per_class_accuracy
 from zsc.models.prompt_learner import DEFAULT_CTX_INIT, PromptLearner, text_tower
 
 from .bank import FeatureBank
-from .common import ConfigMixin, EpochHook, StopHook, TrainingCancelled, clone_state_dict, seeded_init
+from .common import ConfigMixin, EpochHook, StopHook, clone_state_dict, seeded_init
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -467,7 +468,7 @@ class _TipAdapterF(_Method):
         best = (float(accuracy(self.logits(x)[:, base].argmax(dim=1))), self.alpha, self.beta)
         for beta in betas:
             if should_stop is not None and should_stop():
-                raise TrainingCancelled()
+                raise Cancelled("training cancelled")
             cache = torch.exp(-beta * (1 - affinity)) @ self.values[:, base]  # [N, K]
             preds = (clip_logits.unsqueeze(0) + alphas.view(-1, 1, 1) * cache.unsqueeze(0)).argmax(dim=2)
             scores = accuracy(preds)
@@ -554,7 +555,7 @@ def fine_tune(
 
     Labels of both index ``class_names`` (every class the result classifies: base and new). Runs on the CLIP text
     tower's device; the tower stays frozen. Raises ValueError (one line) on bad input and
-    :class:`TrainingCancelled` when ``should_stop()`` turns True.
+    :class:`Cancelled` when ``should_stop()`` turns True.
     """
     config.check()
     names = list(class_names)
@@ -607,7 +608,7 @@ def fine_tune(
         totals = torch.zeros(2, device=device)
         for s in range(steps):
             if should_stop is not None and should_stop():
-                raise TrainingCancelled(epoch)
+                raise Cancelled(f"training cancelled during epoch {epoch}")
             idx = order[s * config.batch_size : (s + 1) * config.batch_size]
             x, y = fit.draw(idx, gen), fit.labels[idx]
             if syn_x is not None:

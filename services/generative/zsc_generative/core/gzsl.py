@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zsc.errors import Cancelled
 from zsc.evaluation import gzsl_metrics
 from zsc.features import FeatureSet
 
@@ -35,7 +36,6 @@ from .common import (
     ConfigMixin,
     EpochHook,
     StopHook,
-    TrainingCancelled,
     clone_state_dict,
     generate,
     holdout_split,
@@ -236,7 +236,7 @@ def fit_gzsl_classifier(
         total = torch.zeros((), device=device)
         for i in range(steps):
             if should_stop is not None and should_stop():
-                raise TrainingCancelled(epoch)
+                raise Cancelled(f"training cancelled during epoch {epoch}")
             idx = order[i * b : (i + 1) * b]
             logits = model(x[idx])
             if adjustment is not None:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zsc.errors import Cancelled
 from zsc.features import FeatureSet
 from zsc.models.prompt_learner import PromptLearner, text_tower
 
@@ -42,7 +43,6 @@ from .common import (
     EpochHook,
     GeneratorTrainResult,
     StopHook,
-    TrainingCancelled,
     clone_state_dict,
     init_weights,
     seeded_init,
@@ -229,7 +229,7 @@ def train_ship_vae(
     Returns the trained :class:`ShipVAE` as ``generator`` (use it with :func:`synthesize`), a deep copy of its
     state dict and per-epoch mean losses; ``text_dim`` is the feature dimension (it conditions on names, not text
     features). Runs on the text tower's device. Raises ValueError (one line) on bad input and
-    :class:`TrainingCancelled` when ``should_stop()`` turns True.
+    :class:`Cancelled` when ``should_stop()`` turns True.
     """
     config.check()
     data.validate()
@@ -265,7 +265,7 @@ def train_ship_vae(
         totals = torch.zeros(4, device=device)
         for s in range(steps):
             if should_stop is not None and should_stop():
-                raise TrainingCancelled(epoch)
+                raise Cancelled(f"training cancelled during epoch {epoch}")
             idx = order[s * b : (s + 1) * b]
             x = bank.draw(idx, rng)
             eps = torch.randn(idx.numel(), config.latent_dim, device=device, generator=rng)
@@ -316,7 +316,7 @@ def synthesize(
     try:
         for start in range(0, rows.numel(), batch_size):
             if should_stop is not None and should_stop():
-                raise TrainingCancelled()
+                raise Cancelled("training cancelled")
             r = rows[start : start + batch_size]
             z = torch.randn(r.numel(), model.latent_dim, device=device, generator=rng)
             out[start : start + r.numel()] = model.decode(z, names, r)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from zsc.errors import Cancelled
 from zsc.evaluation import gzsl_metrics
 from zsc.features import FeatureSet
 
@@ -23,7 +24,6 @@ from .common import (
     GeneratorTrainResult,
     HoldoutSplit,
     StopHook,
-    TrainingCancelled,
     TrainingData,
     clone_state_dict,
     generate,
@@ -67,7 +67,7 @@ def _run_epochs(
         total = torch.zeros(len(trainer.loss_names), device=device)
         for s in range(steps):
             if progress.should_stop is not None and progress.should_stop():
-                raise TrainingCancelled(progress.done + 1)
+                raise Cancelled(f"training cancelled during epoch {progress.done + 1}")
             noise = torch.randn(trainer.noise_draws, b, trainer.noise_dim, device=device, generator=rng)
             alpha = torch.rand(k, b, 1, device=device, generator=rng)
             losses = trainer.step(index[s], noise, alpha, s // per_pass)

@@ -33,10 +33,9 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
 from torch import nn
 
+from zsc.errors import Cancelled
 from zsc.limits import MAX_LR, MAX_WEIGHT_DECAY, check_bounded
 from zsc.models.prompt_learner import DEFAULT_CTX_INIT, PromptLearner, text_tower
-
-from .recover import RecoveryCancelled
 
 __all__ = ["AlignResult", "FlptConfig", "FlptModel", "align_features"]
 
@@ -188,7 +187,7 @@ def align_features(
         base_names: the classes of the cross-entropy; novel_names: classes that only get aligned text features.
         config: settings; FlptConfig() when None.
         on_step: on_step(step, total, loss) every ``log_every`` steps and at the last one.
-        should_stop: polled before every step; RecoveryCancelled is raised when it returns True.
+        should_stop: polled before every step; Cancelled is raised when it returns True.
 
     Raises ValueError (one line) on bad input. Deterministic for a given seed on a given device.
     """
@@ -215,7 +214,7 @@ def align_features(
         order = torch.randperm(count, generator=gen).to(device) if cfg.shuffle else torch.arange(count, device=device)
         for batch in order.split(cfg.batch_size):
             if should_stop is not None and should_stop():
-                raise RecoveryCancelled(f"alignment cancelled after {step} of {total} steps")
+                raise Cancelled(f"alignment cancelled after {step} of {total} steps")
             text = model.text_features(base_names)  # only base classes enter the loss, so only they are encoded
             x = F.normalize(model.align(x_all[batch]), dim=-1)
             loss = F.cross_entropy(scale * x @ text.T, y_all[batch])

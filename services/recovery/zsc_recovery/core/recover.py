@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from zsc.errors import Cancelled
 from zsc.limits import MAX_LR, MAX_WEIGHT_DECAY, check_bounded
 
 from .vmf import SAMPLERS, mean_resultant_length, sample_vmf
@@ -28,7 +29,6 @@ __all__ = [
     "CosineTeacher",
     "LinearTeacher",
     "Preset",
-    "RecoveryCancelled",
     "RecoveryConfig",
     "RecoveryResult",
     "Teacher",
@@ -54,10 +54,6 @@ class Teacher(Protocol):
     """A black-box classifier: features [N, D] -> logits [N, S]. Only its logits are used."""
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor: ...
-
-
-class RecoveryCancelled(RuntimeError):
-    """Raised when `should_stop()` returned True during recovery."""
 
 
 def _check_weight(weight: torch.Tensor, name: str = "teacher weight") -> None:
@@ -456,7 +452,7 @@ class VmfRecovery:
         """Run `epochs` steps, select the best held-out state, and draw the final features.
 
         on_step(step, total, loss) is called every `log_every` steps and at the last one; should_stop() is polled
-        before every step and raises RecoveryCancelled when it returns True.
+        before every step and raises Cancelled when it returns True.
         """
         cfg = self.config
         total = cfg.epochs
@@ -464,7 +460,7 @@ class VmfRecovery:
         losses = torch.empty(total, dtype=self.dtype, device=self.device)
         for i in range(total):
             if should_stop is not None and should_stop():
-                raise RecoveryCancelled(f"recovery cancelled after {i} of {total} steps")
+                raise Cancelled(f"recovery cancelled after {i} of {total} steps")
             losses[i] = self.step()
             done = i + 1
             if done % cfg.eval_every == 0 or done == total:
@@ -501,6 +497,6 @@ def recover(
 ) -> RecoveryResult:
     """Recover vMF class means from a black-box teacher and draw virtual base features (DFZSL step 1).
 
-    Raises ValueError on bad input (one line) and RecoveryCancelled when should_stop() returns True.
+    Raises ValueError on bad input (one line) and Cancelled when should_stop() returns True.
     """
     return VmfRecovery(teacher, text_features, config, init).fit(on_step=on_step, should_stop=should_stop)
