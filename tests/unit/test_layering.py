@@ -3,6 +3,7 @@
 - a core (``zsc_<service>.core``) reaches neither grpc, nor MLflow, nor protobuf, nor zsc's runtime, nor a
   service module, however deep the chain of zsc imports: cores are pure PyTorch, usable without a server;
 - the library (``zsc``) never imports a service (the server loads servicers by name, at run time);
+- a service never imports another service (each one deploys alone; what two share lives in ``zsc``);
 - no module imports itself through others (an import cycle), counting imports inside functions and under
   ``TYPE_CHECKING``: a deferred import hides a cycle, it does not remove it.
 """
@@ -26,8 +27,8 @@ CORE_FORBIDDEN = ("grpc", "grpc_health", "grpc_reflection", "mlflow", "google.pr
 # Breaks still open (issue #17 item 9). Each test fails once its break is gone too, so the list only shrinks.
 KNOWN_CORE_BREAKS = {"zsc_classification.core.downstream": "zsc_classification.mlflow_model"}
 KNOWN_LIBRARY_BREAKS = {"zsc.cli.synthesize": ["zsc_synthesis.core.writer"]}  # client-side sharding
+KNOWN_SERVICE_BREAKS: dict[str, list[str]] = {}
 KNOWN_CYCLES = [
-    ["zsc.cli.main", "zsc.cli.reproduce"],
     [
         "zsc_classification.downstream_servicer",
         "zsc_classification.features_servicer",
@@ -117,6 +118,7 @@ def test_the_walk_sees_the_layout() -> None:
     assert len(_cores()) >= 20
     assert set(SERVICES) == {"zsc_synthesis", "zsc_recovery", "zsc_generative", "zsc_classification"}
     assert "zsc.errors" in graph()["zsc_generative.core.common"] | graph()["zsc.registry"]
+    assert _service_of("zsc_recovery.core") == "zsc_recovery" and _service_of("zsc.registry") is None
 
 
 @pytest.mark.parametrize("core", _cores())
@@ -138,6 +140,20 @@ def test_the_library_imports_no_service() -> None:
         if name.startswith("zsc.") or name == "zsc"
     }
     assert {k: v for k, v in broken.items() if v} == KNOWN_LIBRARY_BREAKS
+
+
+def _service_of(module: str) -> str | None:
+    return next((s for s in SERVICES if _matches(module, (s,))), None)
+
+
+def test_a_service_imports_no_other_service() -> None:
+    # each service deploys alone (its own image and process): what two services share belongs in zsc
+    crossing = {
+        name: sorted(t for t in targets if _service_of(t) not in (None, _service_of(name)))
+        for name, targets in graph().items()
+        if _service_of(name) is not None
+    }
+    assert {k: v for k, v in crossing.items() if v} == KNOWN_SERVICE_BREAKS
 
 
 def _cycles() -> list[list[str]]:

@@ -16,10 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from zsc import recipes
+from zsc.cli import app
 from zsc.cli.common import CommandError
 
 EXPERIMENT = "zsc-recipes"
-# Which service a recipe command talks to; commands not listed need none (fit-teacher, data ...).
+# Which service a recipe command talks to; commands not listed need none (data ...).
 SERVICE_OF = {
     "extract-features": "classification",
     "zeroshot": "classification",
@@ -27,6 +28,7 @@ SERVICE_OF = {
     "evaluate": "classification",
     "recover": "recovery",
     "align": "recovery",
+    "fit-teacher": "recovery",
     "train-generator": "generative",
     "generate-features": "generative",
     "train-gzsl": "generative",
@@ -108,13 +110,12 @@ def services(names: set[str], profile: str, roots: list[Path]) -> Iterator[None]
 
 
 def execute(argv: list[str]) -> str:
-    """Run one zsc command in this process; its stdout is returned, a failure is one line naming the command."""
-    from zsc.cli.main import main
-
+    """Run one zsc command (a step: any command but a recipe) in this process; its stdout is returned, a failure is
+    one line naming the command."""
     out, err = io.StringIO(), io.StringIO()
     t = time.perf_counter()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
+        code = app.run(app.STEP_COMMANDS, argv)
     if code != 0:
         last = (err.getvalue().strip().splitlines() or ["(no message)"])[-1]
         raise CommandError(f"`zsc {argv[0]}` failed: {last.removeprefix('zsc: ')}")
