@@ -1,5 +1,9 @@
-"""The MLflow model registry the way zsc uses it: model URIs, pyfunc models logged without global MLflow state,
-metric-gated promotion with an alias history, and a side-by-side review of a model's versions.
+"""The MLflow model registry the way zsc uses it, for every service and the CLI: one registered-name rule
+(``check_model_name``), one resolver of model URIs (``resolve`` -> ``ResolvedModel``, see ``URI_FORMS``), one
+mapping of MLflow's errors (``mlflow_errors``), the model's files (``fetch``, ``download``, ``load_files``), a folder
+or a pyfunc model registered as a version (``register_folder``, ``log_pyfunc_model``), the one format of real-test
+results on a version (``real_test_tags``), metric-gated promotion with an alias history, and a side-by-side review
+of a model's versions.
 
 No function here calls ``mlflow.set_tracking_uri`` or uses the fluent run API. Logging goes through the explicit
 ``MlflowClient`` of ``zsc.tracking``: the model is saved to a temporary folder with ``mlflow.pyfunc.save_model``
@@ -23,12 +27,14 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from zsc import tracking
 from zsc.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -36,6 +42,8 @@ from zsc.errors import FailedPrecondition, InvalidArgument, NotFound
 ALIAS_HISTORY_TAG = "zsc.alias_history"
 MAX_HISTORY_CHARS = 90_000  # MLflow allows 100k per registered-model tag; the oldest entries go first
 REAL_TEST_PREFIX = "real_test."
+# What real_test_tags records of an evaluation besides its scores (and the run id), in the review's order.
+REAL_TEST_CONTEXT = ("n_images", "dataset", "hash", "time")
 FILES_MD5_TAG = "zsc.files.md5"  # the DVC hash of the folder `--model-out` exported the version into
 EVAL_PLOTS = ("per_class_accuracy.png", "confusion_matrix.png")
 # The params a reviewer compares first; others stay in MLflow.
@@ -59,74 +67,124 @@ LINEAGE_TAGS = (
 # MLflow's models-from-code loader publishes the model through a module global; serialize saves and loads.
 _MLFLOW_MODEL_LOCK = threading.Lock()
 _HISTORY_LOCK = threading.Lock()
+_T = TypeVar("_T")
 
 
 @contextmanager
-def mlflow_errors(what: str) -> Iterator[None]:
-    """MLflow's exceptions as zsc errors (so the RPC status and the CLI line say what is wrong)."""
+def mlflow_errors(what: str, invalid: type[Exception] = InvalidArgument) -> Iterator[None]:
+    """MLflow's exceptions as zsc errors with one line (so the RPC status and the CLI line say what is wrong).
+
+    RESOURCE_DOES_NOT_EXIST is NotFound; INVALID_PARAMETER_VALUE is ``invalid`` (InvalidArgument, except where
+    MLflow answers a lookup of something absent that way: an unknown alias is NotFound); anything else propagates
+    (INTERNAL)."""
     from mlflow.exceptions import MlflowException
 
     try:
         yield
     except MlflowException as err:
-        message = f"{what}: {str(err).splitlines()[0] if str(err) else err.error_code}"
+        text = str(err).strip()
+        message = f"{what}: {text.splitlines()[0] if text else err.error_code}"
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise NotFound(message) from err
         if err.error_code == "INVALID_PARAMETER_VALUE":
-            raise InvalidArgument(message) from err
+            raise invalid(message) from err
         raise
 
 
+# --- registered-model names ----------------------------------------------------------------------------------------
+# Names go into MLflow search filters unquoted, so they are restricted to characters that need no quoting.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}"
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it is a valid registered-model name, else InvalidArgument (the one rule for every service)."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise InvalidArgument(
+            f"registered model name {name[:80]!r} must be 1-200 letters, digits, '_', '.' or '-', starting with a "
+            "letter or digit"
+        )
+    return name
+
+
 # --- model URIs ----------------------------------------------------------------------------------------------------
-URI_FORMS = "models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>"
-_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[A-Za-z0-9_-]+)$")
-_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>[0-9]+)$")
-_RUN_URI = re.compile(r"^runs:/(?P<run>[A-Za-z0-9_-]+)/(?P<path>[A-Za-z0-9_.][A-Za-z0-9_./-]*)$")
+URI_FORMS = "models:/<name>@<alias>, models:/<name>/<version>, models:/<name>/latest or runs:/<run_id>/<path>"
+_ALIAS_URI = re.compile(rf"^models:/(?P<name>{NAME_PATTERN})@(?P<alias>[A-Za-z0-9_-]{{1,255}})$")
+_VERSION_URI = re.compile(rf"^models:/(?P<name>{NAME_PATTERN})/(?P<version>[0-9]{{1,9}}|latest)$")
+_RUN_URI = re.compile(r"^runs:/(?P<run>[A-Za-z0-9][A-Za-z0-9_-]{0,63})/(?P<path>[A-Za-z0-9_.][A-Za-z0-9_./-]{0,499})$")
 
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """What a model URI points at now (an alias resolves at call time)."""
+    """What a model URI points at now (an alias or ``latest`` resolves at call time)."""
 
     uri: str
     name: str  # registered model name; "" for a run's model that no version points at
     version: str
     run_id: str
     storage_uri: str  # where the model's files are (file://, s3://, ...)
+    run_path: str = ""  # the artifact path inside ``run_id`` for a runs:/ URI ("" otherwise)
 
     @property
     def key(self) -> str:
         """A stable identity for caches: the version, or the files of a run's model."""
         return f"models:/{self.name}/{self.version}" if self.version else self.storage_uri
 
+    @property
+    def model_uri(self) -> str:
+        """The version it resolved to (what lineage records), or the URI itself for a run's unregistered model."""
+        return f"models:/{self.name}/{self.version}" if self.version else self.uri
+
+    @property
+    def artifact_uri(self) -> str:
+        """Where its files are, as a runs:/ URI when the request named one, else the storage location."""
+        return f"runs:/{self.run_id}/{self.run_path}" if self.run_path else self.storage_uri
+
 
 def resolve(uri: str, client: Any = None) -> ResolvedModel:
-    """Resolve ``models:/name@alias``, ``models:/name/3`` or ``runs:/<id>/model``; NotFound if it does not exist.
+    """Resolve a model URI (one of ``URI_FORMS``); InvalidArgument if malformed, NotFound if it names nothing.
 
     Resolution goes through zsc's client only: MLflow's own ``models:/`` artifact repository looks names up through
     a default client (the global tracking URI), so zsc hands MLflow nothing but the storage location."""
-    from mlflow.exceptions import MlflowException
-
     client = client or tracking.client()
     uri = uri.strip()
     if m := _ALIAS_URI.match(uri):
-        try:
+        # MLflow answers an unknown model with RESOURCE_DOES_NOT_EXIST, an unknown alias with INVALID_PARAMETER.
+        with mlflow_errors(f"model {uri!r} not found", invalid=NotFound):
             mv = client.get_model_version_by_alias(m["name"], m["alias"])
-        except MlflowException as err:
-            # MLflow answers an unknown model with RESOURCE_DOES_NOT_EXIST, an unknown alias with INVALID_PARAMETER.
-            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                raise NotFound(f"model {uri!r} not found: {str(err).splitlines()[0]}") from err
-            raise
     elif m := _VERSION_URI.match(uri):
-        with mlflow_errors(f"model {uri!r} not found"):
-            mv = client.get_model_version(m["name"], m["version"])
+        mv = _model_version(uri, m["name"], m["version"], client)
     elif m := _RUN_URI.match(uri):
-        return _resolve_run_model(uri, m["run"], m["path"].strip("/"), client)
+        path = m["path"].strip("/")
+        if ".." in path.split("/"):
+            raise InvalidArgument(f"model URI {uri!r} may not contain '..'")
+        return _resolve_run_model(uri, m["run"], path, client)
     else:
-        raise InvalidArgument(f"model URI {uri!r} is not one of {URI_FORMS}")
-    with mlflow_errors(f"model {uri!r} not found"):
-        storage = client.get_model_version_download_uri(mv.name, str(mv.version))
+        raise InvalidArgument(f"model URI {uri[:200]!r} is not one of {URI_FORMS}")
+    source = mv.source or ""
+    if source.startswith("runs:/"):  # registered elsewhere from a runs:/ URI: its files are the run's
+        run_id, _, path = source.removeprefix("runs:/").partition("/")
+        storage = _run_artifacts(uri, run_id, client) + "/" + path.strip("/")
+    else:
+        with mlflow_errors(f"model {uri!r} not found"):
+            storage = client.get_model_version_download_uri(mv.name, str(mv.version))
     return ResolvedModel(uri, mv.name, str(mv.version), mv.run_id or "", storage)
+
+
+def _model_version(uri: str, name: str, version: str, client: Any) -> Any:
+    """Version ``version`` of ``name``; ``latest`` is its highest version number."""
+    with mlflow_errors(f"model {uri!r} not found"):
+        if version != "latest":
+            return client.get_model_version(name, version)
+        client.get_registered_model(name)  # NotFound names the model rather than "no versions"
+        versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise NotFound(f"model {uri!r} not found: {name!r} has no versions")
+    return max(versions, key=lambda v: int(v.version))
+
+
+def _run_artifacts(uri: str, run_id: str, client: Any) -> str:
+    with mlflow_errors(f"run of {uri!r} not found"):
+        return str(client.get_run(run_id).info.artifact_uri).rstrip("/")
 
 
 def _resolve_run_model(uri: str, run_id: str, path: str, client: Any) -> ResolvedModel:
@@ -134,6 +192,7 @@ def _resolve_run_model(uri: str, run_id: str, path: str, client: Any) -> Resolve
     with mlflow_errors(f"run of {uri!r} not found"):
         run = client.get_run(run_id)
     storage = f"{run.info.artifact_uri.rstrip('/')}/{path}"
+    logged_id = None
     page_token = None
     while True:
         page = client.search_logged_models(
@@ -141,29 +200,60 @@ def _resolve_run_model(uri: str, run_id: str, path: str, client: Any) -> Resolve
         )
         found = next((lm for lm in page if lm.source_run_id == run_id), None)
         if found is not None:
-            storage = found.artifact_location
+            storage, logged_id = found.artifact_location, found.model_id
             break
         if not page.token:
             break
         page_token = page.token
-    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    # Name the registered version holding these files, if exactly one does (for lineage).
+    versions = [
+        mv
+        for mv in client.search_model_versions(f"run_id = '{run_id}'")
+        if (logged_id and getattr(mv, "model_id", None) == logged_id)
+        or (mv.source or "").rstrip("/") in (storage.rstrip("/"), f"runs:/{run_id}/{path}")
+        or (mv.source or "").rstrip("/").endswith(f"/{path}")
+    ]
     name, version = (versions[0].name, str(versions[0].version)) if len(versions) == 1 else ("", "")
-    return ResolvedModel(uri, name, version, run_id, storage)
+    return ResolvedModel(uri, name, version, run_id, storage, run_path=path)
+
+
+def fetch(model: ResolvedModel, dst: Path) -> Path:
+    """The local folder of the model's files: read in place from a local artifact store, else downloaded into
+    ``dst``. NotFound when its files are gone."""
+    parsed = urlparse(model.storage_uri)
+    if parsed.scheme in ("", "file"):  # the embedded store: no copy needed
+        path = Path(url2pathname(parsed.path) if parsed.scheme else model.storage_uri)
+    else:
+        path = _download(model, dst)
+    if not path.is_dir():
+        raise NotFound(f"model {model.uri!r} has no model folder at {model.storage_uri}")
+    return path
 
 
 def download(model: ResolvedModel, dst: Path) -> Path:
-    """Download the model's files into ``dst``; returns the local model directory."""
+    """A copy of the MLflow model's files in ``dst``; returns the local model directory (NotFound without an
+    MLmodel file)."""
+    path = _download(model, dst)
+    if not (path / "MLmodel").is_file():
+        raise NotFound(f"{model.uri!r} is not an MLflow model (no MLmodel file)")
+    return path
+
+
+def _download(model: ResolvedModel, dst: Path) -> Path:
     import mlflow.artifacts
 
     try:
         with mlflow_errors(f"model {model.uri!r} not found"):
-            local = mlflow.artifacts.download_artifacts(artifact_uri=model.storage_uri, dst_path=str(dst))
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=model.storage_uri, dst_path=str(dst)))
     except OSError as err:
         raise NotFound(f"model {model.uri!r} has no files at {model.storage_uri}") from err
-    path = Path(local)
-    if not (path / "MLmodel").is_file():
-        raise NotFound(f"{model.uri!r} is not an MLflow model (no MLmodel file)")
-    return path
+
+
+def load_files(model: ResolvedModel, read: Callable[[Path], _T]) -> _T:
+    """``read(folder)`` on the model's files (see ``fetch``); a downloaded copy is removed afterwards, so ``read``
+    must load what it needs into memory."""
+    with tempfile.TemporaryDirectory(prefix="zsc-model-") as tmp:
+        return read(fetch(model, Path(tmp)))
 
 
 def model_artifacts(local_dir: Path) -> dict[str, Path]:
@@ -212,15 +302,19 @@ def log_pyfunc_model(
     model_type: str = "",
     signature: Any = None,
     input_example: Any = None,
-) -> Any:
+    code_paths: list[str] | None = None,
+) -> RegisteredVersion:
     """Log a models-from-code pyfunc model to ``run`` (as an MLflow 3 logged model) and register it.
 
-    Returns the new ModelVersion. Equivalent to ``mlflow.pyfunc.log_model(python_model=code_path,
+    ``code_paths``: files the code file imports, stored in the model's ``code/`` folder (MLflow puts it on the path).
+
+    Returns the new version. Equivalent to ``mlflow.pyfunc.log_model(python_model=code_path,
     artifacts=..., registered_model_name=...)``, but through an explicit client (see the module docstring)."""
     import mlflow.pyfunc
     from mlflow.entities import LoggedModelOutput
     from mlflow.models import Model
 
+    check_model_name(registered_model_name)
     client = run.client
     experiment_id = client.get_run(run.id).info.experiment_id
     logged = client.create_logged_model(
@@ -245,6 +339,7 @@ def log_pyfunc_model(
                     mlflow_model=meta,
                     signature=signature,
                     input_example=input_example,
+                    code_paths=code_paths,
                 )
             for cache in list(local.rglob("__pycache__")):  # save_model imports the code file; keep it clean
                 shutil.rmtree(cache, ignore_errors=True)
@@ -253,20 +348,47 @@ def log_pyfunc_model(
         client.finalize_logged_model(logged.model_id, "FAILED")  # never leave it PENDING
         raise
     client.finalize_logged_model(logged.model_id, "READY")
-    _ensure_registered_model(client, registered_model_name)
-    with mlflow_errors(f"cannot register {registered_model_name!r}"):
-        # The storage location, not "models:/<model_id>": MLflow's SQL registry resolves the latter through a
-        # default MlflowClient(), i.e. the global tracking URI, which zsc never sets.
-        return client.create_model_version(
-            registered_model_name,
-            source=logged.artifact_location,
-            run_id=run.id,
-            tags=tags,
-            model_id=logged.model_id,
-        )
+    # The storage location, not "models:/<model_id>": MLflow's SQL registry resolves the latter through a default
+    # MlflowClient(), i.e. the global tracking URI, which zsc never sets.
+    return _create_version(client, registered_model_name, logged.artifact_location, run.id, name, tags, logged.model_id)
 
 
-def _ensure_registered_model(client: Any, name: str) -> None:
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A model version just registered."""
+
+    name: str
+    version: str
+    run_id: str
+    artifact_path: str  # its files inside the run (a folder, or an MLflow 3 logged model's name)
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    @property
+    def artifact_uri(self) -> str:
+        return f"runs:/{self.run_id}/{self.artifact_path}"
+
+
+def register_folder(
+    run: tracking.Run, folder: Path, artifact_path: str, name: str, tags: dict[str, str]
+) -> RegisteredVersion:
+    """Log ``folder``'s files under ``artifact_path`` of ``run`` and register them as a new version of ``name``."""
+    check_model_name(name)
+    client = run.client
+    with mlflow_errors(f"cannot log the files of {name!r}"):
+        client.log_artifacts(run.id, str(folder), artifact_path)
+    # The storage location, not runs:/...: MLflow resolves runs:/ sources through its global tracking URI, which
+    # zsc never sets.
+    source = f"{run.artifact_uri.rstrip('/')}/{artifact_path}"
+    return _create_version(client, name, source, run.id, artifact_path, tags)
+
+
+def _create_version(
+    client: Any, name: str, source: str, run_id: str, artifact_path: str, tags: dict[str, str], model_id: str = ""
+) -> RegisteredVersion:
+    """Register ``source`` as a new version of ``name`` (creating the registered model on first use)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -274,6 +396,9 @@ def _ensure_registered_model(client: Any, name: str) -> None:
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise InvalidArgument(f"cannot create registered model {name!r}: {str(err).splitlines()[0]}") from err
+    with mlflow_errors(f"cannot register {name!r}"):
+        mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags, model_id=model_id or None)
+    return RegisteredVersion(mv.name, str(mv.version), run_id, artifact_path)
 
 
 def tag_version(name: str, version: str, tags: dict[str, Any], client: Any = None) -> None:
@@ -281,6 +406,36 @@ def tag_version(name: str, version: str, tags: dict[str, Any], client: Any = Non
     with mlflow_errors(f"model {name!r} version {version} not found"):
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, str(value))
+
+
+def real_test_tags(
+    metrics: Mapping[str, float],
+    *,
+    run_id: str,
+    dataset: str,
+    n_images: int,
+    data_hash: str = "",
+    now: float | None = None,
+) -> dict[str, str]:
+    """The ``real_test.*`` tags of a model version evaluated once on real test data: the one format every service
+    writes and the review and the promotion gates read.
+
+    Every score at full float precision, then the evaluation's context (``REAL_TEST_CONTEXT``): the images scored,
+    the dataset and its hash, when, and the evaluation run (whose plots the review embeds)."""
+    clash = sorted({"run_id", *REAL_TEST_CONTEXT} & set(metrics))
+    if clash:
+        raise ValueError(f"metric names {clash} are real_test context fields")
+    tags = {f"{REAL_TEST_PREFIX}{k}": repr(float(v)) for k, v in metrics.items()}
+    when = datetime.fromtimestamp(now if now is not None else time.time(), timezone.utc)
+    context = {
+        "n_images": str(int(n_images)),
+        "dataset": dataset,
+        "hash": data_hash,
+        "time": when.isoformat(timespec="seconds"),
+        "run_id": run_id,
+    }
+    tags.update({f"{REAL_TEST_PREFIX}{k}": v for k, v in context.items() if v})
+    return tags
 
 
 def version_with_files(files_md5: str, where: str, client: Any = None) -> str:
@@ -480,10 +635,11 @@ def summarize_versions(name: str, client: Any = None, with_plots: bool = False) 
 
 
 def _real_test_order(item: tuple[str, str]) -> tuple[int, str]:
-    """top1 first, then the other scores, then where and when they were measured."""
-    order = ("top1", "macro_accuracy", "n_images", "dataset", "time")
+    """top1 first, then the other scores, then what, where and when they were measured."""
     key = item[0].removeprefix(REAL_TEST_PREFIX)
-    return (order.index(key) if key in order else len(order), key)
+    if key in REAL_TEST_CONTEXT:
+        return (3 + REAL_TEST_CONTEXT.index(key), key)
+    return ({"top1": 0, "macro_accuracy": 1}.get(key, 2), key)
 
 
 def _eval_plots(client: Any, run_id: str) -> dict[str, bytes]:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from conftest import start_server
 from PIL import Image
 
-from zsc import tracking
+from zsc import registry, tracking
 from zsc.classification.v1 import features_pb2 as fpb
 from zsc.classification.v1 import features_pb2_grpc as fpb_grpc
 from zsc.evaluation import gzsl_metrics
@@ -133,7 +133,7 @@ def test_evaluate_applies_the_alignment_and_skipping_it_changes_s_u_h(stub, chan
 
     # Skipping the alignment: the same classifier scored on the raw test features (through its core, since the
     # service refuses it). Measured: aligned S 0.83 U 0.96 H 0.89; raw S 0.51 U 0.31 H 0.39.
-    with_files = models.read_classifier(models.fetch(models.resolve(aligned), Path()), aligned)
+    with_files = models.read_classifier(registry.fetch(registry.resolve(aligned), Path()), aligned)
     test = FeatureSet.load(files["test"])
     raw = gzsl_metrics(test.labels, with_files.model.scores(test.features, 0.0).argmax(1), SEEN, UNSEEN)
     assert applied.gzsl.harmonic > 0.8, applied.gzsl

@@ -35,7 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from safetensors.torch import load_file
 
-from zsc import codec, tracking
+from zsc import codec, registry, tracking
 from zsc.classification.v1 import classification_pb2 as cls_pb
 from zsc.classification.v1 import classification_pb2_grpc as cls_grpc
 from zsc.classification.v1 import downstream_pb2 as ds_pb
@@ -219,7 +219,7 @@ def test_generative_sigkill_registers_nothing_and_a_rerun_equals_the_core(root: 
     assert [str(v.version) for v in client.search_model_versions(f"name = '{name}'")] == ["1"]
     assert client.get_run(op.metadata.mlflow_run_id).info.status == "FINISHED"
     folder = Path(tmp_path / "download")
-    local = models.fetch(models.resolve(result.model.model_uri), folder)
+    local = registry.fetch(registry.resolve(result.model.model_uri), folder)
     stored = load_file(local / models.WEIGHTS_FILE)
     kind = models.KINDS["clswgan"]
     config = kind.config_cls(seed=4, epochs=60, hidden_dim=32, noise_dim=8, lr=1e-3, batch_size=16, cls_epochs=2)

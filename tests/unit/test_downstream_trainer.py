@@ -335,34 +335,6 @@ def test_packaged_files_rebuild_the_same_model(tmp_path: Path) -> None:
     assert "pickle" not in json.dumps(config) and not list((tmp_path / "files").glob("*.pkl"))
 
 
-def test_model_cache_is_a_bounded_lru_that_loads_each_version_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from zsc import registry
-    from zsc_classification.downstream_servicer import ModelCache
-
-    loads: list[str] = []
-
-    def fake_load(self: ModelCache, model: registry.ResolvedModel) -> object:
-        time.sleep(0.05)  # long enough for concurrent callers to overlap
-        loads.append(model.key)
-        return SimpleNamespace(class_names=["a"])
-
-    monkeypatch.setattr(ModelCache, "_load", fake_load)
-    cache = ModelCache(capacity=2)
-    models = [registry.ResolvedModel(f"models:/m/{v}", "m", str(v), "", "file:///x") for v in (1, 2, 3)]
-    threads = [threading.Thread(target=cache.get, args=(models[0],)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert loads == ["models:/m/1"]
-    cache.get(models[1])
-    cache.get(models[0])  # refreshes v1, so v2 is the least recently used
-    cache.get(models[2])
-    assert cache.keys() == ["models:/m/1", "models:/m/3"] and len(loads) == 3
-    cache.get(models[1])
-    assert len(loads) == 4 and len(cache) == 2
-
-
 def test_lite0_starts_from_the_lite_package_imagenet_weights_offline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@ or global MLflow state, URI resolution, metric-gated promotion with its history,
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -88,9 +89,82 @@ def test_resolve_errors() -> None:
         registry.resolve("models:/no-such-model@champion")
     with pytest.raises(NotFound):
         registry.resolve("runs:/0123456789abcdef0123456789abcdef/model")
-    for bad in ("", "s3://bucket/model", "models:/", "models:/x/latest", "runs:/abc"):
+    with pytest.raises(NotFound):
+        registry.resolve("models:/no-such-model/latest")
+    for bad in ("", "s3://bucket/model", "models:/", "models:/x/one", "runs:/abc", "models:/a b/1", "models:/-x/1"):
         with pytest.raises(InvalidArgument, match="models:/<name>@<alias>"):
             registry.resolve(bad)
+    with pytest.raises(InvalidArgument, match=r"may not contain '\.\.'"):
+        registry.resolve("runs:/abc/model/../../etc")
+
+
+def test_one_registered_name_rule() -> None:
+    for good in ("zsc-downstream-resnet18", "a", "A.b_c-1", "x" * 200):
+        assert registry.check_model_name(good) == good
+    for bad in ("", "a b", "a/b", "a@b", "a:b", " a", "-a", ".a", "x" * 201, "a\n", "é"):
+        with pytest.raises(InvalidArgument, match="registered model name"):
+            registry.check_model_name(bad)
+
+
+def test_real_test_tags_are_one_format_that_the_review_orders() -> None:
+    tags = registry.real_test_tags(
+        {"H": 0.1234567891, "top1": 1 / 3, "macro_accuracy": 0.5},
+        run_id="r1",
+        dataset="/data/test",
+        n_images=12,
+        data_hash="sha256:ab",
+        now=1_700_000_000,
+    )
+    assert tags == {
+        "real_test.H": "0.1234567891",
+        "real_test.top1": repr(1 / 3),  # full precision: a gate compares the exact score
+        "real_test.macro_accuracy": "0.5",
+        "real_test.n_images": "12",
+        "real_test.dataset": "/data/test",
+        "real_test.hash": "sha256:ab",
+        "real_test.time": "2023-11-14T22:13:20+00:00",
+        "real_test.run_id": "r1",
+    }
+    assert "real_test.hash" not in registry.real_test_tags({"top1": 1.0}, run_id="r", dataset="d", n_images=1)
+    with pytest.raises(ValueError, match="context fields"):
+        registry.real_test_tags({"dataset": 1.0}, run_id="r", dataset="d", n_images=1)
+    order = [k.removeprefix("real_test.") for k, _ in sorted(tags.items(), key=registry._real_test_order)]
+    assert [k for k in order if k != "run_id"] == ["top1", "macro_accuracy", "H", "n_images", "dataset", "hash", "time"]
+
+
+def test_register_a_folder_and_resolve_every_uri_form(tmp_path: Path) -> None:
+    name = f"folder-{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"format": "test"}')
+    versions = []
+    for i in range(2):
+        with tracking.run("zsc-registry-test", f"train-{i}") as run:
+            versions.append(registry.register_folder(run, folder, "generator", name, {"zsc.seed": str(i)}))
+    assert [v.version for v in versions] == ["1", "2"] and versions[0].model_uri == f"models:/{name}/1"
+    registry.promote(name, "1", "champion")
+    first = versions[0]
+    expected = {
+        f"models:/{name}/1": "1",
+        f"models:/{name}/latest": "2",
+        f"models:/{name}@champion": "1",
+        first.artifact_uri: "1",  # runs:/<id>/generator names the version holding those files
+        f"{first.artifact_uri}/": "1",
+    }
+    for uri, version in expected.items():
+        resolved = registry.resolve(uri)
+        assert (resolved.name, resolved.version, resolved.uri) == (name, version, uri.strip()), uri
+        assert resolved.model_uri == f"models:/{name}/{version}"
+        assert json.loads((registry.fetch(resolved, tmp_path / "dl") / "config.json").read_text()) == {"format": "test"}
+    by_run = registry.resolve(first.artifact_uri)
+    assert by_run.artifact_uri == first.artifact_uri and by_run.key == f"models:/{name}/1"
+    assert registry.load_files(by_run, lambda path: sorted(p.name for p in path.iterdir())) == ["config.json"]
+    with pytest.raises(NotFound, match="no model folder"):
+        registry.fetch(registry.resolve(f"runs:/{first.run_id}/nothing-here"), tmp_path / "dl")
+    with pytest.raises(NotFound, match="is not an MLflow model"):
+        registry.download(by_run, tmp_path / uuid.uuid4().hex)
+    with tracking.run("zsc-registry-test", "bad-name") as run, pytest.raises(InvalidArgument, match="model name"):
+        registry.register_folder(run, folder, "generator", "a b", {})
 
 
 def test_promote_gates_and_alias_history(tmp_path: Path) -> None:

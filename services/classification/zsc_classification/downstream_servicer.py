@@ -11,12 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +27,7 @@ from zsc.classification.v1 import downstream_pb2_grpc as pb_grpc
 from zsc.data import ImageFolder, resolve_uri
 from zsc.errors import FailedPrecondition, InvalidArgument
 from zsc.lineage import MD5_TAG, dvc_md5
+from zsc.model_cache import ModelCache
 from zsc.runtime.operations import JobContext
 from zsc.runtime.server import ServiceRuntime
 from zsc_classification import mlflow_model
@@ -60,67 +58,22 @@ class LoadedModel:
         return self.classifier.class_names
 
 
-class ModelCache:
-    """A bounded LRU of loaded models; each version is downloaded and built once, even under concurrent calls."""
-
-    def __init__(self, capacity: int = DEFAULT_CACHE_SIZE, device: str = "cpu") -> None:
-        if capacity < 1:
-            raise ValueError("the model cache needs room for at least one model")
-        self.capacity, self.device = capacity, device
-        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
-        self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}
-        self.loads = 0  # how many times a model was actually loaded (tests and logs)
-
-    def __len__(self) -> int:
-        return len(self._models)
-
-    def keys(self) -> list[str]:
-        with self._lock:
-            return list(self._models)
-
-    def get(self, model: registry.ResolvedModel) -> LoadedModel:
-        key = model.key
-        with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
-            gate = self._loading.setdefault(key, threading.Lock())
-        with gate:  # one loader per key; the others wait and then find it cached
-            with self._lock:
-                if key in self._models:
-                    self._models.move_to_end(key)
-                    return self._models[key]
-            try:
-                loaded = LoadedModel(model, self._load(model))
-            finally:
-                with self._lock:
-                    self._loading.pop(key, None)
-            with self._lock:
-                self._models[key] = loaded
-                while len(self._models) > self.capacity:
-                    evicted, _ = self._models.popitem(last=False)
-                    log.info("model cache evicted %s", evicted)
-                self.loads += 1
-        return loaded
-
-    def _load(self, model: registry.ResolvedModel) -> Any:
-        start = time.perf_counter()
-        # The service's own model code reads the stored config (JSON) and weights (safetensors): no code stored with
-        # the model runs and nothing is unpickled, whatever model URI a request names. load_context reads the files
-        # into memory, so the download can go right away.
-        classifier = mlflow_model.DownstreamClassifier()
-        with tempfile.TemporaryDirectory(prefix="zsc-model-") as tmp:
-            files = registry.model_artifacts(registry.download(model, Path(tmp)))
-            try:
-                classifier.load_context(SimpleNamespace(artifacts={k: str(v) for k, v in files.items()}))
-            except Exception as err:  # wrong files, an unknown architecture, a mismatched state dict
-                raise FailedPrecondition(
-                    f"{model.uri} is not a zsc downstream classifier ({type(err).__name__})"
-                ) from err
-        classifier.to(self.device)
-        log.info("loaded %s (%s) in %.1f s", model.uri, model.key, time.perf_counter() - start)
-        return classifier
+def load_classifier(model: registry.ResolvedModel, device: str) -> Any:
+    """The downstream classifier of ``model`` on ``device`` (mlflow_model.DownstreamClassifier)."""
+    start = time.perf_counter()
+    # The service's own model code reads the stored config (JSON) and weights (safetensors): no code stored with
+    # the model runs and nothing is unpickled, whatever model URI a request names. load_context reads the files
+    # into memory, so the download can go right away.
+    classifier = mlflow_model.DownstreamClassifier()
+    with tempfile.TemporaryDirectory(prefix="zsc-model-") as tmp:
+        files = registry.model_artifacts(registry.download(model, Path(tmp)))
+        try:
+            classifier.load_context(SimpleNamespace(artifacts={k: str(v) for k, v in files.items()}))
+        except Exception as err:  # wrong files, an unknown architecture, a mismatched state dict
+            raise FailedPrecondition(f"{model.uri} is not a zsc downstream classifier ({type(err).__name__})") from err
+    classifier.to(device)
+    log.info("loaded %s (%s) in %.1f s", model.uri, model.key, time.perf_counter() - start)
+    return classifier
 
 
 def _open_folder(
@@ -136,17 +89,15 @@ def _open_folder(
         raise InvalidArgument(f"dataset {root} cannot be read: {type(err).__name__}") from err
 
 
-def _registered_name(name: str, arch: str) -> str:
-    name = name or f"zsc-downstream-{arch}"
-    if len(name) > 200 or any(c in name for c in "/@:\\\n") or name.strip() != name:
-        raise InvalidArgument(f"registered model name {name!r} must be at most 200 characters without / @ : \\")
-    return name
-
-
 class DownstreamServicer(pb_grpc.DownstreamServicer):
     def __init__(self, runtime: ServiceRuntime, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self.runtime = runtime
-        self.cache = ModelCache(cache_size, str(runtime.profile.torch_device()))
+        self.device = str(runtime.profile.torch_device())
+        # each version is downloaded and built once, even under concurrent calls
+        self.cache: ModelCache[str, LoadedModel] = ModelCache(cache_size, "downstream")
+
+    def load_model(self, model: registry.ResolvedModel) -> LoadedModel:
+        return self.cache.get(model.key, lambda: LoadedModel(model, load_classifier(model, self.device)))
 
     # --- TrainClassifier ---------------------------------------------------------------------------------------
     def TrainClassifier(self, request: pb.TrainClassifierRequest, context: grpc.ServicerContext):
@@ -173,7 +124,7 @@ class DownstreamServicer(pb_grpc.DownstreamServicer):
         ).validate()
         if config.pretrained:
             core.pretrained_weights_file(arch)  # fail now, with one line, if the weights are not cached
-        name = _registered_name(request.registered_model_name, arch)
+        name = registry.check_model_name(request.registered_model_name or f"zsc-downstream-{arch}")
         experiment = tracking.experiment_name(request.experiment, EXPERIMENT)
 
         def job(ctx: JobContext) -> pb.TrainClassifierResult:
@@ -284,7 +235,7 @@ class DownstreamServicer(pb_grpc.DownstreamServicer):
             raise InvalidArgument("limit and batch_size must be >= 0")
         model = registry.resolve(request.model_uri)
         root = resolve_uri(request.data_uri, self.runtime.data_roots)
-        loaded = self.cache.get(model)
+        loaded = self.load_model(model)
         # labels in the model's order; each of its classes read from the folder of that name (or the one mapped to it)
         folder = _open_folder(
             root,
@@ -340,19 +291,13 @@ class DownstreamServicer(pb_grpc.DownstreamServicer):
             class_names = tuple(loaded.class_names)
             log_evaluation(run, result, class_names)
             if model.version:
-                registry.tag_version(
-                    model.name,
-                    model.version,
-                    {
-                        "real_test.top1": repr(float(result.top1)),
-                        "real_test.macro_accuracy": repr(float(result.macro)),
-                        "real_test.dataset": str(folder.root),
-                        "real_test.n_images": len(result.labels),
-                        "real_test.run_id": run.id,
-                        "real_test.time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    },
-                    run.client,
+                results = registry.real_test_tags(
+                    {"top1": result.top1, "macro_accuracy": result.macro},
+                    run_id=run.id,
+                    dataset=str(folder.root),
+                    n_images=len(result.labels),
                 )
+                registry.tag_version(model.name, model.version, results, run.client)
             return pb.ModelEvaluation(
                 model_uri=model.uri,
                 registered_model_name=model.name,
@@ -377,7 +322,7 @@ class DownstreamServicer(pb_grpc.DownstreamServicer):
             raise InvalidArgument("top_k must be >= 0")
         model = registry.resolve(request.model_uri)
         images = [self.runtime.decode_image(im.data, what=f"image {i}") for i, im in enumerate(request.images)]
-        loaded = self.cache.get(model)
+        loaded = self.load_model(model)
         probs = loaded.classifier.predict_proba(images)
         names = loaded.class_names
         top = probs.topk(min(request.top_k or 5, len(names)), dim=-1)

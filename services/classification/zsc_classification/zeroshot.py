@@ -6,7 +6,6 @@ noise) into per-image records: the prediction plus method-specific details.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ from PIL import Image
 
 from zsc.classification.v1 import classification_pb2 as pb
 from zsc.errors import FailedPrecondition, InvalidArgument
+from zsc.model_cache import ModelCache
 from zsc.models.diffusion import SDComponents, create_sd_components
 from zsc.profiles import Profile
 from zsc_classification.core.clip_zeroshot import ClipZeroShot
@@ -142,17 +142,16 @@ class DiffusionModelCache:
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
-        self._classifier: DiffusionClassifier | None = None
-        self._lock = threading.Lock()
+        self._cache: ModelCache[str, DiffusionClassifier] = ModelCache(1, "diffusion classifier")
 
     def get(self) -> DiffusionClassifier:
-        with self._lock:
-            if self._classifier is None:
-                ref = self.profile.diffusion_classifier
-                if not ref:
-                    raise FailedPrecondition(f"profile {self.profile.name!r} has no diffusion classifier model")
-                parts: SDComponents = create_sd_components(
-                    ref, self.profile.torch_device(), self.profile.torch_dtype(), seed=self.profile.seed
-                )
-                self._classifier = DiffusionClassifier(parts, compile=self.profile.compile_unet or False)
-            return self._classifier
+        ref = self.profile.diffusion_classifier
+        if not ref:
+            raise FailedPrecondition(f"profile {self.profile.name!r} has no diffusion classifier model")
+        return self._cache.get(ref, lambda: self._load(ref))
+
+    def _load(self, ref: str) -> DiffusionClassifier:
+        parts: SDComponents = create_sd_components(
+            ref, self.profile.torch_device(), self.profile.torch_dtype(), seed=self.profile.seed
+        )
+        return DiffusionClassifier(parts, compile=self.profile.compile_unet or False)

@@ -1,4 +1,4 @@
-"""Generators and GZSL classifiers as MLflow artifacts: a safetensors state dict plus a JSON config, never pickle.
+"""Generators and GZSL classifiers as model folders: a safetensors state dict plus a JSON config, never pickle.
 
 A saved model is a folder:
 
@@ -12,32 +12,22 @@ service's CLIP text encoder, so its config names that CLIP (``clip``) and a fing
 loading it under another CLIP fails with FAILED_PRECONDITION. A fine-tuned model (``zsc-finetune/1``, from FineTune)
 is stored like a classifier (``classifier/``) and scores features without CLIP.
 
-The folder is logged to the training run (``generator/`` or ``classifier/``) and registered as a model version whose
-source is that storage location. A reference resolves through zsc's explicit MLflow client (never the global
-tracking URI): ``models:/<name>/<version>``, ``models:/<name>/latest``, ``models:/<name>@<alias>`` or
-``runs:/<run_id>/<path>``; one that does not exist raises :class:`~zsc.errors.NotFound`.
+This module only writes and reads the folders. Everything registry-like is ``zsc.registry``'s: the folder is logged
+to the training run (``generator/`` or ``classifier/``) and registered with ``registry.register_folder``, a model URI
+resolves with ``registry.resolve`` and its files are read with ``registry.fetch`` / ``registry.load_files``.
 """
-
 from __future__ import annotations
 
 import json
-import re
-import tempfile
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlparse
-from urllib.request import url2pathname
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from zsc import tracking
 from zsc.errors import FailedPrecondition, InvalidArgument, NotFound
 from zsc.models.clip import ClipBundle
 from zsc_generative.core import clswgan, tfvaegan
@@ -55,14 +45,8 @@ __all__ = [
     "GeneratorKind",
     "LoadedClassifier",
     "LoadedGenerator",
-    "ModelCache",
-    "ModelRef",
-    "RegisteredVersion",
-    "fetch",
     "read_classifier",
     "read_generator",
-    "register_folder",
-    "resolve",
     "write_classifier",
     "write_finetuned",
     "write_generator",
@@ -75,12 +59,6 @@ SHIP_KIND = "ship_vae"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 TEXT_FILE = "text_features.safetensors"
-REFERENCE_FORMS = "models:/<name>/<version>, models:/<name>/latest, models:/<name>@<alias> or runs:/<run_id>/<path>"
-# Registered-model names go into MLflow search filters, so they are restricted to characters that need no quoting.
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}"
-_VERSION_REF = re.compile(rf"^models:/(?P<name>{NAME_PATTERN})/(?P<version>[0-9]{{1,9}}|latest)$")
-_ALIAS_REF = re.compile(rf"^models:/(?P<name>{NAME_PATTERN})@(?P<alias>[A-Za-z0-9_\-]{{1,255}})$")
-_RUN_REF = re.compile(r"^runs:/(?P<run>[A-Za-z0-9_\-]{1,64})/(?P<path>[A-Za-z0-9_.\-/]{1,500})$")
 
 
 @dataclass(frozen=True)
@@ -337,190 +315,3 @@ def read_classifier(folder: Path, reference: str, device: torch.device | str = "
     if weights.shape != (len(class_names), feature_dim):
         raise InvalidArgument(f"{reference}: weights {tuple(weights.shape)} do not match its config")
     return LoadedClassifier(config, model.to(device).eval(), class_names, seen, feature_dim, text_dim)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# MLflow: register, resolve, fetch
-
-
-@dataclass(frozen=True)
-class RegisteredVersion:
-    """A model version just registered."""
-
-    name: str
-    version: str
-    run_id: str
-    artifact_path: str
-
-    @property
-    def model_uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
-
-    @property
-    def artifact_uri(self) -> str:
-        return f"runs:/{self.run_id}/{self.artifact_path}"
-
-
-@contextmanager
-def _mlflow_errors(what: str) -> Iterator[None]:
-    """MLflow's "does not exist" answers as NotFound (one line); anything else propagates (INTERNAL)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        yield
-    except MlflowException as err:
-        # MLflow answers an unknown alias with INVALID_PARAMETER_VALUE, an unknown model or run with
-        # RESOURCE_DOES_NOT_EXIST; both mean the reference names nothing.
-        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            detail = str(err).strip().splitlines()[0] if str(err).strip() else err.error_code
-            raise NotFound(f"{what}: {detail}") from err
-        raise
-
-
-def check_model_name(name: str) -> str:
-    if not re.fullmatch(NAME_PATTERN, name):
-        raise InvalidArgument(
-            f"registered model name {name[:80]!r} must be 1-200 letters, digits, '_', '.' or '-', starting with a "
-            "letter or digit"
-        )
-    return name
-
-
-def register_folder(
-    run: tracking.Run, folder: Path, artifact_path: str, name: str, tags: dict[str, str]
-) -> RegisteredVersion:
-    """Log ``folder``'s files under ``artifact_path`` of ``run`` and register them as a new version of ``name``."""
-    from mlflow.exceptions import MlflowException
-
-    client = run.client
-    client.log_artifacts(run.id, str(folder), artifact_path)
-    try:
-        client.create_registered_model(name)
-    except MlflowException as err:
-        if err.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    # The storage location, not runs:/...: MLflow resolves runs:/ sources through its global tracking URI,
-    # which zsc never sets.
-    mv = client.create_model_version(
-        name, source=f"{run.artifact_uri.rstrip('/')}/{artifact_path}", run_id=run.id, tags=tags
-    )
-    return RegisteredVersion(mv.name, str(mv.version), run.id, artifact_path)
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What a reference points at now (an alias or ``latest`` resolves at call time)."""
-
-    reference: str
-    name: str  # "" for a runs:/ reference that no registered version points at
-    version: str
-    run_id: str
-    run_path: str  # artifact path inside the run ("" when only a storage location is known)
-    source: str  # the registered version's storage location ("" for runs:/ references)
-
-    @property
-    def key(self) -> str:
-        """Cache identity: the same stored files give the same key."""
-        return self.source or f"runs:/{self.run_id}/{self.run_path}"
-
-    @property
-    def model_uri(self) -> str:
-        return f"models:/{self.name}/{self.version}" if self.version else self.reference
-
-
-def resolve(reference: str, client: Any = None) -> ModelRef:
-    """Resolve a model reference (see the module docstring); NotFound if it names nothing."""
-    client = client or tracking.client()
-    reference = reference.strip()
-    if not reference:
-        raise InvalidArgument(f"the model reference is empty; use {REFERENCE_FORMS}")
-    if m := _VERSION_REF.match(reference):
-        name = m["name"]
-        if m["version"] == "latest":
-            with _mlflow_errors(f"model {reference!r} not found"):
-                client.get_registered_model(name)
-                versions = client.search_model_versions(f"name = '{name}'")
-            if not versions:
-                raise NotFound(f"model {reference!r} not found: {name!r} has no versions")
-            mv = max(versions, key=lambda v: int(v.version))
-        else:
-            with _mlflow_errors(f"model {reference!r} not found"):
-                mv = client.get_model_version(name, m["version"])
-        return _from_version(reference, mv)
-    if m := _ALIAS_REF.match(reference):
-        with _mlflow_errors(f"model {reference!r} not found"):
-            mv = client.get_model_version_by_alias(m["name"], m["alias"])
-        return _from_version(reference, mv)
-    if m := _RUN_REF.match(reference):
-        run_id, path = m["run"], m["path"].strip("/")
-        if ".." in path.split("/"):
-            raise InvalidArgument(f"model reference {reference!r} may not contain '..'")
-        with _mlflow_errors(f"run of {reference!r} not found"):
-            client.get_run(run_id)
-        # Name the registered version these files belong to, if any, for lineage.
-        versions = client.search_model_versions(f"run_id = '{run_id}'")
-        match = [v for v in versions if (v.source or "").rstrip("/").endswith("/" + path)]
-        name, version = (match[0].name, str(match[0].version)) if len(match) == 1 else ("", "")
-        return ModelRef(reference, name, version, run_id, path, "")
-    raise InvalidArgument(f"model reference {reference[:200]!r} is not one of {REFERENCE_FORMS}")
-
-
-def _from_version(reference: str, mv: Any) -> ModelRef:
-    source = mv.source or ""
-    if source.startswith("runs:/"):  # registered elsewhere from a runs:/ URI: fetch through the run
-        run_id, _, path = source.removeprefix("runs:/").partition("/")
-        return ModelRef(reference, mv.name, str(mv.version), run_id, path.strip("/"), "")
-    return ModelRef(reference, mv.name, str(mv.version), mv.run_id or "", "", source)
-
-
-def fetch(ref: ModelRef, dst: Path, client: Any = None) -> Path:
-    """The local model folder of ``ref``: read in place from a local artifact store, else downloaded into ``dst``.
-
-    NotFound when its files are gone."""
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-
-    location = ref.source
-    if not location:
-        with _mlflow_errors(f"run of {ref.reference!r} not found"):
-            run = (client or tracking.client()).get_run(ref.run_id)
-        location = f"{run.info.artifact_uri.rstrip('/')}/{ref.run_path}"
-    parsed = urlparse(location)
-    if parsed.scheme in ("", "file"):  # the embedded store: no copy needed
-        path = Path(url2pathname(parsed.path) if parsed.scheme else location)
-    else:
-        try:
-            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(dst)))
-        except (MlflowException, OSError) as err:
-            raise NotFound(f"model {ref.reference!r} has no files at {location}") from err
-    if not path.is_dir():
-        raise NotFound(f"model {ref.reference!r} has no model folder at {location}")
-    return path
-
-
-_T = TypeVar("_T")
-
-
-class ModelCache:
-    """A small thread-safe LRU of loaded models keyed by stored files (so an alias that moves loads anew)."""
-
-    def __init__(self, size: int = 8) -> None:
-        self.size = size
-        self._items: OrderedDict[tuple[str, str], Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, ref: ModelRef, what: str, load: Callable[[Path], _T]) -> _T:
-        """The cached model of ``ref``, or ``load(folder)`` on a fresh download."""
-        key = (what, ref.key)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        with tempfile.TemporaryDirectory(prefix="zsc-model-") as tmp:
-            value = load(fetch(ref, Path(tmp)))
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return value

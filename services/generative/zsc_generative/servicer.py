@@ -33,7 +33,7 @@ import grpc
 import torch
 from google.protobuf import message as pb_message
 
-from zsc import codec, tracking
+from zsc import codec, registry, tracking
 from zsc.data import check_class_names, duplicate_class, output_file, resolve_uri
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument, first_line
 from zsc.evaluation import base_to_new_metrics, confusion_matrix, gzsl_metrics, gzsl_report, per_class_accuracy
@@ -42,6 +42,7 @@ from zsc.generative.v1 import generative_pb2 as pb
 from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
 from zsc.limits import MAX_LR, MAX_WEIGHT_DECAY
 from zsc.lineage import MD5_TAG, dvc_md5
+from zsc.model_cache import ModelCache
 from zsc.models.clip import ClipBundle, create_clip
 from zsc.models.prompt_learner import check_prompts_fit
 from zsc.runtime.operations import JobContext
@@ -65,8 +66,6 @@ EVALUATE_KIND = f"{SERVICE}/EvaluateGZSL"
 FINETUNE_KIND = f"{SERVICE}/FineTune"
 EXPERIMENT = "zsc-generative"
 GZSL_MODEL_NAME = "zsc-gzsl"
-# zsc.registry's review reads test results from model-version tags with this prefix.
-TEST_TAG_PREFIX = "real_test."
 KIND_NAMES = {pb.TFVAEGAN: "tfvaegan", pb.CLSWGAN: "clswgan", pb.SHIP_VAE: models.SHIP_KIND}
 KIND_ENUMS = {v: k for k, v in KIND_NAMES.items()}
 METHOD_NAMES = {pb.COOP: "coop", pb.CLIP_ADAPTER: "clip_adapter", pb.TIP_ADAPTER_F: "tip_adapter_f"}
@@ -150,7 +149,7 @@ class GenerativeService:
 
     def __init__(self, runtime: ServiceRuntime) -> None:
         self.runtime = runtime
-        self.models = models.ModelCache()
+        self.models: ModelCache[tuple[str, str], Any] = ModelCache(8, "generative")
         self._clip: ClipBundle | None = None
         self._clip_lock = threading.Lock()
 
@@ -178,28 +177,32 @@ class GenerativeService:
     def device(self) -> torch.device:
         return self.runtime.profile.torch_device()
 
-    def load_generator(self, reference: str) -> tuple[models.ModelRef, models.LoadedGenerator]:
-        ref = models.resolve(reference)
+    def load_generator(self, reference: str) -> tuple[registry.ResolvedModel, models.LoadedGenerator]:
+        ref = registry.resolve(reference)
 
         def clip() -> ClipBundle:
             return self.clip_or_fail("SHIP_VAE generators decode through CLIP's text encoder")
 
-        return ref, self.models.get(
-            ref, "generator", lambda folder: models.read_generator(folder, reference, self.device, clip)
-        )
+        def read(folder: Path) -> models.LoadedGenerator:
+            return models.read_generator(folder, reference, self.device, clip)
 
-    def load_classifier(self, reference: str) -> tuple[models.ModelRef, models.LoadedClassifier]:
-        ref = models.resolve(reference)
-        return ref, self.models.get(
-            ref, "classifier", lambda folder: models.read_classifier(folder, reference, self.device)
-        )
+        # keyed by stored files, so an alias that moves loads anew
+        return ref, self.models.get(("generator", ref.key), lambda: registry.load_files(ref, read))
+
+    def load_classifier(self, reference: str) -> tuple[registry.ResolvedModel, models.LoadedClassifier]:
+        ref = registry.resolve(reference)
+
+        def read(folder: Path) -> models.LoadedClassifier:
+            return models.read_classifier(folder, reference, self.device)
+
+        return ref, self.models.get(("classifier", ref.key), lambda: registry.load_files(ref, read))
 
 
 @dataclass
 class GenerationPlan:
     """A validated GenerateFeatures/StreamFeatures request."""
 
-    ref: models.ModelRef
+    ref: registry.ResolvedModel
     generator: models.LoadedGenerator
     class_names: tuple[str, ...]
     text: torch.Tensor  # [K, D_t]; SHIP_VAE: CLIP's zero-shot text features of the names
@@ -211,7 +214,7 @@ class GenerationPlan:
 class CalibrationPlan:
     """A validated CALIBRATION_HOLDOUT request: what trains the calibration generator and how the split is drawn."""
 
-    ref: models.ModelRef  # the generator whose kind and settings are copied
+    ref: registry.ResolvedModel  # the generator whose kind and settings are copied
     kind: models.GeneratorKind
     config: GeneratorConfig  # its config, reseeded with the request's seed
     data: FeatureSet  # the base features over the base classes only, with the generator's conditioning text
@@ -284,7 +287,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
             train = functools.partial(kind.train, data, config, device=svc.device)
             selecting = config.select_every > 0
             total = config.epochs * (2 if selecting and config.select_refit else 1)
-        model_name = models.check_model_name(request.registered_model_name or f"zsc-generator-{name}")
+        model_name = registry.check_model_name(request.registered_model_name or f"zsc-generator-{name}")
         features_hash = content_hash(path)
         profile = svc.runtime.profile.name
         lineage = {
@@ -352,7 +355,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                         extra=models.clip_identity(clip) if clip is not None else None,
                     )
                     ctx.check_cancelled()  # a cancelled job registers nothing
-                    version = models.register_folder(run, Path(tmp), "generator", model_name, lineage)
+                    version = registry.register_folder(run, Path(tmp), "generator", model_name, lineage)
                 return pb.TrainGeneratorResult(
                     model=version_message(version),
                     kind=KIND_ENUMS[name],
@@ -607,7 +610,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
             labels.append(novel_y)
         config = gzsl_config(request.settings, seed)
         plan = self._calibration_plan(request, names, text, base, base_y, seen, novel, seed)
-        model_name = models.check_model_name(request.registered_model_name or GZSL_MODEL_NAME)
+        model_name = registry.check_model_name(request.registered_model_name or GZSL_MODEL_NAME)
         seen_set = set(seen)
         novel_idx = [i for i in range(len(names)) if i not in seen_set]
         n_novel = len(novel) if novel is not None else 0
@@ -706,7 +709,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                         text_dim=int(text.shape[1]),
                     )
                     ctx.check_cancelled()
-                    version = models.register_folder(run, Path(tmp), "classifier", model_name, lineage)
+                    version = registry.register_folder(run, Path(tmp), "classifier", model_name, lineage)
                 return pb.TrainGZSLResult(
                     model=version_message(version),
                     class_names=names,
@@ -782,12 +785,10 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                 log_per_class(run, names, per_class.tolist(), support.tolist())
                 log_figures(run, names, per_class.tolist(), confusion_matrix(y, pred, len(names)))
                 if ref.version:  # zsc registry review and promote gates read these version tags
-                    version_tags = {f"{TEST_TAG_PREFIX}{k}": f"{v:.6f}" for k, v in metrics.items()}
-                    version_tags.update(
-                        {f"{TEST_TAG_PREFIX}run_id": run.id, f"{TEST_TAG_PREFIX}hash": f"sha256:{test_hash}"}
+                    results = registry.real_test_tags(
+                        metrics, run_id=run.id, dataset=str(path), n_images=len(test), data_hash=f"sha256:{test_hash}"
                     )
-                    for key, value in version_tags.items():
-                        run.client.set_model_version_tag(ref.name, ref.version, key, value)
+                    registry.tag_version(ref.name, ref.version, results, run.client)
                 ctx.progress(1)
                 return pb.EvaluateGZSLResult(
                     gzsl=pb.GZSLMetrics(seen=gz.seen, unseen=gz.unseen, harmonic=gz.harmonic),
@@ -874,7 +875,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
         except ValueError as err:
             raise InvalidArgument(first_line(err)) from err
         new_idx = sorted(set(range(len(names))) - set(base_idx))
-        model_name = models.check_model_name(request.registered_model_name or f"zsc-finetune-{method}")
+        model_name = registry.check_model_name(request.registered_model_name or f"zsc-finetune-{method}")
         profile = svc.runtime.profile.name
         lineage = {
             "zsc.kind": f"finetune-{method}",
@@ -950,7 +951,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                         extra={"clip": clip.ref},
                     )
                     ctx.check_cancelled()  # a cancelled job registers nothing
-                    version = models.register_folder(run, Path(tmp), "classifier", model_name, lineage)
+                    version = registry.register_folder(run, Path(tmp), "classifier", model_name, lineage)
                 return pb.FineTuneResult(
                     model=version_message(version),
                     method=METHOD_ENUMS[method],
@@ -1179,7 +1180,7 @@ def upstream_tags(data: FeatureSet, prefix: str) -> dict[str, str]:
     return tags
 
 
-def trained_alignment(ref: models.ModelRef) -> str:
+def trained_alignment(ref: registry.ResolvedModel) -> str:
     """The alignment id of the features a model was trained on, from its training run's lineage ("" if none)."""
     if not ref.run_id:
         return ""
@@ -1191,7 +1192,9 @@ def space(metadata: dict[str, str]) -> str:
     return f"aligned by FLPT alignment {alignment_id(metadata)[:19]}" if alignment_id(metadata) else "unaligned"
 
 
-def align_test_features(uri: str, test: FeatureSet, path: Path, ref: models.ModelRef, roots: list[Path]) -> FeatureSet:
+def align_test_features(
+    uri: str, test: FeatureSet, path: Path, ref: registry.ResolvedModel, roots: list[Path]
+) -> FeatureSet:
     """The test features moved by the alignment at ``uri`` (when given), checked against the classifier's lineage:
     FailedPrecondition when they lie in another space than the features it was trained on."""
     if uri:
@@ -1297,7 +1300,7 @@ def finite(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
 
 
-def version_message(version: models.RegisteredVersion) -> pb.ModelVersion:
+def version_message(version: registry.RegisteredVersion) -> pb.ModelVersion:
     return pb.ModelVersion(
         name=version.name,
         version=version.version,
@@ -1307,13 +1310,13 @@ def version_message(version: models.RegisteredVersion) -> pb.ModelVersion:
     )
 
 
-def ref_message(ref: models.ModelRef) -> pb.ModelVersion:
+def ref_message(ref: registry.ResolvedModel) -> pb.ModelVersion:
     return pb.ModelVersion(
         name=ref.name,
         version=ref.version,
         run_id=ref.run_id,
         model_uri=ref.model_uri,
-        artifact_uri=f"runs:/{ref.run_id}/{ref.run_path}" if ref.run_path else ref.source,
+        artifact_uri=ref.artifact_uri,
     )
 
 

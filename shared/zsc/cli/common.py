@@ -374,14 +374,11 @@ def export_model_files(uri: str, out_dir: Path, client: object) -> list[Path]:
     import shutil
     import tempfile
 
-    import mlflow.artifacts
-
     from zsc import registry
 
     resolved = registry.resolve(uri, client)
     with tempfile.TemporaryDirectory(prefix="zsc-export-") as tmp:
-        with registry.mlflow_errors(f"model {uri!r} not found"):
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=resolved.storage_uri, dst_path=tmp))
+        local = registry.fetch(resolved, Path(tmp))
         files = sorted(
             p
             for p in local.rglob("*")
