@@ -19,14 +19,21 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-from google.protobuf import message
+from typing import Any, Protocol, TypeVar
 
 from zsc.errors import InvalidArgument
 
 _BOUNDS = "zsc.bounds"
 _C = TypeVar("_C")
+
+
+class Message(Protocol):
+    """What ``from_message`` reads of a protobuf message. No protobuf import: the cores declare their settings here,
+    and a core reaches no protobuf (tests/unit/test_layering.py)."""
+
+    DESCRIPTOR: Any
+
+    def ListFields(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ def check_config(config: Any, where: str = "") -> None:
             raise InvalidArgument(f"{prefix}.{name} {fault}, got {getattr(config, name)}")
 
 
-def message_settings(msg: message.Message, cls: Any, rename: Mapping[str, str] | None = None) -> dict[str, Any]:
+def message_settings(msg: Message, cls: Any, rename: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The fields ``msg`` sets, renamed to ``cls``'s field names and checked against its bounds (named by the
     request field). A set field ``cls`` does not know is a contract error and raises ValueError."""
     known = {f.name for f in dataclasses.fields(cls)}
@@ -114,7 +121,7 @@ def message_settings(msg: message.Message, cls: Any, rename: Mapping[str, str] |
     return out
 
 
-def from_message(cls: type[_C], msg: message.Message, rename: Mapping[str, str] | None = None, **overrides: Any) -> _C:
+def from_message(cls: type[_C], msg: Message, rename: Mapping[str, str] | None = None, **overrides: Any) -> _C:
     """``cls`` with the defaults, the fields ``msg`` sets, then ``overrides``; every bound checked."""
     config = cls(**{**message_settings(msg, cls, rename), **overrides})
     check_config(config)
