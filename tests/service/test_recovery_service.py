@@ -288,9 +288,9 @@ def test_recover_preset_and_authors_sampler_equal_the_core(stub, channel, data_r
 
 
 def test_requests_too_big_for_the_service(stub, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from zsc_recovery import servicer
+    from zsc_recovery import requests
 
-    monkeypatch.setattr(servicer, "MAX_BUFFER_BYTES", 1 << 20)  # 1 MiB, so a small request trips the limit
+    monkeypatch.setattr(requests, "MAX_BUFFER_BYTES", 1 << 20)  # 1 MiB, so a small request trips the limit
     with pytest.raises(grpc.RpcError) as err:
         stub.Recover(recover_request(data_root / "big.safetensors", num=2000))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +35,12 @@ from torch import nn
 
 from zsc.errors import Cancelled
 from zsc.limits import MAX_LR, MAX_WEIGHT_DECAY, check_bounded
+from zsc.models.clip import TEXT_CHUNK
 from zsc.models.prompt_learner import DEFAULT_CTX_INIT, PromptLearner, text_tower
 
-__all__ = ["AlignResult", "FlptConfig", "FlptModel", "align_features"]
+from .recover import check_epochs
 
-# Classes per text-encoder call when encoding all classes at the end: bounds the [chunk, L, W] activations.
-_TEXT_CHUNK = 256
+__all__ = ["AlignResult", "FlptConfig", "FlptModel", "align_features"]
 
 
 @dataclass
@@ -78,8 +78,7 @@ class FlptConfig:
             value = getattr(self, name)
             if int(value) != value or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
-        if int(self.epochs) != self.epochs or self.epochs < 0:
-            raise ValueError(f"epochs must be a non-negative integer, got {self.epochs}")
+        check_epochs(self.epochs)
         if int(self.seed) != self.seed or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
 
@@ -138,6 +137,17 @@ class AlignResult:
     loss_curve: list[float] = field(default_factory=list)  # training loss at every step
     final_loss: float = math.nan  # loss at the last step (nan when no step ran)
     steps_run: int = 0
+
+    def in_order(self, class_names: Sequence[str]) -> AlignResult:
+        """The same result with its classes listed as ``class_names`` (a reordering of base then novel, e.g. the
+        caller's order): the labels index the new list and the text features follow it; features stay as they are."""
+        position = {name: i for i, name in enumerate(class_names)}
+        if len(position) != len(class_names) or set(position) != set(self.class_names):
+            raise ValueError("class_names must list the result's classes, each once")
+        order = torch.tensor([position[name] for name in self.class_names])
+        text = torch.empty_like(self.text_features)
+        text[order] = self.text_features
+        return replace(self, labels=order[self.labels], class_names=list(class_names), text_features=text)
 
 
 def _check_inputs(
@@ -228,9 +238,7 @@ def align_features(
 
     names = base_names + novel_names
     with torch.no_grad():
-        text_all = torch.cat(
-            [model.text_features(names[i : i + _TEXT_CHUNK]) for i in range(0, len(names), _TEXT_CHUNK)]
-        )
+        text_all = torch.cat([model.text_features(names[i : i + TEXT_CHUNK]) for i in range(0, len(names), TEXT_CHUNK)])
         residual = model.residual().float()
         aligned = model.align(x_all)
     curve = losses.tolist()

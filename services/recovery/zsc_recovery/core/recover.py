@@ -23,6 +23,7 @@ from .vmf import SAMPLERS, mean_resultant_length, sample_vmf
 
 __all__ = [
     "KAPPA_POLICIES",
+    "MAX_EPOCHS",
     "MAX_SAMPLES_PER_CLASS",
     "PRESETS",
     "SAMPLERS",
@@ -34,7 +35,10 @@ __all__ = [
     "Teacher",
     "VmfRecovery",
     "angular_kappa",
+    "check_epochs",
+    "check_text_space",
     "matched_kappa",
+    "prepare_recovery",
     "recover",
     "teacher_from_weights",
 ]
@@ -46,8 +50,18 @@ MATCHED_REFERENCE = (200.0, 512)
 TEACHER_METRICS = ("cosine", "linear")
 # Per-class cap for every draw size (training, validation, final); bounds memory at S x cap x D floats.
 MAX_SAMPLES_PER_CLASS = 100_000
+# Optimizer steps one run may ask for (recovery and FLPT): far above the paper's 1500; more is a mistake, not a run.
+MAX_EPOCHS = 10_000_000
 # Rows per teacher call when scoring large final draws, to bound the [rows, S] logits buffer.
 _TEACHER_CHUNK = 65_536
+
+
+def check_epochs(epochs: int) -> None:
+    """ValueError (one line) unless ``epochs`` is an integer in [0, MAX_EPOCHS] (recovery and FLPT alike)."""
+    if int(epochs) != epochs or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs}")
+    if epochs > MAX_EPOCHS:
+        raise ValueError(f"epochs={epochs} is over the limit of {MAX_EPOCHS}")
 
 
 class Teacher(Protocol):
@@ -259,8 +273,9 @@ class RecoveryConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
             if value > MAX_SAMPLES_PER_CLASS:
                 raise ValueError(f"{name}={value} is over the cap of {MAX_SAMPLES_PER_CLASS} samples per class")
-        if int(self.epochs) != self.epochs or self.epochs < 0:
-            raise ValueError(f"epochs must be a non-negative integer, got {self.epochs}")
+        check_epochs(self.epochs)
+        if int(self.seed) != self.seed or self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         for name in ("eval_every", "log_every"):
             value = getattr(self, name)
             if int(value) != value or value <= 0:
@@ -484,6 +499,46 @@ class VmfRecovery:
             val_losses=[v for _, v in self._val_history],
             steps_run=self.steps_done,
         )
+
+
+def check_text_space(
+    teacher_dim: int, text_dim: int, init_from_teacher: bool, text: str = "the text features have"
+) -> None:
+    """The one rule for recovering in another space: text features whose D differs from the teacher's are refused
+    unless mu starts at the teacher's rows (``init_from_teacher``); a D mismatch is more often a wrong file than a
+    choice. ``text`` names where the text features come from, e.g. "the CLIP model X encodes"."""
+    if text_dim != teacher_dim and not init_from_teacher:
+        raise ValueError(
+            f"the teacher has D={teacher_dim} but {text} D={text_dim}; "
+            "set init_from_teacher to recover in the teacher's space"
+        )
+
+
+def prepare_recovery(
+    teacher: Teacher,
+    weight: torch.Tensor,
+    text_features: torch.Tensor,
+    config: RecoveryConfig | None = None,
+    *,
+    init_from_teacher: bool = False,
+) -> VmfRecovery:
+    """The recovery loop for a teacher given by its ``weight`` [S, D], with mu starting at the text features
+    [S, D'] or, ``init_from_teacher``, at the teacher's L2-normalized rows.
+
+    From the teacher is DFZSL's ``prototype: weight`` option: it is the only init in the teacher's space when the
+    text features live elsewhere (any D'). VmfRecovery reads its ``text_features`` argument only to initialize mu
+    and to compute the angular kappa from the init, so the normalized teacher rows stand in for it there; the real
+    text features still go into the output file. Cheap (a teacher probe and the angular kappa), so a caller can run
+    it before starting a job. ValueError (one line) on a D or row-count mismatch and on bad settings.
+    """
+    rows, dim = weight.shape
+    check_text_space(dim, text_features.shape[1], init_from_teacher)
+    if text_features.shape[0] != rows:
+        raise ValueError(f"the text features have {text_features.shape[0]} rows for {rows} base classes")
+    if not init_from_teacher:
+        return VmfRecovery(teacher, text_features, config)
+    prototypes = F.normalize(weight.float(), dim=1)
+    return VmfRecovery(teacher, prototypes, config, init=prototypes)
 
 
 def recover(
