@@ -27,7 +27,7 @@ from zsc.runtime.client import OperationError, connect, unpack, wait_until_servi
 from zsc.runtime.server import ServerConfig, ZscServer
 from zsc.synthesis.v1 import synthesis_pb2 as pb
 from zsc.synthesis.v1 import synthesis_pb2_grpc as pb_grpc
-from zsc_synthesis import servicer
+from zsc_synthesis import requests, servicer
 from zsc_synthesis.core import planner, writer
 
 pytestmark = pytest.mark.service
@@ -165,7 +165,7 @@ def test_preview_streams_the_dataset_pixels(reference, channel) -> None:
         # same plan, same batches: the preview shows the very bytes the dataset holds
         assert item.image.data == (out / item.job.file).read_bytes()
 
-    request.images_per_class = servicer.MAX_PREVIEW_IMAGES + 1
+    request.images_per_class = requests.MAX_PREVIEW_IMAGES + 1
     with pytest.raises(grpc.RpcError) as err:
         list(pb_grpc.SynthesisStub(channel).GenerateImages(request))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "over the cap" in err.value.details()
@@ -531,15 +531,17 @@ def test_cli_parses_class_files_descriptions_and_merges(tmp_path: Path) -> None:
     assert [(m.tricks, m.share) for m in spec.merge] == [("class_prompt", 0.25), ("multidomain,random_guidance", 0.75)]
     assert (spec.template, spec.guidance_range.lo, spec.guidance_range.hi) == ("satellite", 2.0, 3.0)
     # the service accepts what the CLI builds, and plans the satellite prompts with the descriptions
-    request = pb.GenerateDatasetRequest(classes=specs, images_per_class=4, tricks=spec)
-    plan = servicer.build_request(request, CAP, CAP).plan()
+    from zsc.client import synthesis
+
+    request = synthesis.dataset_request(specs, 4, tmp_path / "out", tricks=spec)
+    plan = requests.build_request(request, CAP, CAP).plan()
     assert "a satellite photo of a crane, a bird in the style of a photo" in {j.prompt for j in plan}
     assert {j.trick for j in plan} == {"class_prompt", "multidomain+random_guidance"}
-    wording = pb.TrickSpec(tricks="random_guidance", image_template="image_of_a")
-    request = pb.GenerateDatasetRequest(classes=specs, images_per_class=1, tricks=wording)
-    assert servicer.build_request(request, CAP, CAP).plan()[0].prompt == "an image of a crane, a bird"
+    wording = synthesis.TrickSpec(tricks="random_guidance", image_template="image_of_a")
+    request = synthesis.dataset_request(specs, 1, tmp_path / "out", tricks=wording)
+    assert requests.build_request(request, CAP, CAP).plan()[0].prompt == "an image of a crane, a bird"
     request.tricks.image_template = ""
-    assert servicer.build_request(request, CAP, CAP).plan()[0].prompt == "an image of crane, a bird"
+    assert requests.build_request(request, CAP, CAP).plan()[0].prompt == "an image of crane, a bird"
 
 
 def test_cli_bad_input_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

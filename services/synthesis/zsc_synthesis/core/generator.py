@@ -13,8 +13,9 @@ which other images share its batch beyond floating-point kernel differences.
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,11 +23,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from zsc.config import check_config, setting
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument
 from zsc.models.diffusion import SCHEDULERS, SDComponents, check_steps, make_scheduler
 from zsc_synthesis.core.planner import Job
 
 DOWNSAMPLERS = ("lanczos", "bicubic", "bilinear")
+MAX_STEPS = 1000  # SD's number of training timesteps
+MAX_RESOLUTION = 2048  # target and native: far above SD's 768, far below an out-of-memory request
 StopFn = Callable[[], bool]
 
 
@@ -38,21 +42,20 @@ class GenerationConfig:
     resize the float image with torch's anti-aliased interpolation and quantize once.
     """
 
-    steps: int = 40
+    steps: int = setting(40, ge=1, le=MAX_STEPS)
     scheduler: str = "ddim"
-    native_resolution: int | None = None
-    size: int | None = None
+    native_resolution: int | None = setting(None, ge=1, le=MAX_RESOLUTION)
+    size: int | None = setting(None, ge=1, le=MAX_RESOLUTION)
     downsample: str = "lanczos"
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps <= 0:
-            raise InvalidArgument(f"steps must be a positive integer, got {self.steps!r}")
+        for name in ("steps", "native_resolution", "size"):
+            value = getattr(self, name)
+            if (value is not None or name == "steps") and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
+        check_config(self)
         if self.scheduler not in SCHEDULERS:
             raise InvalidArgument(f"unknown scheduler {self.scheduler!r}; supported: {', '.join(SCHEDULERS)}")
-        for name in ("native_resolution", "size"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
         if self.downsample not in DOWNSAMPLERS:
             raise InvalidArgument(f"unknown downsampling {self.downsample!r}; supported: {', '.join(DOWNSAMPLERS)}")
 
@@ -101,6 +104,15 @@ class ImageGenerator:
         )
         return to_pil(images, self.size, self.config.downsample)
 
+    def preview(
+        self, jobs: Sequence[Job], batch_size: int, should_stop: StopFn | None = None
+    ) -> Iterator[tuple[Job, Image.Image]]:
+        """Each job of a plan (class-major, by index) with its image, batched on the dataset's chunk grid
+        (class, index // batch_size), so a preview shows the very pixels a dataset of that batch size holds."""
+        for _, group in itertools.groupby(jobs, key=lambda j: (j.class_name, j.index // batch_size)):
+            chunk = list(group)
+            yield from zip(chunk, self.generate(chunk, should_stop), strict=True)
+
     @torch.inference_mode()
     def generate_tensors(
         self,
@@ -123,7 +135,7 @@ class ImageGenerator:
 
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         latent = self.native_resolution // parts.vae_scale_factor
-        shape = (1, parts.unet.config.in_channels, latent, latent)
+        shape = (1, parts.unet.config["in_channels"], latent, latent)
         noise = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
         latents = noise.to(device=device, dtype=parts.dtype) * scheduler.init_noise_sigma
 
@@ -182,7 +194,7 @@ class ImageGenerator:
         vae = self.parts.vae
         images = []
         for chunk in latents.split(self.decode_batch_size):
-            decoded = vae.decode(chunk / vae.config.scaling_factor, return_dict=False)[0]
+            decoded = vae.decode(chunk / vae.config["scaling_factor"], return_dict=False)[0]
             images.append((decoded.float() / 2 + 0.5).clamp(0, 1).cpu())
         return torch.cat(images)
 
