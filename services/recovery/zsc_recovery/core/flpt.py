@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
 from torch import nn
 
+from zsc.config import check_config, setting
 from zsc.errors import Cancelled
 from zsc.limits import MAX_LR, MAX_WEIGHT_DECAY, check_bounded
 from zsc.models.clip import TEXT_CHUNK
@@ -49,13 +50,13 @@ class FlptConfig:
     input order, 1 epoch, residual scale 0.005)."""
 
     ctx_init: str = DEFAULT_CTX_INIT  # the phrase whose token embeddings start the context (its token count = n_ctx)
-    residual_scale: float = 0.005  # x' = x + residual_scale * r
+    residual_scale: float = setting(0.005, ge=0)  # x' = x + residual_scale * r
     lr: float = 3e-3
-    weight_decay: float = 0.01  # AdamW's default, which the authors keep
+    weight_decay: float = setting(0.01, ge=0, le=MAX_WEIGHT_DECAY)  # AdamW's default, which the authors keep
     batch_size: int = 4
     epochs: int = 1
     seed: int = 0
-    logit_scale: float | None = None  # None: the CLIP model's exp(logit_scale)
+    logit_scale: float | None = setting(None, gt=0)  # None: the CLIP model's exp(logit_scale)
     log_every: int = 10  # steps between on_step calls (the last step always reports)
     shuffle: bool = False  # the authors' loader keeps the input order; True: a seeded shuffle per epoch
 
@@ -63,17 +64,13 @@ class FlptConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError with a one-line message on any bad setting."""
+        """Raise ValueError with a one-line message on any bad setting: the bounds declared with ``setting`` above
+        and the rules they cannot express (whole counts, the phrase, the flag)."""
         if not isinstance(self.ctx_init, str) or not self.ctx_init.strip():
             raise ValueError("ctx_init must be a non-empty phrase")
         if not isinstance(self.shuffle, bool):
             raise ValueError(f"shuffle must be a bool, got {self.shuffle!r}")
-        if not (math.isfinite(self.residual_scale) and self.residual_scale >= 0):
-            raise ValueError(f"residual_scale must be finite and >= 0, got {self.residual_scale}")
-        check_bounded("weight_decay", self.weight_decay, MAX_WEIGHT_DECAY, positive=False)
         check_bounded("lr", self.lr, MAX_LR, positive=True)
-        if self.logit_scale is not None and not (math.isfinite(self.logit_scale) and self.logit_scale > 0):
-            raise ValueError(f"logit_scale must be finite and > 0, got {self.logit_scale}")
         for name in ("batch_size", "log_every"):
             value = getattr(self, name)
             if int(value) != value or value <= 0:
@@ -81,6 +78,7 @@ class FlptConfig:
         check_epochs(self.epochs)
         if int(self.seed) != self.seed or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
+        check_config(self)
 
 
 class FlptModel(nn.Module):

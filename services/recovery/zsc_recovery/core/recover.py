@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from zsc.config import check_config, setting
 from zsc.errors import Cancelled
 from zsc.limits import MAX_LR, MAX_WEIGHT_DECAY, check_bounded
 
@@ -232,13 +233,13 @@ class RecoveryConfig:
     nsample: int = 50  # virtual samples per class per step
     epochs: int = 1000  # optimizer steps (1500 for SUN, UCF101, Food; 500 for Caltech in the paper)
     lr: float = 3e-3
-    weight_decay: float = 5e-4
-    lr_gamma: float = 1e-3  # lr * (1 + lr_gamma * step) ** -lr_power
-    lr_power: float = 0.75
+    weight_decay: float = setting(5e-4, ge=0, le=MAX_WEIGHT_DECAY)
+    lr_gamma: float = setting(1e-3, ge=0)  # lr * (1 + lr_gamma * step) ** -lr_power
+    lr_power: float = setting(0.75, ge=0)
     num: int = 100  # final samples per class
     trusted: bool = True  # keep only final samples whose teacher argmax is their own class
-    temperature: float = 1.0  # student logits are cos(x, mu_j) / temperature; match the teacher's scale
-    seed: int = 0
+    temperature: float = setting(1.0, gt=0)  # student logits are cos(x, mu_j) / temperature; match the teacher's
+    seed: int = setting(0, ge=0)
     val_samples: int = 50  # held-out virtual samples per class for model selection
     eval_every: int = 10  # steps between held-out evaluations (the init and the last step are always evaluated)
     log_every: int = 10  # steps between on_step calls (the last step always reports)
@@ -255,7 +256,8 @@ class RecoveryConfig:
         return cls(**{**asdict(PRESETS[name]), **overrides})
 
     def validate(self) -> None:
-        """Raise ValueError with a one-line message on any bad setting."""
+        """Raise ValueError with a one-line message on any bad setting: the bounds declared with ``setting`` above
+        and the rules they cannot express (the policy's kappa, whole sample counts, the caps)."""
         if self.kappa_policy not in KAPPA_POLICIES:
             raise ValueError(f"unknown kappa policy {self.kappa_policy!r}; expected one of {KAPPA_POLICIES}")
         if self.sampler not in SAMPLERS:
@@ -274,20 +276,12 @@ class RecoveryConfig:
             if value > MAX_SAMPLES_PER_CLASS:
                 raise ValueError(f"{name}={value} is over the cap of {MAX_SAMPLES_PER_CLASS} samples per class")
         check_epochs(self.epochs)
-        if int(self.seed) != self.seed or self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
         for name in ("eval_every", "log_every"):
             value = getattr(self, name)
             if int(value) != value or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
         check_bounded("lr", self.lr, MAX_LR, positive=True)
-        check_bounded("weight_decay", self.weight_decay, MAX_WEIGHT_DECAY, positive=False)
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
-        for name in ("lr_gamma", "lr_power"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        check_config(self)
 
 
 @dataclass
