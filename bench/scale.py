@@ -1,5 +1,5 @@
 """Scale bench: one fixed CIFAR-10 CLIP zero-shot evaluation on 1, 2 and 3 loopback replicas of the classification
-service, sharded through ``zsc.cli.fanout`` exactly as `zsc zeroshot --address ipv4:...` does; then a projection of
+service, sharded through ``zsc.client.fanout`` exactly as `zsc zeroshot --address ipv4:...` does; then a projection of
 the paper-profile Diffusion Classifier on N GPUs.
 
 Each replica is a `zsc serve classification` process with ``--threads`` torch intra-op threads (default 1), so
@@ -29,10 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from zsc import codec
-from zsc.classification.v1 import classification_pb2 as pb
-from zsc.cli import fanout
-from zsc.cli.zeroshot import DEFAULT_BATCH, evaluate_sharded, shard_bounds
+from zsc.client import classification, fanout
+from zsc.client.classification import DEFAULT_BATCH, shard_bounds
 from zsc.runtime import client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +112,7 @@ def projection(seconds_per_image: float, overhead: float, gpus: list[int], shard
     GPU running the same queue."""
 
     def wall(n: int) -> tuple[int, float]:
-        bounds = shard_bounds(CIFAR10_TEST_IMAGES, shards_per_replica * n, DEFAULT_BATCH[pb.DIFFUSION])
+        bounds = shard_bounds(CIFAR10_TEST_IMAGES, shards_per_replica * n, DEFAULT_BATCH["diffusion"])
         return len(bounds), queue_makespan([hi - lo for lo, hi in bounds], n, seconds_per_image, overhead)
 
     rows = []
@@ -145,9 +143,6 @@ def main() -> None:
     args = ap.parse_args()
     counts = [int(c) for c in args.replicas.split(",")]
     cores = os.cpu_count() or 1
-    request = pb.EvaluateZeroShotRequest(
-        method=pb.CLIP, data_uri=str(args.data.resolve()), limit=args.limit, batch_size=args.batch_size
-    )
     with tempfile.TemporaryDirectory(prefix="zsc-scale-") as tmp:
         threads = str(args.threads)
         env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "ZSC_MLFLOW_DIR": str(Path(tmp) / "mlflow")}
@@ -156,26 +151,33 @@ def main() -> None:
         servers = spawn_replicas("classification", max(counts), [args.data.resolve()], Path(tmp), env)
         try:
             replicas = [client.Replica(address) for _, address in servers]
-            warm = pb.EvaluateZeroShotRequest()
-            warm.CopyFrom(request)
-            warm.limit = 64
+            data = args.data.resolve()
             for replica in replicas:  # each one's first job pays lazy imports and the MLflow experiment
-                evaluate_sharded([replica], warm, shards_per_replica=1)
+                classification.evaluate_zero_shot(
+                    [replica], data, limit=64, batch_size=args.batch_size, shards_per_replica=1
+                )
             rows, reference, overhead = [], None, 0.0
             for n in counts:
                 start = time.perf_counter()
-                results = evaluate_sharded(replicas[:n], request, shards_per_replica=args.shards_per_replica)
+                result = classification.evaluate_zero_shot(
+                    replicas[:n],
+                    data,
+                    limit=args.limit,
+                    batch_size=args.batch_size,
+                    shards_per_replica=args.shards_per_replica,
+                )
                 wall = time.perf_counter() - start
-                confusion = sum(codec.decode(r.confusion) for r, _ in results)
+                confusion, shards = result.confusion, len(result.mlflow_run_ids)
                 images = int(confusion.sum())
-                compute = sum(r.seconds_per_image * r.n_images for r, _ in results)
+                # the servers' own evaluation time, added over the shards (the merged figure is per replica)
+                compute = result.metrics["seconds_per_image"] * images * n
                 if reference is None:
                     reference, base = confusion, images / wall
                     # what a shard costs beyond its images: op start, watch, MLflow run and logging
-                    overhead = max(0.0, (wall - compute) / len(results))
+                    overhead = max(0.0, (wall - compute) / shards)
                 same = "yes" if np.array_equal(confusion, reference) else "NO"
                 rate = images / wall
-                row = [n, len(results), images, wall, compute, rate, rate / base, rate / base / min(n, cores), same]
+                row = [n, shards, images, wall, compute, rate, rate / base, rate / base / min(n, cores), same]
                 rows.append(row)
         finally:
             stop_replicas(servers)

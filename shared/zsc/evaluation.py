@@ -20,6 +20,7 @@ __all__ = [
     "GZSLMetrics",
     "MeanStd",
     "base_to_new_metrics",
+    "confusion_accuracy",
     "confusion_matrix",
     "gzsl_metrics",
     "harmonic_mean",
@@ -27,6 +28,7 @@ __all__ = [
     "mean_std",
     "mean_std_dict",
     "per_class_accuracy",
+    "present_mean",
 ]
 
 IndexLike = Sequence[int] | torch.Tensor
@@ -57,9 +59,22 @@ def confusion_matrix(y_true: IndexLike, y_pred: IndexLike, num_classes: int) -> 
 
 def per_class_accuracy(y_true: IndexLike, y_pred: IndexLike, num_classes: int) -> torch.Tensor:
     """[C] float64 accuracy of each class; NaN for a class with no samples."""
-    cm = confusion_matrix(y_true, y_pred, num_classes).to(torch.float64)
+    return confusion_accuracy(confusion_matrix(y_true, y_pred, num_classes))
+
+
+def confusion_accuracy(confusion: torch.Tensor) -> torch.Tensor:
+    """[C] float64 accuracy of each class of a [C, C] confusion matrix (row = true class); NaN for a class with no
+    samples. Merged evaluations (several shards' matrices added up) are scored with it."""
+    cm = torch.as_tensor(confusion).to(torch.float64)
     support = cm.sum(dim=1)
     return torch.where(support > 0, cm.diagonal() / support.clamp_min(1), torch.full_like(support, math.nan))
+
+
+def present_mean(accuracy: torch.Tensor) -> float:
+    """The per-class mean: the mean over the classes with samples (finite entries); 0.0 when none has any."""
+    acc = torch.as_tensor(accuracy)
+    acc = acc[~acc.isnan()]
+    return float(acc.mean()) if acc.numel() else 0.0
 
 
 def mean_per_class_accuracy(
@@ -75,8 +90,7 @@ def mean_per_class_accuracy(
     acc = per_class_accuracy(t, p, n)
     if c is not None:
         acc = acc[c]
-    acc = acc[~acc.isnan()]
-    return float(acc.mean()) if acc.numel() else 0.0
+    return present_mean(acc)
 
 
 def harmonic_mean(a: float, b: float) -> float:

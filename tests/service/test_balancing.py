@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from conftest import CIFAR10_TEST, REPO, SHARED_DATASETS, start_server
 
-from zsc.cli import fanout
 from zsc.cli.main import main
-from zsc.cli.zeroshot import shard_bounds
+from zsc.client import ClientError, fanout, synthesis
+from zsc.client.classification import shard_bounds
 from zsc.common.v1 import common_pb2, common_pb2_grpc
 from zsc.runtime import client
 from zsc.synthesis.v1 import synthesis_pb2 as pb
@@ -154,8 +154,6 @@ def test_sharded_synthesis_uses_every_replica_and_writes_one_replicas_bytes(repl
 
 @pytest.mark.slow
 def test_a_replica_killed_mid_job_has_its_shard_rerun_elsewhere(replicas, reference, root, capsys):
-    from zsc.cli import synthesize
-
     victim, address = replicas[2]
     killed: list[int] = []
 
@@ -167,24 +165,26 @@ def test_a_replica_killed_mid_job_has_its_shard_rerun_elsewhere(replicas, refere
             killed.append(index)
 
     out = root / "one-killed"
-    request = pb.GenerateDatasetRequest(
-        classes=[pb.ClassSpec(name=c) for c in CLASSES],
-        images_per_class=PER_CLASS,
-        tricks=pb.TrickSpec(tricks="multidomain"),
-        resolution=32,
-        output_uri=str(out),
-        seed=SEED,
-        generation=pb.GenerationSettings(steps=STEPS),
-        batch_size=BATCH,
-    )
     targets = [client.Replica(a) for _, a in replicas]
-    results = synthesize.run_sharded(request, targets, None, on_start=kill_on_first_shard)
+    result = synthesis.generate_dataset(
+        targets,
+        CLASSES,
+        PER_CLASS,
+        out,
+        tricks=synthesis.TrickSpec(tricks="multidomain"),
+        resolution=32,
+        seed=SEED,
+        generation={"steps": STEPS},
+        batch_size=BATCH,
+        on_start=kill_on_first_shard,
+    )
     err = capsys.readouterr().err
     assert killed, "the victim got no shard"
     assert f"shard {killed[0] + 1}/9 back on the queue: {address}: UNAVAILABLE" in err
-    assert f"re-queued after losing {address}" in err
-    assert address not in err.split("9 shards over 3 replicas (")[1].split(")")[0]  # the others finished all 9
-    assert sum(r.generated + r.skipped for r in results) == len(CLASSES) * PER_CLASS
+    summary = result.shards.summary(len(targets))
+    assert summary.startswith("9 shards over 3 replicas") and f"re-queued after losing {address}" in summary
+    assert address not in summary.split("(")[1].split(")")[0]  # the others finished all 9
+    assert result.generated + result.skipped == len(CLASSES) * PER_CLASS
     assert tree(out) == tree(reference)
 
 
@@ -192,9 +192,7 @@ def test_fanout_without_a_live_replica_fails_in_one_line(tmp_path: Path) -> None
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{s.getsockname()[1]}"
-    from zsc.cli.common import CommandError
-
-    with pytest.raises(CommandError, match=r"no replica left for 1 of 1 shards \(127\.0\.0\.1:\d+: "):
+    with pytest.raises(ClientError, match=r"no replica left for 1 of 1 shards \(127\.0\.0\.1:\d+: "):
         fanout.run_shards(
             "synthesis", [client.Replica(dead)], [pb.GenerateDatasetRequest()], lambda c, r: None, ready_timeout=1
         )

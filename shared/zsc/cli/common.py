@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 
-from zsc.common.v1 import common_pb2
+from zsc.client.operations import ClientError, Interrupted, OperationError, Progress
 from zsc.runtime import client
 
 if TYPE_CHECKING:
@@ -19,15 +21,10 @@ if TYPE_CHECKING:
 
 
 INTERRUPTED = 130  # the exit code of a command ended by Ctrl-C (128 + SIGINT), as shells and dvc report it
-CANCEL_WAIT_SECONDS = 30.0  # how long Ctrl-C waits for a cancelled job to stop (results flushed, MLflow run KILLED)
 
 
 class CommandError(Exception):
     """A user-facing failure: printed as one line, exit code 1."""
-
-
-class Interrupted(CommandError):
-    """Ctrl-C during an operation, after it was cancelled: printed as one line, exit code 130."""
 
 
 def add_client_args(parser: argparse.ArgumentParser, service: str) -> None:
@@ -55,64 +52,25 @@ def open_channel(args: argparse.Namespace, service: str, paths: list[str | Path]
     return client.service_channel(service, args.address, profile=args.profile, data_roots=roots, balanced=balanced)
 
 
-def follow(channel: grpc.Channel, op: common_pb2.Operation, description: str) -> common_pb2.Operation:
-    """Watch an operation with a tqdm progress bar; Ctrl-C cancels it on the server."""
+@contextmanager
+def progress_bar(description: str) -> Iterator[Progress]:
+    """A tqdm bar on stderr for a client call's ``progress`` callback (done, total, message), closed on leaving."""
     from tqdm import tqdm
 
-    bar = tqdm(
-        total=op.metadata.total_units or None,
-        desc=description,
-        unit=op.metadata.unit or "it",
-        disable=None,
-        dynamic_ncols=True,
-        file=sys.stderr,
-    )
+    bar = tqdm(desc=description, disable=None, dynamic_ncols=True, file=sys.stderr)
 
-    def update(current: common_pb2.Operation) -> None:
-        meta = current.metadata
-        if meta.total_units and bar.total != meta.total_units:
-            bar.total = meta.total_units
-        bar.n = meta.done_units
-        if meta.metrics:
-            bar.set_postfix({k: f"{v:.4g}" for k, v in sorted(meta.metrics.items())[:4]}, refresh=False)
+    def update(done: int, total: int, message: str) -> None:
+        if total and bar.total != total:
+            bar.total = total
+        bar.n = done
+        if message:
+            bar.set_postfix_str(message, refresh=False)
         bar.refresh()
 
     try:
-        return client.watch(channel, op, update)
-    except KeyboardInterrupt:
-        bar.close()
-        raise Interrupted(cancel_operation(channel, op.name)) from None
+        yield update
     finally:
         bar.close()
-
-
-def cancel_operation(channel: grpc.Channel, name: str, wait: float = CANCEL_WAIT_SECONDS) -> str:
-    """Cancel operation ``name`` and wait up to ``wait`` seconds for its job to stop, so that it flushes the results
-    it has and ends its MLflow run KILLED before this process goes; a second Ctrl-C stops waiting. Returns one line
-    saying how the operation ended."""
-    from zsc.common.v1 import common_pb2_grpc
-
-    stub = common_pb2_grpc.OperationsStub(channel)
-    print(
-        f"zsc: cancelling {name}: waiting up to {wait:.0f} s for it to stop (Ctrl-C again: leave now)",
-        file=sys.stderr,
-    )
-    try:
-        last = stub.CancelOperation(common_pb2.CancelOperationRequest(name=name), timeout=10)
-        if not last.done:
-            for last in stub.WatchOperation(common_pb2.WatchOperationRequest(name=name), timeout=wait):
-                if last.done:
-                    break
-    except KeyboardInterrupt:
-        return f"left {name} while it was stopping"
-    except grpc.RpcError as err:
-        if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return f"{name} did not stop within {wait:.0f} s of its cancel"
-        return f"could not cancel {name}: {err.code().name}: {err.details()}"
-    meta = last.metadata
-    state = common_pb2.OperationMetadata.State.Name(meta.state).lower()
-    done = f" after {meta.done_units} of {meta.total_units} {meta.unit}".rstrip() if meta.total_units else ""
-    return f"interrupted: {name} {state}{done}"
 
 
 def exit_interrupted() -> int:
@@ -144,9 +102,9 @@ def run_command(fn: Callable[[argparse.Namespace], int], args: argparse.Namespac
         return exit_interrupted()
     except grpc.RpcError as err:
         print(f"zsc: {err.code().name}: {err.details()}", file=sys.stderr)
-    except client.OperationError as err:
+    except OperationError as err:
         print(f"zsc: {err}", file=sys.stderr)
-    except (CommandError, ZscError, TimeoutError, FileNotFoundError, ValueError) as err:
+    except (CommandError, ClientError, ZscError, TimeoutError, FileNotFoundError, ValueError) as err:
         print(f"zsc: {err}", file=sys.stderr)
     except BrokenPipeError:  # `zsc ... | head` closed the pipe: stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
@@ -270,7 +228,9 @@ def save_evaluation(
     DVC's confusion template. Files are written atomically, so an interrupted stage leaves no partial output."""
     if metrics_out is not None:
         scores = {k: v for k, v in metrics.items() if not is_timing(k)}
-        write_json(metrics_out, {**scores, "per_class_accuracy": dict(zip(class_names, per_class, strict=True))})
+        # JSON has no NaN: a class without test images has no accuracy
+        accuracy = {n: (a if math.isfinite(a) else None) for n, a in zip(class_names, per_class, strict=True)}
+        write_json(metrics_out, {**scores, "per_class_accuracy": accuracy})
     if plots_dir is not None:
         write_per_class_accuracy(plots_dir, class_names, per_class)
         pairs = [
@@ -313,34 +273,24 @@ def add_training_outputs(parser: argparse.ArgumentParser) -> None:
 
 
 def save_training_outputs(args: argparse.Namespace, name: str, version: str, run_id: str) -> None:
-    """Act on the ``add_training_outputs`` options for version ``version`` of ``name``, trained in run ``run_id``.
-
-    These read and write the MLflow store directly (``MLFLOW_TRACKING_URI``, else the local store), like ``zsc
-    registry``: a remote service and this client must share the tracking server."""
+    """Act on the ``add_training_outputs`` options for version ``version`` of ``name``, trained in run ``run_id``
+    (``zsc.client.registry``: the MLflow store this client shares with the service)."""
     if not (args.alias or args.model_out or args.metrics_out or args.plots_dir):
         return
-    from zsc import registry, tracking
+    from zsc.client import registry
 
-    client = tracking.client()
     if args.alias:
-        registry.promote(name, version, args.alias, client=client)
+        registry.promote(name, version, args.alias)
         print(f"{name}@{args.alias} -> v{version}")
     if args.model_out:
-        files = export_model_files(f"models:/{name}/{version}", args.model_out, client)
-        from zsc.lineage import dvc_md5
-
-        registry.tag_version(name, version, {registry.FILES_MD5_TAG: dvc_md5(args.model_out)}, client)
+        files = registry.export_model_files(name, version, args.model_out)
         print(f"model files: {', '.join(str(f) for f in files)}")
     if args.metrics_out or args.plots_dir:
-        metrics = {k: v for k, v in sorted(client.get_run(run_id).data.metrics.items()) if not is_timing(k)}
+        metrics = {k: v for k, v in registry.run_metrics(run_id).items() if not is_timing(k)}
         if args.metrics_out:
             write_json(args.metrics_out, metrics)
         if args.plots_dir:
-            curves: dict[str, dict[int, float]] = {}
-            for key in metrics:
-                history = client.get_metric_history(run_id, key)
-                if len(history) > 1:  # a curve, not a summary value
-                    curves[key] = {m.step: m.value for m in history}  # a repeated step keeps its last value
+            curves = registry.metric_curves(run_id, list(metrics))
             steps = sorted({step for curve in curves.values() for step in curve})
             names = sorted(curves)
             rows = [[step, *(curves[k].get(step, "") for k in names)] for step in steps]
@@ -348,49 +298,11 @@ def save_training_outputs(args: argparse.Namespace, name: str, version: str, run
 
 
 def model_uri(text: str) -> str:
-    """A model reference as a user or a DVC stage gives it: a models:/ or runs:/ URI as is, or a folder that
-    ``--model-out`` wrote, which names the registered version holding exactly those files (see
-    ``registry.version_with_files``)."""
-    folder = Path(text)
-    if "://" in text or text.startswith(("models:/", "runs:/")) or not folder.is_dir():
-        return text
-    from zsc import registry, tracking
-    from zsc.lineage import dvc_md5
+    """``--model``/``--generator``/``--classifier`` as given: a URI, or a ``--model-out`` folder resolved to the
+    registered version holding its files (said on stderr)."""
+    from zsc.client import registry
 
-    uri = registry.version_with_files(dvc_md5(folder), str(folder), tracking.client())
-    print(f"{text}: {uri}", file=sys.stderr)
+    uri = registry.model_uri(text)
+    if uri != text:
+        print(f"{text}: {uri}", file=sys.stderr)
     return uri
-
-
-MODEL_FILE_SUFFIXES = (".safetensors",)
-MODEL_FILE_NAMES = ("config.json",)
-
-
-def export_model_files(uri: str, out_dir: Path, client: object) -> list[Path]:
-    """Copy a registered model's own files (weights and config) into ``out_dir``, flat.
-
-    MLflow's wrappers (MLmodel with its run id and creation time, environment files) are left out: they differ
-    between two trainings of the same weights, and the registry keeps them anyway."""
-    import shutil
-    import tempfile
-
-    from zsc import registry
-
-    resolved = registry.resolve(uri, client)
-    with tempfile.TemporaryDirectory(prefix="zsc-export-") as tmp:
-        local = registry.fetch(resolved, Path(tmp))
-        files = sorted(
-            p
-            for p in local.rglob("*")
-            if p.is_file() and (p.suffix in MODEL_FILE_SUFFIXES or p.name in MODEL_FILE_NAMES)
-        )
-        if not files:
-            raise CommandError(f"{uri} holds no weights or config files")
-        if len({p.name for p in files}) != len(files):
-            raise CommandError(f"{uri} holds several files of the same name: {', '.join(p.name for p in files)}")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True)
-        for p in files:
-            shutil.copyfile(p, out_dir / p.name)
-        return [out_dir / p.name for p in files]

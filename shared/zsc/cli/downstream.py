@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import mimetypes
 from pathlib import Path
 
-from zsc import codec
-from zsc.classification.v1 import downstream_pb2 as pb
-from zsc.classification.v1 import downstream_pb2_grpc as pb_grpc
 from zsc.cli.common import (
-    CommandError,
     add_class_map_arg,
     add_client_args,
     add_training_outputs,
     class_map,
-    follow,
     markdown_table,
     model_uri,
     open_channel,
+    progress_bar,
     save_evaluation,
     save_training_outputs,
 )
-from zsc.common.v1 import common_pb2
-from zsc.runtime.client import unpack
+from zsc.client import classification
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,28 +66,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    request = pb.TrainClassifierRequest(
-        data_uri=str(Path(args.data).resolve()),
-        arch=args.arch,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        registered_model_name=args.name,
-        pretrained=args.pretrained,
-        image_size=args.image_size,
-        experiment=args.experiment,
-    )
-    # Optional fields: only set what the user gave, so the server's defaults apply otherwise.
-    if args.weight_decay is not None:
-        request.weight_decay = args.weight_decay
-    if args.val_fraction is not None:
-        request.val_fraction = args.val_fraction
-    if args.seed is not None:
-        request.seed = args.seed
-    with open_channel(args, "classification", [args.data]) as channel:
-        stub = pb_grpc.DownstreamStub(channel)
-        op = follow(channel, stub.TrainClassifier(request), f"train {args.arch or 'classifier'}")
-    result = unpack(op, pb.TrainClassifierResult)
+    bar = progress_bar(f"train {args.arch or 'classifier'}")
+    with open_channel(args, "classification", [args.data]) as channel, bar as progress:
+        # unset options (None, 0, "") keep the server's defaults
+        result = classification.train_classifier(
+            channel,
+            args.data,
+            arch=args.arch,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            registered_model_name=args.name,
+            pretrained=args.pretrained,
+            image_size=args.image_size,
+            experiment=args.experiment,
+            progress=progress,
+        )
     print(f"registered {result.model_uri} ({result.arch}, {len(result.class_names)} classes, {result.image_size}px)")
     print(
         f"best epoch {result.best_epoch}: synthetic validation accuracy {result.best_val_accuracy:.4f} "
@@ -107,19 +98,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    request = pb.EvaluateModelRequest(
-        model_uri=model_uri(args.model),
-        data_uri=str(Path(args.data).resolve()),
-        limit=args.limit,
-        batch_size=args.batch_size,
-        experiment=args.experiment,
-        folder_to_class=class_map(args),
-    )
-    with open_channel(args, "classification", [args.data]) as channel:
-        op = follow(channel, pb_grpc.DownstreamStub(channel).Evaluate(request), "evaluate")
-    result = unpack(op, pb.ModelEvaluation)
+    uri, folder_to_class = model_uri(args.model), class_map(args)
+    with open_channel(args, "classification", [args.data]) as channel, progress_bar("evaluate") as progress:
+        result = classification.evaluate_model(
+            channel,
+            uri,
+            args.data,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            experiment=args.experiment,
+            folder_to_class=folder_to_class,
+            progress=progress,
+        )
     names = list(result.class_names)
-    confusion = codec.decode(result.confusion)
+    confusion = result.confusion
     print(
         f"top-1 accuracy: {result.top1:.4f} over {result.n_images} images "
         f"(macro {result.macro_accuracy:.4f}; {result.seconds_per_image * 1e3:.2f} ms/image)"
@@ -143,16 +135,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    images = []
-    for path in args.images:
-        if not path.is_file():
-            raise CommandError(f"no such image: {path}")
-        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        images.append(common_pb2.Image(data=path.read_bytes(), mime=mime))
+    uri = model_uri(args.model)
     with open_channel(args, "classification", balanced=True) as channel:  # unary: spread over replicas
-        reply = pb_grpc.DownstreamStub(channel).Predict(
-            pb.PredictRequest(model_uri=model_uri(args.model), images=images, top_k=args.top_k)
-        )
+        reply = classification.predict(channel, uri, args.images, top_k=args.top_k)
     for path, ranked in zip(args.images, reply.predictions, strict=True):
         print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in zip(ranked.labels, ranked.probs, strict=True)))
     print(f"model: {reply.registered_model_name} version {reply.model_version}" if reply.model_version else "")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zsc.classification.v1 import features_pb2 as pb
-from zsc.classification.v1 import features_pb2_grpc as pb_grpc
-from zsc.cli.common import add_class_map_arg, add_client_args, class_map, follow, open_channel, parse_names
-from zsc.runtime.client import unpack
+from zsc.cli.common import add_class_map_arg, add_client_args, class_map, open_channel, parse_names, progress_bar
+from zsc.client import classification
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,24 +50,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_extract_features(args: argparse.Namespace) -> int:
     data, out = args.data.resolve(), args.out.resolve()
-    request = pb.ExtractFeaturesRequest(
-        data_uri=str(data),
-        output_uri=str(out),
-        limit=args.limit,
-        batch_size=args.batch_size,
-        class_names=parse_names(args.classes, "--classes") if args.classes else [],
-        folder_to_class=class_map(args),
-        prompt_template=args.template,
-        image_size=args.image_size,
-        cache_uri=str(args.cache_dir.resolve()) if args.cache_dir else "",
-        disable_cache=args.no_cache,
-        experiment=args.experiment,
-        alignment_uri=str(args.alignment.resolve()) if args.alignment else "",
-    )
+    names = parse_names(args.classes, "--classes") if args.classes else []
+    folder_to_class = class_map(args)
     paths: list[str | Path] = [data, out, args.cache_dir.resolve() if args.cache_dir else "", args.alignment or ""]
-    with open_channel(args, "classification", paths) as channel:
-        op = follow(channel, pb_grpc.FeaturesStub(channel).ExtractFeatures(request), "extracting features")
-    result = unpack(op, pb.ExtractFeaturesResult)
+    with open_channel(args, "classification", paths) as channel, progress_bar("extracting features") as progress:
+        result = classification.extract_features(
+            channel,
+            data,
+            out,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            class_names=names,
+            folder_to_class=folder_to_class,
+            prompt_template=args.template,
+            image_size=args.image_size,
+            cache_dir=args.cache_dir,
+            disable_cache=args.no_cache,
+            experiment=args.experiment,
+            alignment=args.alignment,
+            progress=progress,
+        )
     space = "one aligned space" if result.aligned else "separate, unaligned spaces"
     print(
         f"extracted {result.n_images} image features (D={result.dim}, {result.image_encoder}) and "

@@ -4,34 +4,31 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zsc import codec
 from zsc.cli.common import (
     CommandError,
     add_client_args,
     add_training_outputs,
-    follow,
     markdown_table,
     model_uri,
     open_channel,
     parse_names,
+    progress_bar,
     save_training_outputs,
+    write_json,
     write_per_class_accuracy,
 )
-from zsc.generative.v1 import generative_pb2 as pb
-from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
-from zsc.runtime.client import unpack
+from zsc.client import generative as gc
 
 if TYPE_CHECKING:  # torch costs seconds at import: only the commands that use it load it
     import torch
 
-KINDS = {"tfvaegan": pb.TFVAEGAN, "clswgan": pb.CLSWGAN, "ship_vae": pb.SHIP_VAE}
-METHODS = {"coop": pb.COOP, "clip_adapter": pb.CLIP_ADAPTER, "tip_adapter_f": pb.TIP_ADAPTER_F}
-CALIBRATIONS = {"none": pb.CALIBRATION_NONE, "holdout": pb.CALIBRATION_HOLDOUT}
+KINDS = gc.KINDS.names
+METHODS = gc.METHODS.names
+CALIBRATIONS = gc.CALIBRATIONS.names
 # train-gzsl --calibration-* options -> CalibrationSettings fields.
 CALIBRATION_OPTIONS = ("holdout_fraction", "val_fraction", "n_per_class", "generator")
 # SHIP_VAE-only options -> ShipVaeSettings fields.
@@ -277,42 +274,39 @@ def read_text_features(path: Path, classes: list[str] | None) -> tuple[list[str]
     return classes, text
 
 
-def set_fields(message: object, values: dict[str, object]) -> None:
-    for field, value in values.items():
-        if value is not None:
-            setattr(message, field, value)
+def given(args: argparse.Namespace, options: tuple[str, ...], prefix: str = "") -> dict[str, object]:
+    """The options the user gave (not None), by their request field names."""
+    return {o: getattr(args, prefix + o) for o in options if getattr(args, prefix + o) is not None}
 
 
-def print_model(label: str, model: pb.ModelVersion) -> None:
+def print_model(label: str, model: gc.ModelVersion) -> None:
     print(f"{label}: {model.model_uri} (run {model.run_id}, files {model.artifact_uri})")
 
 
 # --- commands ------------------------------------------------------------------------------------------------------
 def cmd_train_generator(args: argparse.Namespace) -> int:
-    request = pb.TrainGeneratorRequest(
-        features_uri=str(args.features.resolve()),
-        kind=KINDS[args.kind],
-        seed=args.seed,
-        registered_model_name=args.name,
-        experiment=args.experiment,
-    )
+    groups: dict[str, dict[str, object]] = {"settings": {}, "selection": {}}
     for option, (part, field) in GENERATOR_OPTIONS.items():
-        value = getattr(args, option)
-        if value is not None:
-            setattr(getattr(request, part), field, value)
+        groups[part][field] = getattr(args, option)
     if args.no_select_refit:
-        request.selection.refit = False
-    ship_given = {o: getattr(args, o) for o in SHIP_OPTIONS if getattr(args, o) is not None}
+        groups["selection"]["refit"] = False
+    ship_given = given(args, SHIP_OPTIONS)
     if ship_given and args.kind != "ship_vae":
         raise CommandError(f"--{next(iter(ship_given)).replace('_', '-')} applies to --kind ship_vae only")
-    set_fields(request.ship_vae, ship_given)
-    if args.text_features is not None:
-        _, text = read_text_features(args.text_features, None)
-        request.text_features.CopyFrom(codec.encode(text.float()))
-    with open_channel(args, "generative", [args.features]) as channel:
-        stub = pb_grpc.GenerativeStub(channel)
-        op = follow(channel, stub.TrainGenerator(request), f"training {args.kind}")
-    result = unpack(op, pb.TrainGeneratorResult)
+    text = read_text_features(args.text_features, None)[1].float() if args.text_features is not None else None
+    with open_channel(args, "generative", [args.features]) as channel, progress_bar(f"training {args.kind}") as bar:
+        result = gc.train_generator(
+            channel,
+            args.features,
+            args.kind,
+            text_features=text,
+            method_settings=ship_given or None,
+            seed=args.seed,
+            registered_model_name=args.name,
+            experiment=args.experiment,
+            progress=bar,
+            **groups,
+        )
     print(
         f"trained {args.kind} on {len(result.trained_classes)} of {len(result.class_names)} classes "
         f"(D={result.feature_dim}, D_t={result.text_dim}; {result.epochs_run} epochs, best epoch {result.best_epoch})"
@@ -326,25 +320,19 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     classes = parse_names(args.classes, "--classes") if args.classes else None
-    request = pb.GenerateFeaturesRequest(
-        generator=model_uri(args.generator),
-        per_class=args.per_class,
-        seed=args.seed,
-        output_uri=str(args.out.resolve()),
-    )
+    generator = model_uri(args.generator)
     paths: list[Path] = [args.out]
+    text = None
     if args.text_features is not None:
-        names, text = read_text_features(args.text_features, classes)
-        request.class_names.extend(names)
-        request.text_features.CopyFrom(codec.encode(text.float()))
+        classes, text = read_text_features(args.text_features, classes)
+        text = text.float()
         paths.append(args.text_features)
-    elif classes is not None:
-        request.class_names.extend(classes)
-    else:
+    elif classes is None:
         raise CommandError("name the classes with --classes, or give --text-features")
-    with open_channel(args, "generative", paths) as channel:
-        op = follow(channel, pb_grpc.GenerativeStub(channel).GenerateFeatures(request), "synthesizing")
-    result = unpack(op, pb.GenerateFeaturesResult)
+    with open_channel(args, "generative", paths) as channel, progress_bar("synthesizing") as progress:
+        result = gc.generate_features(
+            channel, generator, classes, args.per_class, args.out, text_features=text, seed=args.seed, progress=progress
+        )
     print(
         f"synthesized {result.n_features} features (D={result.feature_dim}) of {len(result.class_names)} classes "
         f"with {result.generator.model_uri}"
@@ -354,35 +342,38 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_train_gzsl(args: argparse.Namespace) -> int:
-    request = pb.TrainGZSLRequest(
-        base_features_uri=str(args.base.resolve()),
-        novel_features_uri=str(args.novel.resolve()) if args.novel else "",
-        seed=args.seed,
-        registered_model_name=args.name,
-        experiment=args.experiment,
-    )
-    set_fields(request.settings, {o: getattr(args, o) for o in (*GZSL_OPTIONS, "calibration_gamma")})
-    request.calibration.method = CALIBRATIONS[args.calibration]
-    set_fields(request.calibration, {o: getattr(args, f"calibration_{o}") for o in CALIBRATION_OPTIONS})
+    settings = given(args, (*GZSL_OPTIONS, "calibration_gamma"))
     if args.no_logit_adjustment:
-        request.settings.logit_adjustment = False
+        settings["logit_adjustment"] = False
     paths = [args.base, *([args.novel] if args.novel else [])]
+    names, text = [], None
     if args.text_features is not None:
         classes = parse_names(args.classes, "--classes") if args.classes else None
         names, text = read_text_features(args.text_features, classes)
-        request.class_names.extend(names)
-        request.text_features.CopyFrom(codec.encode(text.float()))
+        text = text.float()
     elif args.classes:
         raise CommandError("--classes names the rows of --text-features; give both")
-    with open_channel(args, "generative", paths) as channel:
-        op = follow(channel, pb_grpc.GenerativeStub(channel).TrainGZSL(request), "training GZSL classifier")
-    result = unpack(op, pb.TrainGZSLResult)
+    with open_channel(args, "generative", paths) as channel, progress_bar("training GZSL classifier") as progress:
+        result = gc.train_gzsl(
+            channel,
+            args.base,
+            novel=args.novel,
+            class_names=names,
+            text_features=text,
+            settings=settings,
+            calibration=args.calibration,
+            calibration_settings=given(args, CALIBRATION_OPTIONS, "calibration_"),
+            seed=args.seed,
+            registered_model_name=args.name,
+            experiment=args.experiment,
+            progress=progress,
+        )
     print(
         f"trained a GZSL classifier over {len(result.class_names)} classes ({len(result.seen_indices)} seen, "
         f"{len(result.novel_indices)} novel) on {result.n_base} base + {result.n_novel} synthesized features "
         f"(final loss {result.final_loss:.4g})"
     )
-    if result.HasField("calibration"):
+    if result.calibration is not None:
         cal = result.calibration
         print(
             f"calibration: gamma {cal.gamma:.4g}, chosen on held-out base classes {', '.join(cal.pseudo_unseen)} "
@@ -394,30 +385,28 @@ def cmd_train_gzsl(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    request = pb.FineTuneRequest(
-        base_features_uri=str(args.base.resolve()),
-        novel_features_uri=str(args.novel.resolve()) if args.novel else "",
-        method=METHODS[args.method],
-        seed=args.seed,
-        registered_model_name=args.name,
-        experiment=args.experiment,
-    )
-    if args.classes:
-        request.class_names.extend(parse_names(args.classes, "--classes"))
-    set_fields(request.settings, {o: getattr(args, o) for o in FINETUNE_OPTIONS})
+    names = parse_names(args.classes, "--classes") if args.classes else []
     paths = [args.base, *([args.novel] if args.novel else []), *([args.test] if args.test else [])]
     with open_channel(args, "generative", paths) as channel:
-        stub = pb_grpc.GenerativeStub(channel)
-        op = follow(channel, stub.FineTune(request), f"fine-tuning ({args.method})")
-        result = unpack(op, pb.FineTuneResult)
+        with progress_bar(f"fine-tuning ({args.method})") as progress:
+            result = gc.fine_tune(
+                channel,
+                args.base,
+                args.method,
+                novel=args.novel,
+                class_names=names,
+                settings=given(args, FINETUNE_OPTIONS),
+                seed=args.seed,
+                registered_model_name=args.name,
+                experiment=args.experiment,
+                progress=progress,
+            )
         evaluation = None
         if args.test is not None:
-            ask = pb.EvaluateGZSLRequest(
-                classifier=result.model.model_uri,
-                test_features_uri=str(args.test.resolve()),
-                experiment=args.experiment,
-            )
-            evaluation = unpack(follow(channel, stub.EvaluateGZSL(ask), "evaluating"), pb.EvaluateGZSLResult)
+            with progress_bar("evaluating") as progress:
+                evaluation = gc.evaluate_gzsl(
+                    channel, result.model.model_uri, args.test, experiment=args.experiment, progress=progress
+                )
     synthetic = f" + {result.n_synthetic} synthesized" if result.n_synthetic else " (no synthesized features)"
     if result.n_val:
         kept = f"best epoch {result.best_epoch} of {result.epochs_run} on {result.n_val} held-out images, "
@@ -438,18 +427,20 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    request = pb.EvaluateGZSLRequest(
-        classifier=model_uri(args.classifier), test_features_uri=str(args.test.resolve()), experiment=args.experiment
-    )
-    if args.unseen:
-        request.unseen_classes.extend(parse_names(args.unseen, "--unseen"))
-    if args.calibration_gamma is not None:
-        request.calibration_gamma = args.calibration_gamma
-    if args.alignment is not None:
-        request.alignment_uri = str(args.alignment.resolve())
-    with open_channel(args, "generative", [args.test, args.alignment or ""]) as channel:
-        op = follow(channel, pb_grpc.GenerativeStub(channel).EvaluateGZSL(request), "evaluating")
-    result = unpack(op, pb.EvaluateGZSLResult)
+    classifier = model_uri(args.classifier)
+    unseen = parse_names(args.unseen, "--unseen") if args.unseen else []
+    paths = [args.test, args.alignment or ""]
+    with open_channel(args, "generative", paths) as channel, progress_bar("evaluating") as progress:
+        result = gc.evaluate_gzsl(
+            channel,
+            classifier,
+            args.test,
+            unseen_classes=unseen,
+            calibration_gamma=args.calibration_gamma,
+            alignment=args.alignment,
+            experiment=args.experiment,
+            progress=progress,
+        )
     gz, bn = result.gzsl, result.base_to_new
     print(f"GZSL: S {gz.seen:.4f}  U {gz.unseen:.4f}  H {gz.harmonic:.4f}")
     print(
@@ -470,7 +461,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_per_class_accuracy(args.plots_dir, list(result.class_names), list(result.per_class_accuracy), unseen)
     if args.metrics_out is not None:
         from zsc.evaluation import gzsl_report
-        from zsc.io import atomic_write_bytes
 
         payload = {
             **gzsl_report(gz, bn),
@@ -480,5 +470,5 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 for n, a in zip(result.class_names, result.per_class_accuracy, strict=True)
             },
         }
-        atomic_write_bytes(args.metrics_out, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+        write_json(args.metrics_out, payload)
     return 0

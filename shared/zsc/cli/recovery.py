@@ -7,27 +7,22 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zsc import codec
 from zsc.cli.common import (
     CommandError,
     add_client_args,
-    follow,
-    load_features_of,
     markdown_table,
     open_channel,
     parse_names,
+    progress_bar,
 )
-from zsc.common.v1 import common_pb2
-from zsc.recovery.v1 import recovery_pb2 as pb
-from zsc.recovery.v1 import recovery_pb2_grpc as pb_grpc
-from zsc.runtime.client import unpack
+from zsc.client import recovery as rc
 
 if TYPE_CHECKING:  # torch costs seconds at import: only the commands that use it load it
     import torch
 
-METRICS = {"cosine": pb.COSINE, "linear": pb.LINEAR}
-POLICIES = {"angular": pb.ANGULAR, "fixed": pb.FIXED, "matched": pb.MATCHED}
-SAMPLERS = {"exact": pb.EXACT, "authors": pb.AUTHORS}
+METRICS = rc.METRICS.names
+POLICIES = rc.POLICIES.names
+SAMPLERS = rc.SAMPLERS.names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -109,13 +104,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fit a linear base-class classifier (multinomial logistic regression) on a features file: a teacher",
         description="The DFZSL teacher is a classifier someone already has. This fits one where none exists: "
         "multinomial logistic regression (scikit-learn, L-BFGS, deterministic) on the L2-normalized image features of "
-        "the named classes, written as safetensors weight [S, D] and bias [S] for `zsc recover --metric linear`.",
+        "the named classes, written as safetensors weight [S, D] and bias [S] for `zsc recover --metric linear`. "
+        "The recovery service fits it (Recovery.FitTeacher).",
     )
     p.add_argument("--features", required=True, type=Path, help="zsc features file (`zsc extract-features`)")
     p.add_argument("--classes", required=True, help="the base classes, in teacher-row order: comma-separated or @FILE")
     p.add_argument("--out", required=True, type=Path, help="teacher weights to write (safetensors)")
     p.add_argument("--c", type=float, default=1.0, help="inverse L2 regularization strength (default 1)")
     p.add_argument("--max-iter", type=int, default=1000, help="L-BFGS iterations (default 1000)")
+    add_client_args(p, "recovery")
     p.set_defaults(func=cmd_fit_teacher)
 
 
@@ -157,40 +154,35 @@ def cmd_recover(args: argparse.Namespace) -> int:
     tensors = load_tensors(args.teacher, "teacher")
     if "weight" not in tensors:
         raise CommandError(f'{args.teacher} has no tensor named "weight"')
-    teacher = pb.Teacher(weight=codec.encode(tensors["weight"].float()), metric=METRICS[args.metric])
-    if "bias" in tensors:
-        teacher.bias.CopyFrom(codec.encode(tensors["bias"].float()))
-    if args.temperature is not None:
-        teacher.temperature = args.temperature
-    request = pb.RecoverRequest(
-        teacher=teacher,
-        class_names=names,
-        prompt_template=args.template,
-        kappa_policy=POLICIES[args.kappa_policy],
-        kappa=args.kappa,
-        seed=args.seed,
-        output_uri=str(args.out.resolve()),
-        experiment=args.experiment,
-        init_from_teacher=args.mu_init == "teacher",
-        preset=args.preset,
-    )
-    if args.sampler is not None:
-        request.sampler = SAMPLERS[args.sampler]
-    if args.text_features is not None:
-        request.text_features.CopyFrom(codec.encode(base_text_features(args.text_features, names).float()))
-    for field in ("theta", "num", "nsample", "epochs", "lr"):
-        value = getattr(args, field)
-        if value is not None:
-            setattr(request, field, value)
-    if args.no_trusted:
-        request.trusted = False
-    with open_channel(args, "recovery", [args.out]) as channel:
-        op = follow(channel, pb_grpc.RecoveryStub(channel).Recover(request), "vMF recovery")
-    print_recovery(unpack(op, pb.RecoverResult), op)
+    text = base_text_features(args.text_features, names).float() if args.text_features is not None else None
+    settings = {f: getattr(args, f) for f in ("theta", "num", "nsample", "epochs", "lr")}
+    with open_channel(args, "recovery", [args.out]) as channel, progress_bar("vMF recovery") as progress:
+        result = rc.recover(
+            channel,
+            tensors["weight"].float(),
+            names,
+            args.out,
+            bias=tensors["bias"].float() if "bias" in tensors else None,
+            metric=args.metric,
+            temperature=args.temperature,
+            text_features=text,
+            prompt_template=args.template,
+            kappa_policy=args.kappa_policy,
+            kappa=args.kappa,
+            sampler=args.sampler,
+            preset=args.preset,
+            init_from_teacher=args.mu_init == "teacher",
+            seed=args.seed,
+            experiment=args.experiment,
+            trusted=False if args.no_trusted else None,
+            progress=progress,
+            **settings,
+        )
+    print_recovery(result)
     return 0
 
 
-def print_recovery(result: pb.RecoverResult, op: common_pb2.Operation) -> None:
+def print_recovery(result: rc.Recovery) -> None:
     stats = result.stats
     kept = list(stats.kept_fraction)
     print(
@@ -207,23 +199,12 @@ def print_recovery(result: pb.RecoverResult, op: common_pb2.Operation) -> None:
 
 def cmd_align(args: argparse.Namespace) -> int:
     names = parse_names(args.classes, "--classes")
-    settings = pb.FlptSettings(ctx_init=args.ctx_init, seed=args.seed)
-    if args.shuffle:
-        settings.shuffle = True
-    for field in ("epochs", "batch_size", "lr", "residual_scale"):
-        value = getattr(args, field)
-        if value is not None:
-            setattr(settings, field, value)
-    request = pb.AlignRequest(
-        features_uri=str(args.features.resolve()),
-        class_names=names,
-        output_uri=str(args.out.resolve()),
-        settings=settings,
-        experiment=args.experiment,
-    )
-    with open_channel(args, "recovery", [args.features, args.out]) as channel:
-        op = follow(channel, pb_grpc.RecoveryStub(channel).Align(request), "FLPT alignment")
-    result = unpack(op, pb.AlignResult)
+    settings = {f: getattr(args, f) for f in ("epochs", "batch_size", "lr", "residual_scale")}
+    settings.update(ctx_init=args.ctx_init, seed=args.seed, shuffle=True if args.shuffle else None)
+    with open_channel(args, "recovery", [args.features, args.out]) as channel, progress_bar("FLPT alignment") as bar:
+        result = rc.align(
+            channel, args.features, names, args.out, settings=settings, experiment=args.experiment, progress=bar
+        )
     print(
         f"aligned {result.n_features} features over {result.steps_run} steps (final loss {result.final_loss:.4g}); "
         f"text features for {result.n_base} base + {result.n_novel} novel classes"
@@ -238,49 +219,12 @@ def cmd_align(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_teacher(args: argparse.Namespace) -> int:
-    """Client-side: a few hundred feature rows fit in well under a second, no service needed."""
-    import json
-
-    import numpy as np
-    import torch
-    from safetensors.torch import save
-    from sklearn.linear_model import LogisticRegression
-
-    from zsc.io import atomic_write_bytes
-
     names = parse_names(args.classes, "--classes")
-    if len(names) < 2:
-        raise CommandError("a teacher needs at least 2 base classes")
-    data, index = load_features_of(args.features, names)
-    keep = torch.zeros(len(data), dtype=torch.bool)
-    targets = torch.full((len(data),), -1, dtype=torch.int64)
-    for row, name in enumerate(names):
-        mask = data.labels == index[name]
-        if not bool(mask.any()):
-            raise CommandError(f"{args.features} has no sample of class {name!r}")
-        keep |= mask
-        targets[mask] = row
-    # Unit-norm inputs: recovery draws its virtual features on the unit sphere, so the teacher must score those.
-    x = torch.nn.functional.normalize(data.features[keep].double(), dim=1).numpy()
-    y = targets[keep].numpy()
-    model = LogisticRegression(C=args.c, max_iter=args.max_iter).fit(x, y)
-    accuracy = float(np.mean(model.predict(x) == y))
-    about = {
-        "class_names": names,
-        "fit": {"method": "multinomial logistic regression", "C": args.c, "max_iter": args.max_iter},
-        "n_train": len(y),
-        "train_accuracy": round(accuracy, 6),
-    }
-    # One header key: safetensors writes several in no fixed order, and the file should not change between reruns.
-    metadata = {"zsc.teacher": json.dumps(about, sort_keys=True)}
-    weight, bias = torch.from_numpy(model.coef_).float(), torch.from_numpy(model.intercept_).float()
-    if len(names) == 2:  # sklearn keeps one row (the logit of class 1); the same softmax with one row per class:
-        weight, bias = torch.cat([-weight, weight]) / 2, torch.cat([-bias, bias]) / 2
-    weight, bias = weight.contiguous(), bias.contiguous()
-    atomic_write_bytes(args.out, save({"weight": weight, "bias": bias}, metadata=metadata))
+    with open_channel(args, "recovery", [args.features, args.out]) as channel:
+        fit = rc.fit_teacher(channel, args.features, names, args.out, c=args.c, max_iter=args.max_iter)
     print(
-        f"fitted a linear teacher over {len(names)} classes on {len(y)} features (D={x.shape[1]}); "
-        f"training accuracy {accuracy:.4f}"
+        f"fitted a linear teacher over {len(fit.class_names)} classes on {fit.n_train} features (D={fit.dim}); "
+        f"training accuracy {fit.train_accuracy:.4f}"
     )
     print(f"teacher: {args.out} (use `zsc recover --teacher {args.out} --metric linear`)")
     return 0

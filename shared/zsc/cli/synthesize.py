@@ -1,9 +1,9 @@
 """`zsc synthesize`: a synthetic ImageFolder + manifest.jsonl from class names, on one or several synthesis replicas.
 
 Several replicas (``--address`` repeated or comma-separated, an ``ipv4:`` multi-address target, or a ``dns:///`` name
-standing for all its addresses) share the plan cut into ``fanout.SHARDS_PER_REPLICA`` shards per replica on the
-chunk grid by ``writer.split_shards``: a free replica takes the next shard, a lost replica's shard goes to the others
-(``zsc.cli.fanout``), and all write into the same directory, so the result is byte for byte what one replica writes.
+standing for all its addresses) share the plan cut into shards on the chunk grid (``zsc.client.synthesis``): a free
+replica takes the next shard, a lost replica's shard goes to the others, and all write into the same directory, so
+the result is byte for byte what one replica writes.
 """
 
 from __future__ import annotations
@@ -12,18 +12,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from zsc.cli import fanout
-from zsc.cli.common import CommandError, follow, open_channel, parse_names
+from zsc.cli.common import CommandError, open_channel, parse_names, progress_bar
+from zsc.client import synthesis
+from zsc.client.synthesis import ClassSpec, GuidanceRange, TrickShare, TrickSpec
 from zsc.runtime import client
-from zsc.synthesis.v1 import synthesis_pb2 as pb
-from zsc.synthesis.v1 import synthesis_pb2_grpc as pb_grpc
 
-if TYPE_CHECKING:
-    from zsc_synthesis.core.writer import Shard
-
-SERVICE = "synthesis"
+SERVICE = synthesis.SERVICE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -98,51 +93,52 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
     out = args.out.expanduser().resolve()
-    request = pb.GenerateDatasetRequest(
-        classes=parse_classes(args.classes, args.describe),
-        images_per_class=args.per_class,
-        tricks=parse_tricks(args),
-        resolution=args.resolution,
-        output_uri=str(out),
-        seed=args.seed,
-        generation=pb.GenerationSettings(
-            steps=args.steps,
-            scheduler=args.scheduler,
-            native_resolution=args.native_resolution,
-            negative_prompt=args.negative_prompt,
-            downsample=args.downsample,
-        ),
-        batch_size=args.batch_size,
-        experiment=args.experiment,
-    )
+    classes = parse_classes(args.classes, args.describe)
+    options = {
+        "tricks": parse_tricks(args),
+        "resolution": args.resolution,
+        "seed": args.seed,
+        "generation": {
+            "steps": args.steps,
+            "scheduler": args.scheduler,
+            "native_resolution": args.native_resolution,
+            "negative_prompt": args.negative_prompt,
+            "downsample": args.downsample,
+        },
+        "batch_size": args.batch_size,
+        "experiment": args.experiment,
+    }
     targets = [t for t in args.address or [client.address_from_env(SERVICE) or ""] if t.strip()]
     replicas = list(dict.fromkeys(r for t in targets for r in client.resolve_target(t)))
     if args.shard is not None:
         index, count = args.shard
         if len(replicas) > 1:
             raise CommandError("--shard runs one shard on one address; give a single --address")
-        shards = plan_shards(request, count)
+        shards = synthesis.plan_shards(classes, args.per_class, out, count, args.batch_size)
         if index >= len(shards):
             # the plan has fewer chunks than workers: this worker has nothing to do, which is not an error
             print(f"shard {index}/{count}: nothing to do (the plan cuts into {len(shards)} shards)")
             return 0
-        request.shard.CopyFrom(_shard_message(shards[index]))
+        options["shard"] = shards[index]
     if len(replicas) <= 1:
         # one replica: the target as written (gRPC resolves a name itself), else the in-process server
         address = (targets[0] if len(targets) == 1 else replicas[0].address) if replicas else None
         single = argparse.Namespace(address=address, profile=args.profile)
-        with open_channel(single, SERVICE, [out]) as channel:
-            op = follow(channel, pb_grpc.SynthesisStub(channel).GenerateDataset(request), "synthesize")
-        results = [client.unpack(op, pb.GenerateDatasetResult)]
-        print_summary(results, out)
+        with open_channel(single, SERVICE, [out]) as channel, progress_bar("synthesize") as progress:
+            result = synthesis.generate_dataset(channel, classes, args.per_class, out, progress=progress, **options)
+        print_summary(result, out)
     else:
         start = time.perf_counter()
-        results = run_sharded(request, replicas, args.profile)
-        print_summary(results, out, time.perf_counter() - start)
+        with progress_bar("synthesize") as progress:
+            result = synthesis.generate_dataset(
+                replicas, classes, args.per_class, out, profile=args.profile, progress=progress, **options
+            )
+        print(f"zsc: {result.shards.summary(len(replicas))}", file=sys.stderr)
+        print_summary(result, out, time.perf_counter() - start)
     return 0
 
 
-def parse_classes(value: str, describe: list[str]) -> list[pb.ClassSpec]:
+def parse_classes(value: str, describe: list[str]) -> list[ClassSpec]:
     """Class specs from "a,b,c" or "@file" (NAME or NAME: DESCRIPTION per line), plus --describe NAME=TEXT."""
     descriptions: dict[str, str] = {}
     if value.startswith("@"):
@@ -167,12 +163,12 @@ def parse_classes(value: str, describe: list[str]) -> list[pb.ClassSpec]:
         if name.strip() not in names:
             raise CommandError(f"--describe names {name.strip()!r}, which is not in --classes")
         descriptions[name.strip()] = text.strip()
-    return [pb.ClassSpec(name=n, description=descriptions.get(n, "")) for n in names]
+    return [ClassSpec(n, descriptions.get(n, "")) for n in names]
 
 
-def parse_tricks(args: argparse.Namespace) -> pb.TrickSpec:
+def parse_tricks(args: argparse.Namespace) -> TrickSpec:
     """--tricks and its knobs; "A;B=0.3" style values become an explicit merge with shares."""
-    spec = pb.TrickSpec(
+    spec = TrickSpec(
         domains=args.domains, domain_set=args.domain_set, template=args.template, image_template=args.image_template
     )
     if ";" in args.tricks:
@@ -186,49 +182,14 @@ def parse_tricks(args: argparse.Namespace) -> pb.TrickSpec:
                 value = float(share) if share else 1.0 / len(components)
             except ValueError:
                 raise CommandError(f"share {share!r} in --tricks is not a number") from None
-            spec.merge.append(pb.TrickShare(tricks=tricks.strip(), share=value))
+            spec.merge.append(TrickShare(tricks.strip(), value))
     else:
         spec.tricks = args.tricks
     if args.guidance is not None:
         spec.guidance_scale = args.guidance
     if args.guidance_range is not None:
-        spec.guidance_range.lo, spec.guidance_range.hi = args.guidance_range
+        spec.guidance_range = GuidanceRange(*args.guidance_range)
     return spec
-
-
-def run_sharded(
-    request: pb.GenerateDatasetRequest,
-    replicas: list[client.Replica],
-    profile: str | None,
-    on_start: fanout.OnStart | None = None,
-) -> list[pb.GenerateDatasetResult]:
-    """The plan cut into ``SHARDS_PER_REPLICA`` shards per replica, spread over the replicas by ``fanout``; then one
-    manifest rewrite."""
-    # the core decides the chunk grid and rebuilds the manifest, so replicas and one server agree to the byte
-    from zsc_synthesis.core import writer
-
-    out = Path(request.output_uri)
-    parts = []
-    for shard in plan_shards(request, fanout.SHARDS_PER_REPLICA * len(replicas)):
-        part = pb.GenerateDatasetRequest()
-        part.CopyFrom(request)
-        part.shard.CopyFrom(_shard_message(shard))
-        parts.append(part)
-    run = fanout.run_shards(
-        SERVICE,
-        replicas,
-        parts,
-        lambda channel, part: pb_grpc.SynthesisStub(channel).GenerateDataset(part),
-        profile=profile,
-        description="synthesis shard",
-        on_start=on_start,
-    )
-    print(f"zsc: {run.summary(len(replicas))}", file=sys.stderr)
-    if (out / writer.REQUEST).is_file():
-        writer.write_manifest(out)  # each replica's last rewrite may predate another replica's last image
-    else:
-        print(f"note: {out} is not visible here; its manifest lists what the last replica to finish saw")
-    return [client.unpack(op, pb.GenerateDatasetResult) for op in run.operations]
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -243,39 +204,12 @@ def parse_shard(value: str) -> tuple[int, int]:
     return i, n
 
 
-def plan_shards(request: pb.GenerateDatasetRequest, workers: int) -> list[Shard]:
-    """The request's plan cut for ``workers`` on its chunk grid (``writer.split_shards``): what each worker runs."""
-    from zsc_synthesis.core import writer
-
-    grid = request.batch_size or _stored_batch_size(Path(request.output_uri)) or writer.DEFAULT_BATCH_SIZE
-    # the split depends only on the class names and the count, so the tricks need not be parsed here
-    plan_shape = writer.SynthesisRequest.create([c.name for c in request.classes], request.images_per_class)
-    return writer.split_shards(plan_shape, workers, grid)
-
-
-def _shard_message(shard: Shard) -> pb.Shard:
-    return pb.Shard(classes=shard.classes or [], start=shard.start, stop=shard.stop or 0)
-
-
-def _stored_batch_size(out: Path) -> int:
-    """The batch grid an existing output directory was started with (0 when new or not visible here)."""
-    from zsc.errors import FailedPrecondition
-    from zsc_synthesis.core import writer
-
-    try:
-        return int(writer.read_header(out)["batch_size"])
-    except (FailedPrecondition, OSError, ValueError, KeyError, TypeError):
-        return 0  # new, unreadable or not ours: the service says what is wrong, if anything
-
-
-def print_summary(results: list[pb.GenerateDatasetResult], out: Path, seconds: float | None = None) -> None:
+def print_summary(result: synthesis.DatasetResult, out: Path, seconds: float | None = None) -> None:
     """Counts of the run (its shards added up) and its rate: over ``seconds`` (the sharded run's wall time, shards
     overlapping), else over the one server's own time."""
-    total = sum(r.total for r in results)
-    generated = sum(r.generated for r in results)
-    skipped = sum(r.skipped for r in results)
+    total, generated, skipped = result.total, result.generated, result.skipped
     if seconds is None:
-        seconds = max((r.seconds for r in results), default=0.0)
+        seconds = result.seconds
     if generated == 0 and skipped == total:
         print(f"nothing to do: all {total} images already exist in {out} (skipped {skipped}, generated 0)")
     else:
@@ -287,5 +221,5 @@ def print_summary(results: list[pb.GenerateDatasetResult], out: Path, seconds: f
         print(f"dataset: {out} (manifest: {manifest}, {lines} records)")
     else:
         print(f"dataset: {out}")
-    runs = ", ".join(r.mlflow_run_id for r in results)
-    print(f"MLflow run{'s' if len(results) > 1 else ''}: {runs}")
+    runs = result.mlflow_run_ids
+    print(f"MLflow run{'s' if len(runs) > 1 else ''}: {', '.join(runs)}")

@@ -8,7 +8,7 @@ turns one into its replicas. Two ways to use several replicas:
 - quick unary RPCs (ZeroShot, Predict) go through one ``balanced`` channel: gRPC's ``round_robin`` policy in the
   service config spreads the calls, and client-side health checking keeps them off replicas not SERVING;
 - long jobs are Operations that live on the replica that started them, so their Get/Watch/Cancel must reach that
-  replica: sharded commands keep one channel per resolved replica (``zsc.cli.fanout``), and any other channel uses
+  replica: sharded commands keep one channel per resolved replica (``zsc.client.fanout``), and any other channel uses
   ``pick_first``, which keeps all of one channel's calls on one connection.
 """
 

@@ -22,9 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import itertools
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -34,8 +32,18 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from zsc import manifests
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument
-from zsc.io import atomic_open, atomic_write_bytes, open_temp
+from zsc.io import atomic_open, open_temp
+from zsc.manifests import (  # the dataset format, shared with clients; re-exported for the service's callers
+    DEFAULT_BATCH_SIZE,
+    FORMAT,
+    MANIFEST,
+    REQUEST,
+    Shard,
+    read_header,
+    read_manifest,
+)
 from zsc.models.diffusion import SDComponents
 from zsc_synthesis.core.generator import GenerationConfig, ImageGenerator, StopFn
 from zsc_synthesis.core.planner import (
@@ -51,10 +59,6 @@ from zsc_synthesis.core.planner import (
     resolve_mix,
 )
 
-FORMAT = "zsc-synthesis/1"
-MANIFEST = "manifest.jsonl"
-REQUEST = "request.json"
-DEFAULT_BATCH_SIZE = 8
 CHECKPOINT_MIN = 256  # images between manifest rewrites at least; the gap grows with the dataset (amortized O(N))
 ProgressFn = Callable[[int, int], None]
 
@@ -129,27 +133,6 @@ class SynthesisRequest:
             seed=data["seed"],
             generation=GenerationConfig(**data["generation"]),
         )
-
-
-@dataclass(frozen=True)
-class Shard:
-    """A subset of the plan: ``classes`` (None = all) x indices [start, stop) (stop None = to the end)."""
-
-    classes: tuple[str, ...] | None = None
-    start: int = 0
-    stop: int | None = None
-
-    def select(self, plan: Sequence[Job]) -> list[Job]:
-        if self.start < 0 or (self.stop is not None and self.stop <= self.start):
-            raise InvalidArgument(f"shard index range [{self.start}, {self.stop}) is empty or negative")
-        names = {j.class_name for j in plan}
-        if self.classes is not None:
-            unknown = sorted(set(self.classes) - names)
-            if unknown:
-                raise InvalidArgument(f"shard names classes not in the request: {unknown}")
-        wanted = names if self.classes is None else set(self.classes)
-        stop = math.inf if self.stop is None else self.stop
-        return [j for j in plan if j.class_name in wanted and self.start <= j.index < stop]
 
 
 @dataclass(frozen=True)
@@ -253,44 +236,8 @@ def preflight(
 
 
 def split_shards(request: SynthesisRequest, replicas: int, batch_size: int = DEFAULT_BATCH_SIZE) -> list[Shard]:
-    """Shards for at most ``replicas`` workers, cut on the chunk grid so no chunk is done twice: index ranges over all
-    classes, and, when a class has fewer chunks than there are replicas, groups of classes as well."""
-    if replicas <= 0:
-        raise InvalidArgument(f"replicas must be positive, got {replicas}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise InvalidArgument(f"batch size must be a positive integer, got {batch_size!r}")
-    n_chunks = math.ceil(request.images_per_class / batch_size)
-    parts = min(n_chunks, replicas)
-    bounds = [round(r * n_chunks / parts) for r in range(parts + 1)]
-    n = request.images_per_class
-    ranges = [(lo * batch_size, min(hi * batch_size, n)) for lo, hi in itertools.pairwise(bounds)]
-    groups = min(len(request.classes), replicas // parts)
-    if groups <= 1:
-        return [Shard(None, lo, hi) for lo, hi in ranges]
-    names = [c.name for c in request.classes]
-    cuts = [round(g * len(names) / groups) for g in range(groups + 1)]
-    return [Shard(tuple(names[a:b]), lo, hi) for a, b in itertools.pairwise(cuts) for lo, hi in ranges]
-
-
-def manifest_record(job: Job, header: dict[str, Any]) -> dict[str, Any]:
-    """The manifest line of one image."""
-    generation = header["request"]["generation"]
-    return {
-        "class": job.class_name,
-        "index": job.index,
-        "prompt": job.prompt,
-        "negative_prompt": job.negative_prompt,
-        "domain": job.domain,
-        "trick": job.trick,
-        "guidance": job.guidance,
-        "seed": job.seed,
-        "steps": generation["steps"],
-        "scheduler": generation["scheduler"],
-        "model": header["model"],
-        "size": header["size"],
-        "native_resolution": header["native_resolution"],
-        "file": job.file,
-    }
+    """``manifests.split_shards`` of the request's classes and count."""
+    return manifests.split_shards([c.name for c in request.classes], request.images_per_class, replicas, batch_size)
 
 
 def write_manifest(
@@ -306,26 +253,7 @@ def write_manifest(
         header = read_header(root)
     if plan is None:
         plan = SynthesisRequest.from_dict(header["request"]).plan(header["request"]["images_per_class"])
-    lines = [
-        json.dumps(manifest_record(job, header), ensure_ascii=False) + "\n"
-        for job in plan
-        if (root / job.file).is_file()
-    ]
-    atomic_write_bytes(root / MANIFEST, "".join(lines).encode("utf-8"))
-    return len(lines)
-
-
-def read_manifest(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    path = Path(out_dir) / MANIFEST
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
-def read_header(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The directory's ``request.json``: format, fingerprint, model, resolutions, batch grid and the request."""
-    path = Path(out_dir) / REQUEST
-    if not path.is_file():
-        raise FailedPrecondition(f"{out_dir} is not a zsc synthesis directory: no {REQUEST}")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return manifests.write_manifest(root, plan, header)
 
 
 def request_fingerprint(request: SynthesisRequest, model: str) -> str:

@@ -196,3 +196,31 @@ class AlignResult(_message.Message):
     residual: _common_pb2.Tensor
     residual_weight: float
     def __init__(self, features_uri: _Optional[str] = ..., final_loss: _Optional[float] = ..., class_names: _Optional[_Iterable[str]] = ..., n_base: _Optional[int] = ..., n_novel: _Optional[int] = ..., n_features: _Optional[int] = ..., steps_run: _Optional[int] = ..., mlflow_run_id: _Optional[str] = ..., alignment_id: _Optional[str] = ..., residual: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., residual_weight: _Optional[float] = ...) -> None: ...
+
+class FitTeacherRequest(_message.Message):
+    __slots__ = ("features_uri", "class_names", "c", "max_iter", "output_uri")
+    FEATURES_URI_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    C_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITER_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_URI_FIELD_NUMBER: _ClassVar[int]
+    features_uri: str
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    c: float
+    max_iter: int
+    output_uri: str
+    def __init__(self, features_uri: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., c: _Optional[float] = ..., max_iter: _Optional[int] = ..., output_uri: _Optional[str] = ...) -> None: ...
+
+class FitTeacherResult(_message.Message):
+    __slots__ = ("teacher_uri", "class_names", "n_train", "dim", "train_accuracy")
+    TEACHER_URI_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    N_TRAIN_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    teacher_uri: str
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    n_train: int
+    dim: int
+    train_accuracy: float
+    def __init__(self, teacher_uri: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., n_train: _Optional[int] = ..., dim: _Optional[int] = ..., train_accuracy: _Optional[float] = ...) -> None: ...

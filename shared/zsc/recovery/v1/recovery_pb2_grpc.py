@@ -45,6 +45,11 @@ class RecoveryStub:
                 request_serializer=zsc_dot_recovery_dot_v1_dot_recovery__pb2.AlignRequest.SerializeToString,
                 response_deserializer=zsc_dot_common_dot_v1_dot_common__pb2.Operation.FromString,
                 _registered_method=True)
+        self.FitTeacher = channel.unary_unary(
+                '/zsc.recovery.v1.Recovery/FitTeacher',
+                request_serializer=zsc_dot_recovery_dot_v1_dot_recovery__pb2.FitTeacherRequest.SerializeToString,
+                response_deserializer=zsc_dot_recovery_dot_v1_dot_recovery__pb2.FitTeacherResult.FromString,
+                _registered_method=True)
 
 
 class RecoveryServicer:
@@ -64,6 +69,13 @@ class RecoveryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FitTeacher(self, request, context):
+        """Fits a linear teacher (LINEAR metric) on real features.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecoveryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +88,11 @@ def add_RecoveryServicer_to_server(servicer, server):
                     servicer.Align,
                     request_deserializer=zsc_dot_recovery_dot_v1_dot_recovery__pb2.AlignRequest.FromString,
                     response_serializer=zsc_dot_common_dot_v1_dot_common__pb2.Operation.SerializeToString,
+            ),
+            'FitTeacher': grpc.unary_unary_rpc_method_handler(
+                    servicer.FitTeacher,
+                    request_deserializer=zsc_dot_recovery_dot_v1_dot_recovery__pb2.FitTeacherRequest.FromString,
+                    response_serializer=zsc_dot_recovery_dot_v1_dot_recovery__pb2.FitTeacherResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +149,33 @@ class Recovery:
             '/zsc.recovery.v1.Recovery/Align',
             zsc_dot_recovery_dot_v1_dot_recovery__pb2.AlignRequest.SerializeToString,
             zsc_dot_common_dot_v1_dot_common__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FitTeacher(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zsc.recovery.v1.Recovery/FitTeacher',
+            zsc_dot_recovery_dot_v1_dot_recovery__pb2.FitTeacherRequest.SerializeToString,
+            zsc_dot_recovery_dot_v1_dot_recovery__pb2.FitTeacherResult.FromString,
             options,
             channel_credentials,
             insecure,

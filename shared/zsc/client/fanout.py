@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf import message
 
-from zsc.cli.common import CommandError, Interrupted, cancel_operation, follow
+from zsc.client.operations import ClientError, Interrupted, Progress, cancel_and_wait, follow, log
 from zsc.common.v1 import common_pb2
 from zsc.runtime import client
 
@@ -64,16 +63,17 @@ def run_shards(
     start: Callable[[grpc.Channel, message.Message], common_pb2.Operation],
     *,
     profile: str | None = None,
-    description: str = "shard",
     ready_timeout: float = 600.0,
     on_start: OnStart | None = None,
+    progress: Progress | None = None,
 ) -> FanOut:
     """Run every request of ``requests`` (independent shards) as an operation started by ``start(channel, request)``
     on whichever replica is free, re-queuing a lost replica's shards; returns when all succeeded.
 
-    Raises ``client.OperationError`` / ``grpc.RpcError`` for a shard that failed otherwise, CommandError when no
-    replica is left, and Interrupted after Ctrl-C (every running shard cancelled). ``on_start(address, index, op)``
-    is told each shard operation as it starts (tests kill a replica mid-shard with it)."""
+    Raises ``client.OperationError`` / ``grpc.RpcError`` for a shard that failed otherwise (every other running
+    shard is cancelled first), ClientError when no replica is left, and Interrupted after Ctrl-C (every running
+    shard cancelled). ``on_start(address, index, op)`` is told each shard operation as it starts (tests kill a
+    replica mid-shard with it); ``progress`` gets the shards' units added up, and how many shards are done."""
     todo: queue.SimpleQueue[int] = queue.SimpleQueue()
     for i in range(len(requests)):
         todo.put(i)
@@ -86,6 +86,20 @@ def run_shards(
     failure: list[BaseException] = []
     state = threading.Condition()
     stop = threading.Event()
+    units: dict[int, tuple[int, int]] = {}  # shard -> its latest (done, total)
+
+    def shard_progress(index: int) -> Progress:
+        def update(done: int, total: int, message: str) -> None:
+            if progress is None:
+                return
+            with state:
+                units[index] = (done, total)
+                finished = sum(r is not None for r in results)
+                done_all, total_all = sum(d for d, _ in units.values()), sum(t for _, t in units.values())
+            progress(done_all, total_all, f"{finished}/{len(requests)} shards done")
+
+        return update
+
     max_attempts = len(replicas) + 2  # each replica once, and a couple of cancels by others
 
     def requeue(index: int, address: str, err: grpc.RpcError | client.OperationError) -> bool:
@@ -95,11 +109,11 @@ def run_shards(
             attempts[index] += 1
             if attempts[index] >= max_attempts:
                 reason = f"last on {address}: {_reason(err)}"
-                failure.append(CommandError(f"shard {index + 1} failed {attempts[index]} times, {reason}"))
+                failure.append(ClientError(f"shard {index + 1} failed {attempts[index]} times, {reason}"))
                 state.notify_all()
                 return False
         todo.put(index)
-        print(f"zsc: shard {index + 1}/{len(requests)} back on the queue: {address}: {_reason(err)}", file=sys.stderr)
+        log.warning("shard %d/%d back on the queue: %s: %s", index + 1, len(requests), address, _reason(err))
         return True
 
     def finished() -> bool:
@@ -129,7 +143,7 @@ def run_shards(
                             running[index] = (address, op.name)
                         if on_start is not None:
                             on_start(address, index, op)
-                        op = follow(channel, op, f"{description} {index + 1}/{len(requests)} @ {address}")
+                        op = follow(channel, op, shard_progress(index))
                     except (grpc.RpcError, client.OperationError) as err:
                         if stop.is_set() or _code(err) not in REQUEUE_CODES:
                             raise
@@ -185,7 +199,7 @@ def run_shards(
     missing = [i + 1 for i, r in enumerate(results) if r is None]
     if missing:
         reasons = "; ".join(f"{a}: {r}" for a, r in lost.items())
-        raise CommandError(f"no replica left for {len(missing)} of {len(requests)} shards ({reasons})")
+        raise ClientError(f"no replica left for {len(missing)} of {len(requests)} shards ({reasons})")
     requeued = sum(attempts)
     return FanOut([r for r in results if r is not None], ran_on, requeued, lost)
 
@@ -200,7 +214,7 @@ def _cancel_all(running: dict[int, tuple[str, str]], state: threading.Condition)
         channel = client.connect(address)
         try:
             with contextlib.suppress(grpc.RpcError):  # that replica is gone: nothing left to stop there
-                lines.append(cancel_operation(channel, name))
+                lines.append(cancel_and_wait(channel, name))
         finally:
             channel.close()
     return "; ".join(lines)
