@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 MD5_TAG = "zsc.dataset.md5"
@@ -30,7 +31,12 @@ def dvc_md5(path: str | os.PathLike[str]) -> str:
     path = Path(path)
     if not path.is_dir():
         return file_md5(path)
-    entries = [{"md5": file_md5(p), "relpath": p.relative_to(path).as_posix()} for p in path.rglob("*") if p.is_file()]
-    entries.sort(key=lambda e: e["relpath"])
+    return dir_md5({p.relative_to(path).as_posix(): file_md5(p) for p in path.rglob("*") if p.is_file()})
+
+
+def dir_md5(file_md5s: Mapping[str, str]) -> str:
+    """DVC's ``<md5>.dir`` of a directory from each file's md5 by POSIX relative path (for callers that read the
+    files anyway and hash them as they go)."""
+    entries = [{"md5": md5, "relpath": rel} for rel, md5 in sorted(file_md5s.items())]
     listing = json.dumps(entries, sort_keys=True).encode("utf-8")
     return hashlib.md5(listing, usedforsecurity=False).hexdigest() + ".dir"

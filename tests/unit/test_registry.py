@@ -36,7 +36,8 @@ def _register(name: str, tmp_path: Path, val_accuracy: float = 0.5, seed: int = 
         files = tmp_path / f"files-{uuid.uuid4().hex[:6]}"
         version = registry.log_pyfunc_model(
             run,
-            code_path=core.model_code_path(),
+            code_path=mlflow_model.model_code_path(),
+            code_paths=mlflow_model.code_paths(),
             artifacts=core.save_model_files(model.state_dict(), config, files),
             registered_model_name=name,
             tags={"zsc.dataset.uri": "/data/syn", "zsc.dataset.hash": "sha256:" + "ab" * 32, "zsc.seed": str(seed)},

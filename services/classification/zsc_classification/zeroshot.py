@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from zsc.classification.v1 import classification_pb2 as pb
+from zsc.enums import ProtoEnum
 from zsc.errors import FailedPrecondition, InvalidArgument
 from zsc.model_cache import ModelCache
 from zsc.models.diffusion import SDComponents, create_sd_components
@@ -29,7 +30,8 @@ from zsc_classification.core.diffusion_classifier import (
 )
 from zsc_classification.core.prompts import resolve_templates
 
-METHOD_NAMES = {pb.ZERO_SHOT_METHOD_UNSPECIFIED: "clip", pb.CLIP: "clip", pb.DIFFUSION: "diffusion"}
+# The .proto comment: UNSPECIFIED is CLIP.
+METHODS = ProtoEnum(pb.ZeroShotMethod, default="clip", field="zero-shot method")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 StopFn = Callable[[], bool]
 
@@ -42,6 +44,13 @@ class ZeroShotMethod:
     classify: Callable[[list[Image.Image], list[int], StopFn | None], list[dict[str, Any]]]
     params: dict[str, Any] = field(default_factory=dict)
     expected_passes: int = 0  # UNet passes per image (Diffusion Classifier)
+
+    def metrics(self, records: list[dict[str, Any]]) -> dict[str, float]:
+        """What an evaluation logs beyond accuracy: the Diffusion Classifier's mean UNet passes per image."""
+        if self.name != "diffusion":
+            return {}
+        passes = [r["unet_passes"] for r in records]
+        return {"unet_passes_per_image": sum(passes) / max(1, len(passes))}
 
 
 def clip_method(clip: ClipZeroShot, class_names: tuple[str, ...], prompts: pb.PromptSpec) -> ZeroShotMethod:

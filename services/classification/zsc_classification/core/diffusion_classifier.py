@@ -37,12 +37,12 @@ import torch.nn.functional as F
 
 from zsc.data import check_class_names
 from zsc.errors import Cancelled
+from zsc.models.clip import DEFAULT_TEMPLATE
 from zsc.models.diffusion import SDComponents
 from zsc.profiles import COMPILE_MODES
 
 Stage = tuple[int, int]  # (n_samples, to_keep)
 LOSSES = ("l1", "l2", "huber")
-DEFAULT_TEMPLATE = "a photo of a {}."
 MAX_TRIALS = 64  # noise draws per timestep; the authors' default is 1
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -372,7 +372,7 @@ class DiffusionClassifier:
         self._text_cache_size = text_cache_size
         self._text_lock = threading.Lock()  # a servicer may classify from several worker threads
         scheduler = parts.scheduler
-        self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
+        self.num_train_timesteps = int(scheduler.config["num_train_timesteps"])
         abar = scheduler.alphas_cumprod.to(device=parts.device, dtype=torch.float32)
         self._sqrt_abar = abar.sqrt()
         self._sqrt_one_minus_abar = (1 - abar).sqrt()
@@ -408,7 +408,7 @@ class DiffusionClassifier:
         """VAE latent mean times the scaling factor, float32 ``[N, C, h, w]``, for pixels in [-1, 1]."""
         vae = self.parts.vae
         latents = vae.encode(pixels.to(device=self.device, dtype=vae.dtype)).latent_dist.mean
-        return latents.float() * vae.config.scaling_factor
+        return latents.float() * vae.config["scaling_factor"]
 
     # -- classification -------------------------------------------------------------------------------------------
 

@@ -38,13 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from zsc.data import ImageFolder, load_image_file
+from zsc.config import bounds_of, setting
+from zsc.data import ImageFolder, decode_image, load_image_file
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument, ModelUnavailable
 from zsc.limits import MAX_LR, MAX_WEIGHT_DECAY
+from zsc.lineage import MD5_TAG, dir_md5
 from zsc.models.hub import hub_online
 from zsc.seeding import seeded_init
-from zsc_classification import mlflow_model
-from zsc_classification.mlflow_model import FORMAT, eval_resize, normalize, to_uint8
+from zsc_classification.core.downstream_model import FORMAT, eval_resize, normalize, to_uint8
 
 log = logging.getLogger("zsc.downstream")
 
@@ -56,43 +57,33 @@ StopFn = Callable[[], bool]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters; the defaults are the MA-ZSC paper's."""
+    """Hyperparameters; the defaults are the MA-ZSC paper's. Each bounded field declares its bounds once."""
 
     arch: str = "resnet50"
-    epochs: int = 50
-    batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 0.9
-    val_fraction: float = 0.1
-    seed: int = 0
-    image_size: int = 0  # 0 = the dataset's resolution
+    epochs: int = setting(50, ge=1, le=10_000)
+    batch_size: int = setting(64, ge=1, le=4096)
+    lr: float = setting(1e-4, gt=0, le=MAX_LR)
+    weight_decay: float = setting(0.9, ge=0, le=MAX_WEIGHT_DECAY)
+    val_fraction: float = setting(0.1, gt=0, le=0.5)
+    seed: int = setting(0, ge=0, lt=2**63)
+    image_size: int = setting(0, ge=0, le=1024)  # 0 = the dataset's resolution
     pretrained: bool = False
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop's defaults
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: bool = True
-    label_smoothing: float = 0.0
+    label_smoothing: float = setting(0.0, ge=0, lt=1)
     num_workers: int = -1  # -1 = 0 when the data is in memory, else a few spawned workers
     eval_batch_size: int = 256
 
     def validate(self) -> TrainConfig:
-        checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.epochs <= 10_000, f"epochs must be <= 10000, got {self.epochs}"),
-            (1 <= self.batch_size <= 4096, f"batch size must be in [1, 4096], got {self.batch_size}"),
-            (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR, f"lr must be in (0, {MAX_LR:g}], got {self.lr}"),
-            (
-                math.isfinite(self.weight_decay) and 0 <= self.weight_decay <= MAX_WEIGHT_DECAY,
-                f"weight decay must be in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay}",
-            ),
-            (0 < self.val_fraction <= 0.5, f"val fraction must be in (0, 0.5], got {self.val_fraction}"),
-            (0 <= self.image_size <= 1024, f"image size must be in [0, 1024] (0 = the data's), got {self.image_size}"),
-            (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, f"bad crop scale {self.crop_scale}"),
-            (0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
-            (0 <= self.seed < 2**63, f"seed must be in [0, 2^63), got {self.seed}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InvalidArgument(message)
+        """InvalidArgument naming the first setting out of its bounds ("val fraction must be <= 0.5, got 0.9")."""
+        for name, bounds in bounds_of(self).items():
+            value = getattr(self, name)
+            fault = bounds.fault(value)
+            if fault is not None:
+                raise InvalidArgument(f"{name.replace('_', ' ')} {fault}, got {value}")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise InvalidArgument(f"bad crop scale {self.crop_scale}")
         return self
 
 
@@ -231,7 +222,7 @@ def _lite0_from_package(arch: str, weights: Path, num_classes: int) -> torch.nn.
 def model_config(
     arch: str, class_names: list[str], image_size: int, model_kwargs: dict[str, Any], model: torch.nn.Module
 ) -> dict[str, Any]:
-    """The JSON config stored beside the weights; ``mlflow_model`` rebuilds the model from it alone."""
+    """The JSON config stored beside the weights; ``downstream_model`` rebuilds the model from it alone."""
     import timm
 
     cfg = getattr(model, "pretrained_cfg", {}) or {}
@@ -261,33 +252,60 @@ def save_model_files(state: dict[str, torch.Tensor], config: dict[str, Any], out
     return {"weights": str(weights), "config": str(cfg)}
 
 
-def model_code_path() -> str:
-    """The models-from-code file MLflow stores with every downstream model."""
-    return str(Path(mlflow_model.__file__).resolve())
-
-
 # --- lineage -------------------------------------------------------------------------------------------------------
-def dataset_fingerprint(root: Path) -> str:
-    """``dvc-md5:<md5>`` when ``<root>.dvc`` tracks the directory, else ``sha256:<hex>`` over the sorted relative
-    paths and bytes of every file under ``root``."""
+@dataclass(frozen=True)
+class DatasetHashes:
+    """The two content hashes of a training folder, as its run and model version tag them."""
+
+    fingerprint: str  # "dvc-md5:<md5>" when <root>.dvc tracks it, else "sha256:<hex>" over its files
+    dvc_md5: str  # the "<md5>.dir" that dvc.lock lists for it, computed from the files
+
+    def tags(self) -> dict[str, str]:
+        return {"zsc.dataset.hash": self.fingerprint, MD5_TAG: self.dvc_md5}
+
+
+def _dvc_fingerprint(root: Path) -> str | None:
+    """``dvc-md5:<md5>`` of ``<root>.dvc`` when it tracks the directory, else None."""
     import yaml
 
     dvc_file = root.parent / f"{root.name}.dvc"
-    if dvc_file.is_file():
-        try:
-            md5 = yaml.safe_load(dvc_file.read_text(encoding="utf-8"))["outs"][0]["md5"]
-            if isinstance(md5, str) and md5:
-                return f"dvc-md5:{md5}"
-        except (yaml.YAMLError, KeyError, IndexError, TypeError) as err:
-            log.warning("%s is not a readable DVC file (%s); hashing the files instead", dvc_file, err)
+    if not dvc_file.is_file():
+        return None
+    try:
+        md5 = yaml.safe_load(dvc_file.read_text(encoding="utf-8"))["outs"][0]["md5"]
+        if isinstance(md5, str) and md5:
+            return f"dvc-md5:{md5}"
+    except (yaml.YAMLError, KeyError, IndexError, TypeError) as err:
+        log.warning("%s is not a readable DVC file (%s); hashing the files instead", dvc_file, err)
+    return None
+
+
+def read_tree(
+    root: Path, on_file: Callable[[Path, bytes], None] | None = None, should_stop: StopFn | None = None
+) -> DatasetHashes:
+    """Read every file under ``root`` once, in sorted relative-path order, hashing it both ways as it goes and
+    handing its bytes to ``on_file`` (so training decodes the images it keeps from the same read)."""
     digest = hashlib.sha256()
+    md5s: dict[str, str] = {}
     files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
     for path in files:
+        if should_stop is not None and should_stop():
+            raise Cancelled("training cancelled while reading the dataset")
         data = path.read_bytes()
+        rel = path.relative_to(root).as_posix()
         # Length-prefixed so that no two different trees can produce the same byte stream.
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + len(data).to_bytes(8, "little"))
+        digest.update(rel.encode() + b"\0" + len(data).to_bytes(8, "little"))
         digest.update(data)
-    return f"sha256:{digest.hexdigest()}"
+        md5s[rel] = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        if on_file is not None:
+            on_file(path, data)
+    return DatasetHashes(_dvc_fingerprint(root) or f"sha256:{digest.hexdigest()}", dir_md5(md5s))
+
+
+def dataset_fingerprint(root: Path) -> str:
+    """``dvc-md5:<md5>`` when ``<root>.dvc`` tracks the directory, else ``sha256:<hex>`` over the sorted relative
+    paths and bytes of every file under ``root``."""
+    return _dvc_fingerprint(root) or read_tree(root).fingerprint
 
 
 def synthesis_classes(root: Path) -> list[str]:
@@ -468,6 +486,7 @@ class SplitData:
     val_images: torch.Tensor  # uint8 [Nv, 3, S, S]
     val_labels: torch.Tensor  # int64 [Nv]
     preloaded: bool
+    hashes: DatasetHashes | None = None  # with prepare_data(hash_tree=True)
 
     @property
     def n_train(self) -> int:
@@ -501,8 +520,12 @@ def prepare_data(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     preload_budget: int = PRELOAD_BUDGET_BYTES,
+    hash_tree: bool = False,
 ) -> SplitData:
-    """Split ``folder`` and decode it (into memory when it fits the budget; the validation images always)."""
+    """Split ``folder`` and decode it (into memory when it fits the budget; the validation images always).
+
+    With ``hash_tree`` every file under the folder is read once, in path order, for its content hashes
+    (``SplitData.hashes``), and the images kept are decoded from that same read."""
     check_trainable(folder)
     paths = [p for p, _ in folder.samples]
     labels = [label for _, label in folder.samples]
@@ -510,29 +533,66 @@ def prepare_data(
     first = to_uint8(load_image_file(paths[train_idx[0]]))
     size = config.image_size or int(min(first.shape[1:]))
     preload = len(paths) * first.numel() <= preload_budget
+    keep = {paths[i] for i in val_idx} | ({paths[i] for i in train_idx} if preload else set())
     step = max(1, len(paths) // 100)
+    decoded: dict[Path, torch.Tensor] = {}
 
-    def decode(indices: list[int], done0: int) -> list[torch.Tensor]:
-        out = []
-        for k, i in enumerate(indices):
-            if should_stop is not None and should_stop():
-                raise Cancelled("training cancelled while loading images")
-            out.append(to_uint8(load_image_file(paths[i])))
-            if on_progress is not None and (k + 1) % step == 0:
-                on_progress(done0 + k + 1, len(paths) if preload else len(indices))
-        return out
+    def decode(path: Path, data: bytes | None) -> None:
+        if path not in keep or path in decoded:
+            return
+        if should_stop is not None and should_stop():
+            raise Cancelled("training cancelled while loading images")
+        image = load_image_file(path) if data is None else decode_image(data, what=f"image {path.name}")
+        decoded[path] = to_uint8(image)
+        if on_progress is not None and len(decoded) % step == 0:
+            on_progress(len(decoded), len(keep))
 
-    val = [eval_resize(im, size) for im in decode(val_idx, 0)]
+    hashes = read_tree(folder.root, decode, should_stop) if hash_tree else None
+    for i in [*val_idx, *train_idx]:  # the images the walk did not reach (or all of them, without one)
+        decode(paths[i], None)
+    val = [eval_resize(decoded[paths[i]], size) for i in val_idx]
     train_paths = [paths[i] for i in train_idx]
-    decoded = decode(train_idx, len(val_idx)) if preload else None
-    train = TrainImages(_Images(train_paths, decoded), [labels[i] for i in train_idx], size, config)
+    train_images = _Images(train_paths, [decoded[p] for p in train_paths] if preload else None)
     return SplitData(
         class_names=list(folder.classes),
         image_size=size,
-        train=train,
+        train=TrainImages(train_images, [labels[i] for i in train_idx], size, config),
         val_images=torch.stack(val),
         val_labels=torch.tensor([labels[i] for i in val_idx]),
         preloaded=preload,
+        hashes=hashes,
+    )
+
+
+@dataclass
+class PreparedTraining:
+    """What a training job holds before its first epoch: the split data and the seeded model to train."""
+
+    data: SplitData
+    model: torch.nn.Module
+    model_kwargs: dict[str, Any]
+    model_config: dict[str, Any]  # the JSON config stored beside the weights
+
+    @property
+    def hashes(self) -> DatasetHashes:
+        assert self.data.hashes is not None
+        return self.data.hashes
+
+
+def prepare_training(
+    folder: ImageFolder,
+    config: TrainConfig,
+    *,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> PreparedTraining:
+    """A training job's data preparation: the folder read once (hashed and decoded), split, and the model built."""
+    data = prepare_data(folder, config, on_progress=on_progress, should_stop=should_stop, hash_tree=True)
+    model, model_kwargs = create_classifier(
+        config.arch, len(data.class_names), data.image_size, pretrained=config.pretrained, seed=config.seed
+    )
+    return PreparedTraining(
+        data, model, model_kwargs, model_config(config.arch, data.class_names, data.image_size, model_kwargs, model)
     )
 
 
@@ -702,6 +762,28 @@ def train_classifier(
         state=best.state,
         history=history,
         seconds=time.perf_counter() - start,
+    )
+
+
+def train_prepared(
+    prepared: PreparedTraining,
+    config: TrainConfig,
+    device: torch.device | str = "cpu",
+    *,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    should_stop: StopFn | None = None,
+) -> TrainOutcome:
+    """``train_classifier`` on what ``prepare_training`` built, normalized as the stored config says."""
+    mean, std = prepared.model_config["mean"], prepared.model_config["std"]
+    return train_classifier(
+        prepared.model,
+        prepared.data,
+        config,
+        mean=mean,
+        std=std,
+        device=device,
+        on_epoch=on_epoch,
+        should_stop=should_stop,
     )
 
 

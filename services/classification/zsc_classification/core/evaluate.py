@@ -113,6 +113,24 @@ def evaluate_folder(
     return score(dataset.classes, records, time.perf_counter() - start, resumed)
 
 
+def evaluate_classifier(
+    dataset: ImageFolder,
+    predict_proba: Callable[[list[Image.Image]], torch.Tensor],
+    batch_size: int = 64,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FolderEvaluation:
+    """``evaluate_folder`` for a classifier that gives class probabilities: each record is its top class and its
+    probability."""
+
+    def classify(images: list[Image.Image], _indices: list[int]) -> list[dict[str, Any]]:
+        best = predict_proba(images).max(dim=-1)
+        return [{"pred": int(i), "prob": float(p)} for p, i in zip(best.values, best.indices, strict=True)]
+
+    return evaluate_folder(dataset, classify, batch_size, on_progress=on_progress, should_stop=should_stop)
+
+
 def score(
     class_names: Sequence[str], records: list[dict[str, Any]], seconds: float = 0.0, resumed: int = 0
 ) -> FolderEvaluation:

@@ -31,12 +31,11 @@ from safetensors.torch import save_file
 
 from zsc.data import ImageFolder, load_image_file
 from zsc.errors import Cancelled
-from zsc.features import FeatureSet
-from zsc.models.clip import ClipBundle
+from zsc.features import Alignment, FeatureSet
+from zsc.models.clip import DEFAULT_TEMPLATE, ClipBundle, encode_texts
 from zsc.models.lite import ImageEncoder, TextEncoder
 
 __all__ = [
-    "DEFAULT_TEMPLATE",
     "ExtractionResult",
     "Extractors",
     "FeatureCache",
@@ -46,10 +45,10 @@ __all__ = [
     "hash_files",
     "lite_extractors",
     "weights_fingerprint",
+    "write_features",
 ]
 
 log = logging.getLogger(__name__)
-DEFAULT_TEMPLATE = "a photo of a {}."
 _CACHE_FORMAT = "zsc.featurecache/1"
 
 
@@ -267,6 +266,14 @@ def extract_features(
     )
 
 
+def write_features(features: FeatureSet, out: Path, alignment: Alignment | None = None) -> None:
+    """Save the feature set to ``out``, moved into an alignment's space first when one is given."""
+    # DFZSL moves every image feature into FLPT's space; the cache keeps the encoder's own features.
+    written = alignment.apply(features) if alignment is not None else features
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written.save(out)
+
+
 # --- the two kinds of extractors -------------------------------------------------------------------------------------
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """sha256 over a model's state dict (names, dtypes, shapes and bytes): identifies seeded tiny weights too."""
@@ -286,18 +293,10 @@ def clip_extractors(bundle: ClipBundle, fingerprint: str) -> Extractors:
         batch = torch.stack([bundle.preprocess(im) for im in images]).to(bundle.device, bundle.dtype)
         return bundle.model.encode_image(batch, normalize=True).float().cpu()
 
-    @torch.inference_mode()
-    def encode_texts(texts: list[str]) -> torch.Tensor:
-        out = []
-        for i in range(0, len(texts), 256):
-            tokens = bundle.tokenizer(texts[i : i + 256]).to(bundle.device)
-            out.append(bundle.model.encode_text(tokens, normalize=True).float().cpu())
-        return torch.cat(out) if out else torch.empty(0, bundle.embed_dim)
-
     transform = " ".join(str(bundle.preprocess).split())
     return Extractors(
         encode_images=encode_images,
-        encode_texts=encode_texts,
+        encode_texts=lambda texts: encode_texts(bundle.model, bundle.tokenizer, texts).cpu(),
         image_ref=bundle.ref,
         text_ref=bundle.ref,
         image_model_id=f"open_clip:{bundle.ref}|sha256:{fingerprint}|{bundle.dtype}|{transform}",
