@@ -13,11 +13,13 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from zsc import codec, tracking
+from zsc.common.v1 import common_pb2
 from zsc.config import from_message
 from zsc.data import check_class_names, output_file, resolve_uri
 from zsc.enums import ProtoEnum
@@ -91,6 +93,13 @@ def require_clip(clip: ClipBundle | None, runtime: ServiceRuntime, why: str) -> 
     return clip
 
 
+def decode_float(msg: common_pb2.Tensor, rank: int, name: str) -> torch.Tensor:
+    """A float32 tensor of the given rank from a request (float16 and bfloat16 are widened), NaN/Inf refused."""
+    tensor = codec.decode(msg, "torch", dtypes=FLOAT_DTYPES, rank=rank, name=name)
+    assert isinstance(tensor, torch.Tensor)
+    return tensor.float()
+
+
 def enum_name(enum: ProtoEnum, value: int) -> str:
     """``enum.name(value)``, an unknown number refused as "unknown kappa policy 7; expected ANGULAR, FIXED or
     MATCHED" (the words this service has always used)."""
@@ -122,8 +131,7 @@ def plan_recover(request: pb.RecoverRequest, runtime: ServiceRuntime, clip: Clip
     recovery: VmfRecovery | None = None
     template = ""
     if request.HasField("text_features"):
-        text = codec.decode(request.text_features, "torch", dtypes=FLOAT_DTYPES, rank=2, name="text_features")
-        text = text.float()
+        text = decode_float(request.text_features, 2, "text_features")
         digest.update(request.text_features.data)
         text_source = "inline"
         # Built here (a teacher probe and the angular kappa), so its errors reach the caller as INVALID_ARGUMENT.
@@ -173,10 +181,8 @@ def decode_teacher(msg: pb.Teacher) -> tuple[str, torch.Tensor, torch.Tensor | N
     metric = enum_name(METRICS, msg.metric)
     if not msg.HasField("weight"):
         raise InvalidArgument("the teacher weight is missing")
-    weight = codec.decode(msg.weight, "torch", dtypes=FLOAT_DTYPES, rank=2, name="teacher weight").float()
-    bias = None
-    if msg.HasField("bias"):
-        bias = codec.decode(msg.bias, "torch", dtypes=FLOAT_DTYPES, rank=1, name="teacher bias").float()
+    weight = decode_float(msg.weight, 2, "teacher weight")
+    bias = decode_float(msg.bias, 1, "teacher bias") if msg.HasField("bias") else None
     temperature = msg.temperature if msg.HasField("temperature") else 1.0
     return metric, weight, bias, temperature
 
@@ -185,7 +191,7 @@ def recovery_config(request: pb.RecoverRequest) -> RecoveryConfig:
     """RecoveryConfig from the request; unset optional fields keep the preset's values, or without a preset the
     defaults of the released configs. The config refuses bad values (ValueError: INVALID_ARGUMENT)."""
     policy = enum_name(POLICIES, request.kappa_policy)
-    kwargs: dict[str, object] = {
+    kwargs: dict[str, Any] = {
         "kappa_policy": policy,
         "seed": int(request.seed),
         "sampler": enum_name(SAMPLERS, request.sampler),
@@ -318,8 +324,9 @@ def virtual_features(
     else:
         inline = request.features
         base = tuple(check_class_names(inline.class_names, "features.class_names", MAX_CLASSES))
-        features = codec.decode(inline.features, "torch", dtypes=FLOAT_DTYPES, rank=2, name="features").float()
-        labels = codec.decode(inline.labels, "torch", dtypes=("int64", "int32"), rank=1, name="labels").long()
+        features = decode_float(inline.features, 2, "features")
+        labels = torch.as_tensor(codec.decode(inline.labels, "torch", dtypes=("int64", "int32"), rank=1, name="labels"))
+        labels = labels.long()
         if labels.shape[0] != features.shape[0]:
             raise InvalidArgument(f"features has {features.shape[0]} rows but labels has {labels.shape[0]}")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(base)):

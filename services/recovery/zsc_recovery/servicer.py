@@ -19,6 +19,7 @@ import grpc
 import torch
 
 from zsc import tracking
+from zsc.common.v1 import common_pb2
 from zsc.data import check_class_names, output_file, resolve_uri
 from zsc.errors import InvalidArgument, first_line
 from zsc.features import ALIGNMENT_ID_KEY, Alignment, FeatureSet
@@ -28,9 +29,10 @@ from zsc.recovery.v1 import recovery_pb2_grpc as pb_grpc
 from zsc.runtime.jobs import TrackedRun, start_tracked
 from zsc.runtime.server import ServiceRuntime
 from zsc_recovery.core.flpt import AlignResult, align_features
-from zsc_recovery.core.recover import RecoveryResult, prepare_recovery
+from zsc_recovery.core.recover import RecoveryResult, VmfRecovery, prepare_recovery
 from zsc_recovery.requests import (
     MAX_CLASSES,
+    RecoverPlan,
     align_output,
     align_response,
     plan_align,
@@ -63,20 +65,12 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
     def __init__(self, service: RecoveryService) -> None:
         self.service = service
 
-    def Recover(self, request: pb.RecoverRequest, context: grpc.ServicerContext):
+    def Recover(self, request: pb.RecoverRequest, context: grpc.ServicerContext) -> common_pb2.Operation:
         runtime = self.service.runtime
         plan = plan_recover(request, runtime, self.service.clip)
 
         def body(tracked: TrackedRun) -> pb.RecoverResult:
-            recovery, text = plan.recovery, plan.text
-            if recovery is None or text is None:  # names only: CLIP encodes them in the job, not on the RPC thread
-                assert plan.clip is not None  # a names-only plan carries the profile's CLIP
-                tracked.progress(0, message=f"encoding {len(plan.names)} class names")
-                text = encode_class_names(plan.clip.model, plan.clip.tokenizer, plan.names, plan.template)
-                text = text.to(plan.device)
-                recovery = prepare_recovery(
-                    plan.teacher, plan.weight, text, plan.config, init_from_teacher=plan.init_from_teacher
-                )
+            recovery, text = _recovery(plan, tracked)
             tracked.progress(0, message="recovering", kappa=recovery.kappa)
             result = recovery.fit(
                 on_step=lambda step, total, loss: tracked.progress(step, total, loss=loss),
@@ -88,7 +82,7 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
 
         return start_tracked(runtime.operations, plan.job, body)
 
-    def Align(self, request: pb.AlignRequest, context: grpc.ServicerContext):
+    def Align(self, request: pb.AlignRequest, context: grpc.ServicerContext) -> common_pb2.Operation:
         runtime = self.service.runtime
         plan = plan_align(request, runtime, self.service.clip)
 
@@ -138,7 +132,19 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
         )
 
 
-# --- tracking and outputs ------------------------------------------------------------------------------------------
+# --- job steps, tracking and outputs -------------------------------------------------------------------------------
+def _recovery(plan: RecoverPlan, tracked: TrackedRun) -> tuple[VmfRecovery, torch.Tensor]:
+    """The plan's recovery loop and base text features; for a names-only request the profile's CLIP encodes the
+    class names first (in the job, not on the RPC thread: 10k classes take a while)."""
+    if plan.recovery is not None and plan.text is not None:
+        return plan.recovery, plan.text
+    assert plan.clip is not None  # a names-only plan carries the profile's CLIP
+    tracked.progress(0, message=f"encoding {len(plan.names)} class names")
+    text = encode_class_names(plan.clip.model, plan.clip.tokenizer, plan.names, plan.template).to(plan.device)
+    recovery = prepare_recovery(plan.teacher, plan.weight, text, plan.config, init_from_teacher=plan.init_from_teacher)
+    return recovery, text
+
+
 def _log_recover(tracked: TrackedRun, names: Sequence[str], result: RecoveryResult) -> None:
     run = tracked.run
     kept = result.kept_fraction.tolist()
