@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import open_clip
 import torch
@@ -24,9 +25,27 @@ DEFAULT_TEMPLATE = "a photo of a {}."
 TEXT_CHUNK = 256  # prompts per text-encoder call: bounds the activations of a 10k-class request
 
 
+if TYPE_CHECKING:
+
+    class ClipModel(torch.nn.Module):
+        """What zsc uses of an open_clip CLIP (or CustomTextCLIP) model, for the type checker: open_clip ships no
+        annotations, and a plain Module types each of these as a submodule-or-tensor."""
+
+        logit_scale: torch.nn.Parameter
+        text_projection: torch.Tensor
+        token_embedding: torch.nn.Embedding
+
+        def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
+
+        def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
+
+else:
+    ClipModel = torch.nn.Module
+
+
 @dataclass
 class ClipBundle:
-    model: torch.nn.Module
+    model: ClipModel
     tokenizer: Callable[[list[str]], torch.Tensor]
     preprocess: Callable[[Image.Image], torch.Tensor]
     ref: str
@@ -134,7 +153,7 @@ def require_clip_weights(ref: str) -> None:
 
 @torch.no_grad()  # not inference_mode: the features become buffers that later training reads under autograd
 def encode_texts(
-    model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], texts: Sequence[str]
+    model: ClipModel, tokenizer: Callable[[list[str]], torch.Tensor], texts: Sequence[str]
 ) -> torch.Tensor:
     """L2-normalized float32 [N, D] CLIP text features of ``texts``, on the text tower's device, ``TEXT_CHUNK``
     prompts per call. ``model`` is anything with open_clip's ``encode_text`` (a CLIP, a prompt-learning wrapper)."""
@@ -150,7 +169,7 @@ def encode_texts(
 
 
 def encode_class_names(
-    model: torch.nn.Module,
+    model: ClipModel,
     tokenizer: Callable[[list[str]], torch.Tensor],
     class_names: Sequence[str],
     template: str = DEFAULT_TEMPLATE,

@@ -7,19 +7,19 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+# From the defining modules, not `from diffusers import ...`: under TYPE_CHECKING diffusers' lazy __init__ also
+# star-imports its torch-less placeholder classes of the same names, and a type checker takes those.
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
+from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from zsc.errors import InvalidArgument
@@ -27,7 +27,34 @@ from zsc.models.hub import require_cached, require_dir, unavailable
 from zsc.profiles import CONFIG_DIR
 from zsc.seeding import seeded_init
 
-SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+
+class Scheduler(Protocol):
+    """What zsc drives of a diffusers noise scheduler: each scheduler class defines these, their common base
+    (SchedulerMixin) does not. A timestep is Any: diffusers annotates it int, float or Tensor by scheduler, and its
+    pipelines (and zsc) pass the 0-d tensors of ``timesteps``."""
+
+    timesteps: torch.Tensor
+    alphas_cumprod: torch.Tensor
+
+    @property
+    def config(self) -> dict[str, Any]: ...
+
+    @property
+    def init_noise_sigma(self) -> float | torch.Tensor: ...
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device = ...) -> None: ...
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any) -> torch.Tensor: ...
+
+    def step(
+        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> Any: ...
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], **kwargs: Any) -> Scheduler | tuple[Scheduler, dict[str, Any]]: ...
+
+
+SCHEDULERS: dict[str, tuple[type[Scheduler], dict[str, Any]]] = {
     "ddim": (DDIMScheduler, {}),
     "ddpm": (DDPMScheduler, {}),
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
@@ -43,16 +70,16 @@ class SDComponents:
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
-    scheduler: SchedulerMixin
+    scheduler: Scheduler
     ref: str
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return 2 ** (len(self.vae.config["block_out_channels"]) - 1)
 
     @property
     def native_resolution(self) -> int:
-        return int(self.unet.config.sample_size) * self.vae_scale_factor
+        return int(self.unet.config["sample_size"]) * self.vae_scale_factor
 
     @property
     def device(self) -> torch.device:
@@ -63,11 +90,13 @@ class SDComponents:
         return self.unet.dtype
 
 
-def make_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
+def make_scheduler(name: str, config: dict[str, Any]) -> Scheduler:
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; supported: {', '.join(SCHEDULERS)}")
     cls, overrides = SCHEDULERS[name]
-    return cls.from_config(config, **overrides)
+    scheduler = cls.from_config(config, **overrides)
+    assert not isinstance(scheduler, tuple)  # a tuple only with return_unused_kwargs=True
+    return scheduler
 
 
 def max_steps(name: str, config: dict[str, Any]) -> int:
@@ -114,7 +143,12 @@ def clip_bpe_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, model_max_length=max_length)
+    # merges as pairs, the form tokenizers' BPE takes (transformers annotates them list[str])
+    return CLIPTokenizer(
+        vocab={t: i for i, t in enumerate(vocab)},
+        merges=merges,  # type: ignore[arg-type]
+        model_max_length=max_length,
+    )
 
 
 def _tiny_config(name: str) -> dict[str, Any]:
@@ -166,7 +200,9 @@ def create_sd_components(
     """Build (``tiny:<config>``) or load (hub id or local diffusers dir) a Stable Diffusion model, in eval mode."""
     kind, _, name = ref.partition(":")
     parts = _build_tiny(name, seed) if kind == "tiny" else _load_real(ref, dtype)
-    for module in (parts.unet, parts.vae, parts.text_encoder):
+    # as torch Modules: diffusers and transformers wrap .to in decorators whose types lose the bound instance
+    modules: tuple[torch.nn.Module, ...] = (parts.unet, parts.vae, parts.text_encoder)
+    for module in modules:
         module.to(device)
         if module.dtype != dtype:  # a no-op cast still makes diffusers warn
             module.to(dtype=dtype)
@@ -180,17 +216,24 @@ def create_sd_components(
     return parts
 
 
-def text_to_image_pipeline(parts: SDComponents, scheduler: str = "ddim") -> StableDiffusionPipeline:
-    """A diffusers pipeline over the components, with the chosen sampler."""
+def make_pipeline(
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    tokenizer: CLIPTokenizer,
+    scheduler: Scheduler,
+) -> StableDiffusionPipeline:
+    """A diffusers text-to-image pipeline over these parts, with no safety checker, its progress bar off."""
+    # untyped here: diffusers annotates scheduler as its enum of scheduler names, and the optional parts without None
+    loose: dict[str, Any] = {"scheduler": scheduler, "safety_checker": None, "feature_extractor": None}
     pipe = StableDiffusionPipeline(
-        vae=parts.vae,
-        text_encoder=parts.text_encoder,
-        tokenizer=parts.tokenizer,
-        unet=parts.unet,
-        scheduler=make_scheduler(scheduler, parts.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, requires_safety_checker=False, **loose
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def text_to_image_pipeline(parts: SDComponents, scheduler: str = "ddim") -> StableDiffusionPipeline:
+    """A diffusers pipeline over the components, with the chosen sampler."""
+    sampler = make_scheduler(scheduler, parts.scheduler.config)
+    return make_pipeline(parts.unet, parts.vae, parts.text_encoder, parts.tokenizer, sampler)

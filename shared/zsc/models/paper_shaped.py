@@ -152,10 +152,10 @@ def _mark_done(path: Path, seed: int) -> None:
 
 def build_sd(name: str, out: Path, seed: int = 0) -> Path:
     """Build SD model ``name`` (a key of SD_MODELS) with seeded random weights and save it as a diffusers folder."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.schedulers.scheduling_pndm import PNDMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from zsc.models.diffusion import clip_bpe_tokenizer
+    from zsc.models.diffusion import AutoencoderKL, UNet2DConditionModel, clip_bpe_tokenizer, make_pipeline
 
     if _done(out, seed):
         return out
@@ -166,16 +166,7 @@ def build_sd(name: str, out: Path, seed: int = 0) -> Path:
         text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
     tokenizer = copy.deepcopy(clip_bpe_tokenizer())  # the shared cached tokenizer must keep its own pad token
     tokenizer.pad_token = pad_token
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=PNDMScheduler(**SD_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = make_pipeline(unet, vae, text_encoder, tokenizer, PNDMScheduler(**SD_SCHEDULER))
     pipe.save_pretrained(out, safe_serialization=True)
     _mark_done(out, seed)
     return out
