@@ -21,6 +21,7 @@ from zsc.errors import InvalidArgument, ResourceExhausted
 
 if TYPE_CHECKING:
     import torch
+    from typing_extensions import TypeIs  # typing's from 3.13
 
 # name -> (numpy dtype or None when numpy has no such type, itemsize); each name is also torch's (torch.<name>)
 DTYPES: dict[str, tuple[np.dtype | None, int]] = {
@@ -40,13 +41,14 @@ MAX_TENSOR_BYTES = 1 << 30
 ArrayLike: TypeAlias = "np.ndarray | torch.Tensor"
 
 
-def _is_tensor(x: object) -> bool:
+def _is_tensor(x: object) -> TypeIs[torch.Tensor]:
     """A torch tensor, without importing torch: one cannot exist unless torch was imported."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
 
 
 def dtype_name(x: ArrayLike) -> str:
+    name: str | None
     if _is_tensor(x):
         name = str(x.dtype).removeprefix("torch.")
         name = name if name in DTYPES else None
@@ -69,7 +71,7 @@ def _raw_bytes(x: ArrayLike) -> tuple[str, list[int], memoryview]:
         arr = np.asarray(x, dtype=DTYPES[name][0])
         if not arr.flags.c_contiguous:
             arr = arr.copy(order="C")
-    return name, list(arr.shape), memoryview(arr.reshape(-1).view(np.uint8))
+    return name, list(arr.shape), arr.reshape(-1).view(np.uint8).data
 
 
 def encode(x: ArrayLike) -> common_pb2.Tensor:

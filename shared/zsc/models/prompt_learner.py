@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CustomTextCLIP
-from open_clip.transformer import TextTransformer, text_global_pool
+from open_clip.transformer import TextTransformer, Transformer, text_global_pool
 from torch import nn
 
 __all__ = ["DEFAULT_CTX_INIT", "PromptLearner", "TextTower", "check_fits", "check_prompts_fit", "text_tower"]
@@ -39,7 +39,7 @@ class TextTower:
 
     token_embedding: nn.Embedding
     positional_embedding: torch.Tensor  # [L, W]
-    transformer: nn.Module
+    transformer: Transformer
     ln_final: nn.Module
     text_projection: torch.Tensor | nn.Linear | None
     attn_mask: torch.Tensor | None
@@ -71,7 +71,7 @@ class TextTower:
         )
 
     def parameters(self) -> list[torch.Tensor]:
-        params = [p for m in self.modules() for p in m.parameters()]
+        params: list[torch.Tensor] = [p for m in self.modules() for p in m.parameters()]
         params.append(self.positional_embedding)
         if isinstance(self.text_projection, torch.Tensor):
             params.append(self.text_projection)

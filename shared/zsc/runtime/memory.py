@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from zsc import errors
 
@@ -24,7 +25,7 @@ LARGE_REQUEST_BYTES = 1 << 20  # requests this large count towards a trim after 
 TRIM_DELAY_S = 0.2  # after the call ends: its request buffers are released as grpcio returns from the call
 
 
-def _malloc_trim() -> ctypes._CFuncPtr | None:
+def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's malloc_trim, or None off glibc (musl, macOS) and with ZSC_MALLOC_TRIM=0 (to measure without it)."""
     if os.environ.get("ZSC_MALLOC_TRIM", "1") == "0":
         return None

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf import any_pb2, message, timestamp_pb2
+from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from zsc import errors, tracking
 from zsc.common.v1 import common_pb2, common_pb2_grpc
@@ -60,7 +61,7 @@ class _Record:
     name: str
     kind: str
     unit: str
-    state: int = State.QUEUED
+    state: State = State.QUEUED
     done_units: int = 0
     total_units: int = 0
     message: str = ""
@@ -68,7 +69,7 @@ class _Record:
     run_id: str = ""
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
-    response: message.Message | None = None
+    response: Message | None = None
     error: tuple[int, str] | None = None
     version: int = 0
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -104,7 +105,7 @@ class OperationManager:
 
     # --- starting and running jobs -------------------------------------------------------------------------------
     def start(
-        self, kind: str, job: Callable[[JobContext], message.Message], *, total: int = 0, unit: str = ""
+        self, kind: str, job: Callable[[JobContext], Message], *, total: int = 0, unit: str = ""
     ) -> common_pb2.Operation:
         """Queue ``job`` and return its Operation at once; raises ResourceExhausted when the cap is reached."""
         with self._changed:
@@ -153,14 +154,14 @@ class OperationManager:
             )
         starts.append(now)
 
-    def _run(self, record: _Record, job: Callable[[JobContext], message.Message]) -> None:
+    def _run(self, record: _Record, job: Callable[[JobContext], Message]) -> None:
         try:
             self._run_job(record, job)
         finally:
             with self._changed:
                 self._threads.discard(threading.current_thread())
 
-    def _run_job(self, record: _Record, job: Callable[[JobContext], message.Message]) -> None:
+    def _run_job(self, record: _Record, job: Callable[[JobContext], Message]) -> None:
         ctx = JobContext(record, self)
         self._update(record, state=State.RUNNING)
         try:
@@ -177,22 +178,37 @@ class OperationManager:
         else:
             self._update(record, state=State.SUCCEEDED, response=response)
 
-    def _update(self, record: _Record, **changes: object) -> None:
+    def _update(
+        self,
+        record: _Record,
+        *,
+        state: State | None = None,
+        done: int | None = None,
+        total: int | None = None,
+        message: str | None = None,
+        metrics: dict[str, float] | None = None,
+        run_id: str | None = None,
+        response: Message | None = None,
+        error: tuple[int, str] | None = None,
+    ) -> None:
+        """Set the fields given (None leaves one as it is) and wake the watchers."""
         with self._changed:
-            metrics = changes.pop("metrics", None)
             if metrics:
                 record.metrics.update({k: float(v) for k, v in metrics.items()})
-            for key, value in changes.items():
-                if value is None:
-                    continue
-                if key == "done":
-                    record.done_units = int(value)
-                elif key == "total":
-                    record.total_units = int(value)
-                elif key == "run_id":
-                    record.run_id = str(value)
-                else:
-                    setattr(record, key, value)
+            if state is not None:
+                record.state = state
+            if done is not None:
+                record.done_units = int(done)
+            if total is not None:
+                record.total_units = int(total)
+            if message is not None:
+                record.message = message
+            if run_id is not None:
+                record.run_id = str(run_id)
+            if response is not None:
+                record.response = response
+            if error is not None:
+                record.error = error
             record.updated = time.time()
             record.version += 1
             self._changed.notify_all()

@@ -54,7 +54,7 @@ def reference_classify(
     ``all_noise``).
     """
     device, dtype = parts.device, parts.dtype
-    T = parts.scheduler.config.num_train_timesteps
+    T = parts.scheduler.config["num_train_timesteps"]
     alphas_cumprod = parts.scheduler.alphas_cumprod.float()
 
     tokens = parts.tokenizer(
@@ -67,7 +67,7 @@ def reference_classify(
     text_embeddings = parts.text_encoder(tokens.input_ids.to(device))[0]
 
     x0 = parts.vae.encode(pixels[None].to(device, dtype)).latent_dist.mean.float()
-    x0 = x0 * parts.vae.config.scaling_factor
+    x0 = x0 * parts.vae.config["scaling_factor"]
 
     max_n_samples = max(n for n, _ in stages)
     step = T // max_n_samples

@@ -36,7 +36,7 @@ from torch import nn
 from zsc.config import check_config, setting
 from zsc.errors import Cancelled
 from zsc.limits import MAX_LR, MAX_WEIGHT_DECAY, check_bounded
-from zsc.models.clip import TEXT_CHUNK
+from zsc.models.clip import TEXT_CHUNK, ClipModel
 from zsc.models.prompt_learner import DEFAULT_CTX_INIT, PromptLearner, text_tower
 
 from .recover import check_epochs
@@ -96,16 +96,13 @@ class FlptModel(nn.Module):
         self.prompt = PromptLearner(clip_model, tokenizer, ctx_init=ctx_init)
         width, dim = self.prompt.width, self.prompt.output_dim
         device = self.prompt.ctx.device
-        self.mlp = nn.Sequential(
-            nn.Linear(width, 4 * width, device=device),
-            QuickGELU(),
-            nn.Linear(4 * width, dim, device=device),
-        )
+        first, last = nn.Linear(width, 4 * width, device=device), nn.Linear(4 * width, dim, device=device)
+        self.mlp = nn.Sequential(first, QuickGELU(), last)
         with torch.no_grad():
-            nn.init.normal_(self.mlp[0].weight, std=0.02, generator=generator)
-            nn.init.zeros_(self.mlp[0].bias)
-            nn.init.zeros_(self.mlp[2].weight)  # r = 0 at the start: training begins from the unaligned features
-            nn.init.zeros_(self.mlp[2].bias)
+            nn.init.normal_(first.weight, std=0.02, generator=generator)
+            nn.init.zeros_(first.bias)
+            nn.init.zeros_(last.weight)  # r = 0 at the start: training begins from the unaligned features
+            nn.init.zeros_(last.bias)
         self.residual_scale = float(residual_scale)
 
     def residual(self) -> torch.Tensor:
@@ -175,7 +172,7 @@ def _check_inputs(
 
 
 def align_features(
-    clip_model: nn.Module,
+    clip_model: ClipModel,
     tokenizer: Callable[[list[str]], torch.Tensor],
     features: torch.Tensor,
     labels: torch.Tensor,
