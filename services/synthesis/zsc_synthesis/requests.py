@@ -40,6 +40,7 @@ MAX_PREVIEW_IMAGES = 32
 MAX_PREVIEW_COST = MAX_PREVIEW_IMAGES * 50
 TRICK_KIND = ProtoEnum(pb.TrickKind, default=None, field="kind")
 GENERATION_DEFAULTS = config_defaults(GenerationConfig)
+DATASET_METRICS = ("total", "generated", "skipped", "computed", "images_per_second", "seconds")
 
 
 @dataclass(frozen=True)
@@ -137,14 +138,14 @@ def build_request(
     )
 
 
+def generate_dataset_metrics(result: writer.SynthesisResult) -> dict[str, float]:
+    """The run's counts and speed: its MLflow metrics, and the same-named fields of its result message."""
+    return {key: getattr(result, key) for key in DATASET_METRICS}
+
+
 def generate_dataset_response(result: writer.SynthesisResult, root: Path, run_id: str) -> pb.GenerateDatasetResult:
     return pb.GenerateDatasetResult(
-        total=result.total,
-        generated=result.generated,
-        skipped=result.skipped,
-        computed=result.computed,
-        images_per_second=result.images_per_second,
-        seconds=result.seconds,
+        **generate_dataset_metrics(result),
         output_uri=str(root),
         manifest_uri=str(root / writer.MANIFEST),
         mlflow_run_id=run_id,

@@ -131,7 +131,7 @@ class SynthesisServicer(pb_grpc.SynthesisServicer):
         def body(run: TrackedRun) -> pb.GenerateDatasetResult:
             run.run.log_dict(job.request.to_dict(), "request.json")
             result = dataset.generate_dataset(job, plan.parts, run.progress, run.should_stop)
-            _log_generate_dataset(run, result)
+            run.log_metrics(requests.generate_dataset_metrics(result))
             if result.cancelled:  # the writer returns, so the counts are logged; raising ends the run KILLED
                 raise Cancelled(f"synthesis into {job.root} cancelled after {result.generated} new images")
             _log_contact_sheets(run, job)
@@ -155,19 +155,6 @@ class SynthesisServicer(pb_grpc.SynthesisServicer):
     def ListTricks(self, request: pb.ListTricksRequest, context: grpc.ServicerContext) -> pb.ListTricksResponse:
         model = self.service.runtime.profile.text_to_image or ""
         return requests.list_tricks_response(self.service.max_images_per_class, model)
-
-
-def _log_generate_dataset(run: TrackedRun, result: writer.SynthesisResult) -> None:
-    run.log_metrics(
-        {
-            "total": result.total,
-            "generated": result.generated,
-            "skipped": result.skipped,
-            "computed": result.computed,
-            "images_per_second": result.images_per_second,
-            "seconds": result.seconds,
-        }
-    )
 
 
 def _log_contact_sheets(run: TrackedRun, job: dataset.DatasetJob) -> None:

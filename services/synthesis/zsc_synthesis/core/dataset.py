@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -45,14 +46,11 @@ class DatasetJob:
 
     def preflight(self, parts: SDComponents) -> list[Job]:
         """The jobs this run would do, after every check the writer makes before its first write (nothing written)."""
-        return writer.preflight(
-            self.request,
-            parts,
-            self.root,
-            shard=self.shard,
-            batch_size=self.batch_size,
-            max_images_per_class=self.max_images_per_class,
-        )
+        return writer.preflight(self.request, parts, self.root, **self._part())
+
+    def _part(self) -> dict[str, Any]:
+        """Which part of the plan the writer does, on which grid: the same for its checks and its run."""
+        return {"shard": self.shard, "batch_size": self.batch_size, "max_images_per_class": self.max_images_per_class}
 
     def classes(self) -> list[str]:
         """The request's class names that the shard covers, in request order."""
@@ -69,14 +67,7 @@ def generate_dataset(
     """Write the job's images (skipping those already there). A cancel returns with ``cancelled`` set, after the
     manifest lists what was written, so the caller can still report the counts."""
     return writer.synthesize(
-        job.request,
-        parts,
-        job.root,
-        shard=job.shard,
-        batch_size=job.batch_size,
-        on_progress=_with_rate(progress),
-        should_stop=should_stop,
-        max_images_per_class=job.max_images_per_class,
+        job.request, parts, job.root, on_progress=_with_rate(progress), should_stop=should_stop, **job._part()
     )
 
 
