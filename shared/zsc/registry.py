@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -529,7 +529,7 @@ def alias_history(name: str, client: Any = None) -> list[dict[str, Any]]:
 
 
 def promote(
-    name: str, version: str, alias: str, require: list[str] = (), client: Any = None, now: float | None = None
+    name: str, version: str, alias: str, require: Sequence[str] = (), client: Any = None, now: float | None = None
 ) -> dict[str, Any]:
     """Point ``alias`` at ``version`` if every gate passes, and append the move to the alias history.
 

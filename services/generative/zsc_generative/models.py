@@ -16,6 +16,7 @@ This module only writes and reads the folders. Everything registry-like is ``zsc
 to the training run (``generator/`` or ``classifier/``) and registered with ``registry.register_folder``, a model URI
 resolves with ``registry.resolve`` and its files are read with ``registry.fetch`` / ``registry.load_files``.
 """
+
 from __future__ import annotations
 
 import json
