@@ -494,7 +494,7 @@ def _bad_inputs(tiny: Problem, models: dict[str, object], data_root: Path):
         "bad fraction": (
             "TrainGenerator",
             train(selection=pb.SelectionSettings(every=1, holdout_fraction=1.5)),
-            "select_holdout_fraction must lie in (0, 1)",
+            "SelectionSettings.holdout_fraction must be < 1",
         ),
         # GenerateFeatures / StreamFeatures
         "text of another D_t": (
@@ -688,4 +688,4 @@ def test_cli_train_generate_train_gzsl_evaluate(
     assert err[-1].startswith("zsc: NOT_FOUND: model 'models:/zsc-gzsl/999' not found")
     code = main(["train-generator", "--features", str(tiny.train), "--kind", "tfvaegan", "--epochs", "0", *address])
     err = capsys.readouterr().err.splitlines()
-    assert code == 1 and err[-1].startswith("zsc: INVALID_ARGUMENT: bad tfvaegan settings: epochs must be >= 1")
+    assert code == 1 and err[-1].startswith("zsc: INVALID_ARGUMENT: GeneratorSettings.epochs must be >= 1")

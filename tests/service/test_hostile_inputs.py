@@ -910,7 +910,7 @@ EDGE_CASES: dict[str, tuple[str, Callable[[Any], None], str]] = {
     ),
     "recover-lr-3.4e38": ("Recovery/Recover", lambda r: setattr(r, "lr", 3.4e38), "lr must lie in (0, 10]"),
     "align-lr-3.4e38": ("Recovery/Align", lambda r: setattr(r.settings, "lr", 3.4e38), "lr must lie in (0, 10]"),
-    "finetune-lr-1e308": ("Generative/FineTune", lambda r: setattr(r.settings, "lr", 1e308), "at most 10"),
+    "finetune-lr-1e308": ("Generative/FineTune", lambda r: setattr(r.settings, "lr", 1e308), "lr must be <= 10"),
     "recover-weight-decay-1e300": ("Recovery/Recover", lambda r: setattr(r, "weight_decay", 1e300), "weight_decay"),
 }
 

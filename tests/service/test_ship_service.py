@@ -348,7 +348,7 @@ def test_bad_input_gets_one_line_errors(pipeline, files: Files, stub, channel) -
             ship(features_uri=str(folder / "long.safetensors")),
             "does not fit in the text encoder's 77 tokens",
         ),
-        "zero epochs": ("TrainGenerator", ship_request(files, epochs=0), "bad ship_vae settings: epochs must be"),
+        "zero epochs": ("TrainGenerator", ship_request(files, epochs=0), "GeneratorSettings.epochs must be >= 1"),
         # GenerateFeatures from a SHIP generator
         "zero per_class": ("GenerateFeatures", generate(per_class=0), "per_class must lie in [1, 1000000], got 0"),
         "text for SHIP": (
@@ -356,7 +356,7 @@ def test_bad_input_gets_one_line_errors(pipeline, files: Files, stub, channel) -
             generate(class_names=["x"], text_features=codec.encode(torch.randn(1, 32))),
             "is a SHIP_VAE: it synthesizes from class names alone",
         ),
-        "name too long": ("StreamFeatures", generate(class_names=["x " * 120 + "x"]), "does not fit in the text"),
+        "name too long": ("StreamFeatures", generate(class_names=["x " * 99 + "x"]), "does not fit in the text"),
         # FineTune
         "method unset": (
             "FineTune",
@@ -390,7 +390,7 @@ def test_bad_input_gets_one_line_errors(pipeline, files: Files, stub, channel) -
         ),
         "NaN base features": ("FineTune", finetune(base_features_uri=str(folder / "nan.safetensors")), "NaN or Inf"),
         "NaN lr": ("FineTune", nan_lr, "FineTuneSettings.lr must be finite, got nan"),
-        "bad fraction": ("FineTune", bad_fraction, "bad tip_adapter_f settings: val_fraction must lie in [0, 1)"),
+        "bad fraction": ("FineTune", bad_fraction, "FineTuneSettings.val_fraction must be < 1"),
         "bad preset": ("FineTune", bad_preset, "bad tip_adapter_f settings: unknown tip_adapter_preset 'cifar10'"),
         "negative seed": ("FineTune", finetune(seed=-1), "seed must be >= 0"),
         # EvaluateGZSL of a fine-tuned model

@@ -20,9 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zsc.config import setting
 from zsc.features import FeatureSet
 
 from .common import (
+    LR,
+    MAX_EPOCHS,
     AdversarialTrainer,
     ConditionalCritic,
     ConditionalGenerator,
@@ -44,20 +47,13 @@ __all__ = ["CLSWGANConfig", "build_generator", "train_clswgan"]
 class CLSWGANConfig(GeneratorConfig):
     """f-CLSWGAN hyper-parameters (the authors' defaults; hidden 1024 suits 512-D CLIP features)."""
 
-    epochs: int = 50
-    lr: float = 1e-4
-    cls_weight: float = 0.01
-    cls_epochs: int = 50
-    cls_lr: float = 1e-3
-    cls_temperature: float = 0.01
+    epochs: int = setting(50, ge=1, le=MAX_EPOCHS)
+    lr: float = setting(1e-4, **LR)
+    cls_weight: float = setting(0.01, ge=0.0)
+    cls_epochs: int = setting(50, ge=1, le=MAX_EPOCHS)
+    cls_lr: float = setting(1e-3, **LR)
+    cls_temperature: float = setting(0.01, gt=0.0)
     normalize_output: bool = True
-
-    def check(self) -> None:
-        super().check()
-        if self.cls_epochs < 1 or self.cls_temperature <= 0:
-            raise ValueError(
-                f"need cls_epochs >= 1 and cls_temperature > 0, got {self.cls_epochs}, {self.cls_temperature}"
-            )
 
 
 def build_generator(config: CLSWGANConfig, feature_dim: int, text_dim: int) -> ConditionalGenerator:

@@ -36,8 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zsc.config import check_config, setting
 from zsc.errors import Cancelled
 from zsc.features import FeatureSet
+from zsc.limits import MAX_LR
 from zsc.seeding import seeded_init
 
 __all__ = [
@@ -85,44 +87,46 @@ class ConfigMixin:
         return cls(**values)
 
 
+# Bounds no run exceeds: widths and loop counts far above any published setting, learning rates torch's optimizers
+# take without float32 overflow (zsc.limits).
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1_000_000
+MAX_WIDTH = 16_384
+MAX_PER_CLASS = 100_000
+FRACTION = {"gt": 0.0, "lt": 1.0}  # (0, 1)
+BETA = {"ge": 0.0, "lt": 1.0}  # an Adam beta, [0, 1)
+LR = {"gt": 0.0, "le": MAX_LR}
+
+
 @dataclass
 class GeneratorConfig(ConfigMixin):
     """Fields both generators share. ``noise_dim=None`` means: the text-feature dimension."""
 
-    seed: int = 0
-    epochs: int = 50
-    batch_size: int = 64
-    lr: float = 1e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    hidden_dim: int = 1024
-    noise_dim: int | None = None
-    critic_iters: int = 5
-    gp_weight: float = 10.0
+    seed: int = setting(0, ge=0)
+    epochs: int = setting(50, ge=1, le=MAX_EPOCHS)
+    batch_size: int = setting(64, ge=1, le=MAX_BATCH)
+    lr: float = setting(1e-4, **LR)
+    beta1: float = setting(0.5, **BETA)
+    beta2: float = setting(0.999, **BETA)
+    hidden_dim: int = setting(1024, ge=1, le=MAX_WIDTH)
+    noise_dim: int | None = setting(None, ge=1, le=MAX_WIDTH)
+    critic_iters: int = setting(5, ge=1, le=100)
+    gp_weight: float = setting(10.0, ge=0.0)
     normalize_features: bool = True
-    select_every: int = 0
-    select_holdout_fraction: float = 0.2
-    select_val_fraction: float = 0.2
-    select_n_per_class: int = 200
-    select_classifier_epochs: int = 10
-    select_classifier_lr: float = 1e-3
+    select_every: int = setting(0, ge=0, le=MAX_EPOCHS)
+    select_holdout_fraction: float = setting(0.2, **FRACTION)
+    select_val_fraction: float = setting(0.2, **FRACTION)
+    select_n_per_class: int = setting(200, ge=1, le=MAX_PER_CLASS)
+    select_classifier_epochs: int = setting(10, ge=1, le=MAX_EPOCHS)
+    select_classifier_lr: float = setting(1e-3, **LR)
     select_refit: bool = True
 
     def resolved_noise_dim(self, text_dim: int) -> int:
         return text_dim if self.noise_dim is None else self.noise_dim
 
     def check(self) -> None:
-        """Raise ValueError on values no run can use."""
-        for name in ("epochs", "batch_size", "hidden_dim", "critic_iters", "select_n_per_class"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.noise_dim is not None and self.noise_dim < 1:
-            raise ValueError(f"noise_dim must be >= 1 or None, got {self.noise_dim}")
-        if self.select_every < 0:
-            raise ValueError(f"select_every must be >= 0, got {self.select_every}")
-        for name in ("select_holdout_fraction", "select_val_fraction"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
+        """Raise ValueError (InvalidArgument) on values no run can use: every declared bound."""
+        check_config(self)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -424,3 +428,16 @@ class GeneratorTrainResult:
     feature_dim: int
     text_dim: int
     selection_history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def epochs_run(self) -> int:
+        """Selection and returned-run epochs together."""
+        return len(self.selection_history) + len(self.history)
+
+    def final_metrics(self) -> dict[str, float]:
+        """The returned run's last epoch, with the selected epoch's held-out S/U/H when selection ran."""
+        final = dict(self.history[-1]) if self.history else {}
+        if self.selection_history:
+            best = self.selection_history[self.best_epoch - 1]
+            final.update({k: v for k, v in best.items() if k in ("select_S", "select_U", "select_H")})
+        return final

@@ -57,28 +57,39 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zsc.config import check_config, setting
 from zsc.errors import Cancelled
 from zsc.evaluation import mean_per_class_accuracy
+from zsc.limits import MAX_WEIGHT_DECAY
+from zsc.models.clip import DEFAULT_TEMPLATE, TEXT_CHUNK, encode_class_names
 from zsc.models.prompt_learner import DEFAULT_CTX_INIT, PromptLearner, text_tower
 
 from .bank import FeatureBank
-from .common import ConfigMixin, EpochHook, StopHook, clone_state_dict, seeded_init
+from .common import (
+    BETA,
+    LR,
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_PER_CLASS,
+    MAX_WIDTH,
+    ConfigMixin,
+    EpochHook,
+    StopHook,
+    clone_state_dict,
+    seeded_init,
+)
 
 __all__ = [
-    "DEFAULT_TEMPLATE",
     "METHODS",
     "TIP_ADAPTER_PRESETS",
     "FineTuneConfig",
     "FineTuneResult",
     "FineTunedClassifier",
     "build_classifier",
-    "encode_template",
     "fine_tune",
 ]
 
 METHODS = ("coop", "clip_adapter", "tip_adapter_f")
-DEFAULT_TEMPLATE = "a photo of a {}."
-_TEXT_CHUNK = 256  # prompts per text-encoder call when encoding every class
 
 # Each method's defaults; FineTuneConfig.for_method applies them under the caller's overrides.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -132,29 +143,31 @@ class FineTuneConfig(ConfigMixin):
     """Settings of every method; build with :meth:`for_method` to get that method's defaults."""
 
     method: str = "coop"
-    seed: int = 0
-    epochs: int = 200
-    batch_size: int = 256
-    lr: float = 2e-3
-    momentum: float = 0.0  # SGD (CoOp, CLIP-Adapter)
-    weight_decay: float = 0.0
-    logit_scale: float = 100.0
-    val_fraction: float = 0.0  # 0: the released protocol (all shots, last epoch); > 0: held-out selection
-    select_every: int = 1
+    seed: int = setting(0, ge=0)
+    epochs: int = setting(200, ge=1, le=MAX_EPOCHS)
+    batch_size: int = setting(256, ge=1, le=MAX_BATCH)
+    lr: float = setting(2e-3, **LR)
+    momentum: float = setting(0.0, **BETA)  # SGD (CoOp, CLIP-Adapter)
+    weight_decay: float = setting(0.0, ge=0.0, le=MAX_WEIGHT_DECAY)
+    logit_scale: float = setting(100.0, gt=0.0)
+    # 0: the released protocol (all shots, last epoch); > 0: held-out selection
+    val_fraction: float = setting(0.0, ge=0.0, lt=1.0)
+    select_every: int = setting(1, ge=1, le=MAX_EPOCHS)
     normalize_features: bool = True
     ctx_init: str = DEFAULT_CTX_INIT  # CoOp
     template: str = DEFAULT_TEMPLATE  # the zero-shot classifier of CLIP-Adapter and Tip-Adapter-F
-    reduction: int = 4  # CLIP-Adapter bottleneck D/reduction
-    ratio: float = 0.2  # CLIP-Adapter residual ratio
+    reduction: int = setting(4, ge=1, le=MAX_WIDTH)  # CLIP-Adapter bottleneck D/reduction
+    ratio: float = setting(0.2, ge=0.0, le=1.0)  # CLIP-Adapter residual ratio
     tip_adapter_preset: str = DEFAULT_TIP_ADAPTER_PRESET  # Tip-Adapter-F; for_method applies its values
-    init_alpha: float = 1.17  # the imagenet preset's values
-    init_beta: float = 1.0
-    adamw_eps: float = 1e-4
-    search_alpha_max: float = 3.0
-    search_alpha_steps: int = 20
-    search_beta_max: float = 7.0
-    search_beta_steps: int = 200
-    cache_synthetic_per_class: int = 0  # 0: the median number of real images per base class
+    init_alpha: float = setting(1.17, ge=0.0)  # the imagenet preset's values
+    init_beta: float = setting(1.0, ge=0.0)
+    adamw_eps: float = setting(1e-4, gt=0.0)
+    search_alpha_max: float = setting(3.0, gt=0.0)
+    search_alpha_steps: int = setting(20, ge=1, le=10_000)
+    search_beta_max: float = setting(7.0, gt=0.0)
+    search_beta_steps: int = setting(200, ge=1, le=10_000)
+    # 0: the median number of real images per base class
+    cache_synthetic_per_class: int = setting(0, ge=0, le=MAX_PER_CLASS)
 
     @classmethod
     def for_method(cls, method: str, **overrides: Any) -> FineTuneConfig:
@@ -175,28 +188,7 @@ class FineTuneConfig(ConfigMixin):
         """Raise ValueError (one line) on values no run can use."""
         if self.method not in METHODS:
             raise ValueError(f"unknown fine-tuning method {self.method!r}; expected one of {', '.join(METHODS)}")
-        ints = ("epochs", "batch_size", "select_every", "reduction", "search_alpha_steps", "search_beta_steps")
-        for name in ints:
-            value = getattr(self, name)
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value}")
-        if self.seed < 0 or self.cache_synthetic_per_class < 0:
-            raise ValueError("seed and cache_synthetic_per_class must be >= 0")
-        positive = ("lr", "logit_scale", "adamw_eps", "search_alpha_max", "search_beta_max")
-        for name in positive:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be finite and > 0, got {value}")
-        for name in ("momentum", "weight_decay", "init_alpha", "init_beta"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be finite and >= 0, got {value}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
-        if not 0 <= self.ratio <= 1:
-            raise ValueError(f"ratio must lie in [0, 1], got {self.ratio}")
+        check_config(self)
         try:
             filled = self.template.format("class")
         except (IndexError, KeyError, ValueError):
@@ -346,20 +338,6 @@ def build_classifier(state_dict: dict[str, Tensor], meta: dict[str, Any]) -> Fin
 # Training
 
 
-@torch.no_grad()
-def encode_template(
-    clip_model: nn.Module, tokenizer: Callable[[list[str]], Tensor], class_names: Sequence[str], template: str
-) -> Tensor:
-    """L2-normalized float32 [C, D] frozen zero-shot text features of ``template.format(name)``."""
-    device = text_tower(clip_model).token_embedding.weight.device
-    names = list(class_names)
-    chunks = []
-    for i in range(0, len(names), _TEXT_CHUNK):
-        tokens = tokenizer([template.format(n) for n in names[i : i + _TEXT_CHUNK]]).to(device)
-        chunks.append(clip_model.encode_text(tokens).float())
-    return F.normalize(torch.cat(chunks), dim=-1)
-
-
 class _Method(nn.Module):
     """A method's trainable part: logits over the trained classes, and the final classifier over all classes."""
 
@@ -385,7 +363,7 @@ class _CoOp(_Method):
     def classifier(self, seen_mask: Tensor) -> FineTunedClassifier:
         with torch.no_grad():
             names = self.all_names
-            text = torch.cat([self.prompt(names[i : i + _TEXT_CHUNK]) for i in range(0, len(names), _TEXT_CHUNK)])
+            text = torch.cat([self.prompt(names[i : i + TEXT_CHUNK]) for i in range(0, len(names), TEXT_CHUNK)])
         return FineTunedClassifier("coop", text, seen_mask, logit_scale=self.scale, ctx=self.prompt.ctx)
 
 
@@ -676,7 +654,7 @@ def _build_method(
 ) -> _Method:
     if cfg.method == "coop":
         return _CoOp(clip_model, tokenizer, cfg, [names[i] for i in trained.tolist()], names)
-    zero_shot = encode_template(clip_model, tokenizer, names, cfg.template)
+    zero_shot = encode_class_names(clip_model, tokenizer, names, cfg.template)
     if cfg.method == "clip_adapter":
         return _ClipAdapter(cfg, zero_shot, trained)
     # Tip-Adapter-F: real keys = normalized mean over views; synthesized keys = a seeded balanced draw per class.

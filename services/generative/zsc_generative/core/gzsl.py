@@ -28,13 +28,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zsc.config import check_config, setting
 from zsc.errors import Cancelled
-from zsc.evaluation import gzsl_metrics
+from zsc.evaluation import GZSLMetrics, gzsl_metrics
 from zsc.features import FeatureSet
+from zsc.limits import MAX_WEIGHT_DECAY
 
 from .common import (
+    BETA,
+    FRACTION,
+    LR,
+    MAX_BATCH,
+    MAX_EPOCHS,
     ConfigMixin,
     EpochHook,
+    GeneratorConfig,
+    GeneratorTrainResult,
     StopHook,
     clone_state_dict,
     generate,
@@ -49,6 +58,8 @@ __all__ = [
     "CosineClassifier",
     "GZSLConfig",
     "GZSLTrainResult",
+    "GZSLTraining",
+    "HoldoutPlan",
     "build_gzsl_classifier",
     "choose_calibration_gamma",
     "class_log_prior",
@@ -56,6 +67,7 @@ __all__ = [
     "holdout_calibration",
     "resolved_batch_size",
     "text_prototypes",
+    "train_gzsl",
     "train_gzsl_classifier",
 ]
 
@@ -72,17 +84,17 @@ class GZSLConfig(ConfigMixin):
     Adam's (β2 0.999); ``prior`` and ``seen_mass`` define the logit adjustment (module docstring).
     """
 
-    seed: int = 0
-    epochs: int = 100
-    lr: float = 5e-5
-    batch_size: int = 0
-    beta1: float = 0.5
-    weight_decay: float = 0.0
-    temperature: float = 0.01
+    seed: int = setting(0, ge=0)
+    epochs: int = setting(100, ge=1, le=MAX_EPOCHS)
+    lr: float = setting(5e-5, **LR)
+    batch_size: int = setting(0, ge=0, le=MAX_BATCH)
+    beta1: float = setting(0.5, **BETA)
+    weight_decay: float = setting(0.0, ge=0.0, le=MAX_WEIGHT_DECAY)
+    temperature: float = setting(0.01, gt=0.0)
     logit_adjustment: bool = True
     logit_adjustment_tau: float = 1.0
     prior: str = "seen_unseen"
-    seen_mass: float = 0.5
+    seen_mass: float = setting(0.5, **FRACTION)
     calibration_gamma: float = 0.0
 
     @classmethod
@@ -94,20 +106,10 @@ class GZSLConfig(ConfigMixin):
         return cls(**{"prior": "frequency", "batch_size": 256, "beta1": 0.9, **overrides})  # type: ignore[arg-type]
 
     def check(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 0:
-            raise ValueError(
-                f"batch_size must be >= 0 (0 = synthesized features per novel class), got {self.batch_size}"
-            )
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        """Raise ValueError (InvalidArgument) on values no run can use: every declared bound, a known prior."""
+        check_config(self)
         if self.prior not in PRIORS:
             raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
-        if not 0.0 < self.seen_mass < 1.0:
-            raise ValueError(f"seen_mass must lie in (0, 1), got {self.seen_mass}")
-        if not 0.0 <= self.beta1 < 1.0:
-            raise ValueError(f"beta1 must lie in [0, 1), got {self.beta1}")
 
 
 def class_log_prior(labels: Tensor, num_classes: int, seen_mask: Tensor, config: GZSLConfig) -> Tensor:
@@ -397,3 +399,85 @@ def holdout_calibration(
         pseudo_seen=[classes[i] for i in split.seen.tolist()],
         pseudo_novel=[classes[i] for i in split.novel.tolist()],
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TrainGZSL's whole job: the calibration (when asked for), the final classifier, its fit on the training features
+
+
+@dataclass(frozen=True)
+class HoldoutPlan:
+    """CALIBRATION_HOLDOUT's inputs: a generator trainer and its config (copied from a trained generator), the base
+    features over the base classes only with that generator's conditioning text, and the split."""
+
+    train: Callable[..., GeneratorTrainResult]  # train(data, config, on_epoch=, should_stop=, device=)
+    config: GeneratorConfig
+    data: FeatureSet
+    classifier_text: Tensor  # [S, D_c] the final classifier's text features of those classes
+    holdout_fraction: float
+    val_fraction: float
+    n_per_class: int
+
+    @property
+    def total_epochs(self) -> int:
+        """An upper bound of the generator's epochs (selection with refit trains twice at most)."""
+        return self.config.epochs * (2 if self.config.select_every > 0 and self.config.select_refit else 1)
+
+
+@dataclass(frozen=True)
+class GZSLTraining:
+    """The trained classifier, the config it was trained with (its chosen gamma), the calibration's choice and the
+    S/U of its own training features (base real, novel synthesized: a sanity check, not a selection)."""
+
+    fit: GZSLTrainResult
+    config: GZSLConfig
+    calibration: Calibration | None
+    train_fit: GZSLMetrics | None
+
+    @property
+    def final_loss(self) -> float:
+        return self.fit.history[-1]["loss"]
+
+
+def train_gzsl(
+    features: Tensor,
+    labels: Tensor,
+    text_features: Tensor,
+    seen: Sequence[int],
+    novel: Sequence[int],
+    config: GZSLConfig,
+    holdout: HoldoutPlan | None = None,
+    *,
+    on_epoch: EpochHook | None = None,
+    on_calibration_epoch: EpochHook | None = None,
+    should_stop: StopHook | None = None,
+    device: str | torch.device | None = None,
+) -> GZSLTraining:
+    """Choose gamma on held-out base classes (``holdout``), then fit the final classifier with it."""
+    calibration = None
+    if holdout is not None:
+
+        def train_generator(data: FeatureSet) -> nn.Module:
+            kwargs = {"on_epoch": on_calibration_epoch, "should_stop": should_stop, "device": device}
+            return holdout.train(data, holdout.config, **kwargs).generator
+
+        calibration = holdout_calibration(
+            holdout.data,
+            train_generator,
+            config,
+            n_per_class=holdout.n_per_class,
+            holdout_fraction=holdout.holdout_fraction,
+            val_fraction=holdout.val_fraction,
+            seed=config.seed,
+            normalize=holdout.config.normalize_features,
+            classifier_text=holdout.classifier_text,
+            should_stop=should_stop,
+            device=device,
+        )
+        config = replace(config, calibration_gamma=calibration.gamma)
+    fit = fit_gzsl_classifier(
+        features, labels, text_features, seen, config, on_epoch=on_epoch, should_stop=should_stop, device=device
+    )
+    pred = fit.classifier.predict(features).cpu()
+    train_fit = gzsl_metrics(labels, pred, seen, novel) if novel else None
+    return GZSLTraining(fit, config, calibration, train_fit)

@@ -33,12 +33,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zsc.config import check_config, setting
 from zsc.errors import Cancelled
 from zsc.features import FeatureSet
+from zsc.limits import MAX_WEIGHT_DECAY
 from zsc.models.prompt_learner import PromptLearner, text_tower
 
 from .bank import FeatureBank
 from .common import (
+    BETA,
+    LR,
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_WIDTH,
     ConfigMixin,
     EpochHook,
     GeneratorTrainResult,
@@ -67,40 +74,24 @@ _SYNTH_BATCH = 1024
 class ShipConfig(ConfigMixin):
     """methods.md §4 defaults (the released code's)."""
 
-    seed: int = 0
-    epochs: int = 50
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
-    latent_dim: int = 512
-    encoder_hidden: int = 2048
-    generator_hidden: int = 4096
-    n_ctx: int = 4
-    ctx_init_std: float = 0.02
-    kl_weight: float = 1.0
+    seed: int = setting(0, ge=0)
+    epochs: int = setting(50, ge=1, le=MAX_EPOCHS)
+    batch_size: int = setting(256, ge=1, le=MAX_BATCH)
+    lr: float = setting(1e-3, **LR)
+    weight_decay: float = setting(0.01, ge=0.0, le=MAX_WEIGHT_DECAY)
+    beta1: float = setting(0.9, **BETA)
+    beta2: float = setting(0.999, **BETA)
+    latent_dim: int = setting(512, ge=1, le=MAX_WIDTH)
+    encoder_hidden: int = setting(2048, ge=1, le=MAX_WIDTH)
+    generator_hidden: int = setting(4096, ge=1, le=MAX_WIDTH)
+    n_ctx: int = setting(4, ge=1, le=64)
+    ctx_init_std: float = setting(0.02, gt=0.0)
+    kl_weight: float = setting(1.0, ge=0.0)
     normalize_features: bool = True
 
     def check(self) -> None:
-        """Raise ValueError (one line) on values no run can use."""
-        for name in ("epochs", "batch_size", "latent_dim", "encoder_hidden", "generator_hidden", "n_ctx"):
-            value = getattr(self, name)
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value}")
-        for name in ("lr", "ctx_init_std"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be finite and > 0, got {value}")
-        for name in ("weight_decay", "kl_weight"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be finite and >= 0, got {value}")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        """Raise ValueError (InvalidArgument, one line) on values no run can use: every declared bound."""
+        check_config(self)
 
 
 class ShipEncoder(nn.Module):

@@ -28,10 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from zsc.features import FeatureSet
+from zsc.models.clip import encode_class_names
 from zsc.models.prompt_learner import DEFAULT_CTX_INIT, PromptLearner
 
 from .bank import FeatureBank
-from .finetune import DEFAULT_TEMPLATE, encode_template
 
 __all__ = ["BASE_NAMES", "NEW_NAMES", "HiddenContextProblem", "hidden_context_problem"]
 
@@ -96,7 +96,7 @@ def hidden_context_problem(
     y_test = torch.arange(len(names)).repeat_interleave(n_test)
     x_test = encode(y_test, torch.randn(y_test.numel(), width, generator=g) * sample_std)
 
-    text = encode_template(clip_model, tokenizer, names, DEFAULT_TEMPLATE).cpu()
+    text = encode_class_names(clip_model, tokenizer, names).cpu()
     meta = {"zsc.kind": "ship-hidden-context-problem", "seed": str(seed)}
     train = FeatureBank(torch.stack(bank), y_train).to_feature_set(names, text, meta)
     test = FeatureSet(x_test.contiguous(), y_test, names, text, dict(meta))

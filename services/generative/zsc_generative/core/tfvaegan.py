@@ -32,9 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zsc.config import setting
 from zsc.features import FeatureSet
 
 from .common import (
+    BETA,
+    LR,
+    MAX_EPOCHS,
+    MAX_WIDTH,
     AdversarialTrainer,
     ConditionalCritic,
     ConditionalGenerator,
@@ -67,28 +72,21 @@ class TFVAEGANConfig(GeneratorConfig):
     10, a1 = a2 = 0.01, feedback lr 7e-4, decoder lr 5e-4, frozen decoder in the generator step, encoded noise,
     the adaptive GP weight, Adam β1 0.5 except the encoder's ``encoder_beta1``)."""
 
-    epochs: int = 120
-    lr: float = 3e-5
-    noise_dim: int | None = 512
-    recon_weight: float = 0.1
-    adv_weight: float = 10.0
-    kl_weight: float = 1.0
-    feedback_loop: int = 2
-    feedback_weight: float = 0.01
-    generation_feedback_weight: float = 0.01
-    feedback_lr: float = 7e-4
-    decoder_lr: float = 5e-4
+    epochs: int = setting(120, ge=1, le=MAX_EPOCHS)
+    lr: float = setting(3e-5, **LR)
+    noise_dim: int | None = setting(512, ge=1, le=MAX_WIDTH)
+    recon_weight: float = setting(0.1, ge=0.0)
+    adv_weight: float = setting(10.0, ge=0.0)
+    kl_weight: float = setting(1.0, ge=0.0)
+    feedback_loop: int = setting(2, ge=1, le=100)
+    feedback_weight: float = setting(0.01, ge=0.0)
+    generation_feedback_weight: float = setting(0.01, ge=0.0)
+    feedback_lr: float = setting(7e-4, **LR)
+    decoder_lr: float = setting(5e-4, **LR)
     freeze_decoder: bool = True
     encoded_noise: bool = True
     adaptive_gp: bool = True
-    encoder_beta1: float = 0.9  # torch's default: the released encoder optimizer sets no betas
-
-    def check(self) -> None:
-        super().check()
-        if self.feedback_loop < 1:
-            raise ValueError(f"feedback_loop must be >= 1, got {self.feedback_loop}")
-        if not 0.0 <= self.encoder_beta1 < 1.0:
-            raise ValueError(f"encoder_beta1 must lie in [0, 1), got {self.encoder_beta1}")
+    encoder_beta1: float = setting(0.9, **BETA)  # torch's default: the released encoder optimizer sets no betas
 
 
 class VAEEncoder(nn.Module):
