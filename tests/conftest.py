@@ -10,6 +10,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -56,28 +57,138 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def start_server(service: str, data_roots: list[Path], **config: object):
+    """A new server of its own (replicas, restarts); fixtures share servers through ``server_for`` instead."""
     from zsc.runtime.server import ServerConfig, ZscServer
 
-    server = ZscServer(service, ServerConfig(profile="tiny", data_roots=data_roots, **config))
+    config.setdefault("profile", "tiny")
+    server = ZscServer(service, ServerConfig(data_roots=data_roots, **config))
     server.start()
     server.wait_ready(300)
     return server
 
 
-@pytest.fixture(scope="session")
-def classification_server(data_root: Path):
-    server = start_server("classification", [data_root, SHARED_DATASETS], max_message_bytes=8 << 20)
-    yield server
-    server.stop(grace=1)
+# The service tests' usual server: the tiny profile, the session's data root, 8 MiB messages.
+SERVER_DEFAULTS: dict[str, object] = {"profile": "tiny", "max_message_bytes": 8 << 20}
+CHANNEL_MESSAGE_BYTES = 32 << 20  # what a test's channel may receive: above every server's limit
+STUBS = {  # (module, class) of the stub that the ``stub`` fixture gives for each service
+    "synthesis": ("zsc.synthesis.v1.synthesis_pb2_grpc", "SynthesisStub"),
+    "recovery": ("zsc.recovery.v1.recovery_pb2_grpc", "RecoveryStub"),
+    "generative": ("zsc.generative.v1.generative_pb2_grpc", "GenerativeStub"),
+    "classification": ("zsc.classification.v1.classification_pb2_grpc", "ClassificationStub"),
+}
+
+
+class ServerFactory:
+    """``server_for(service, data_roots=..., env=..., **config)``: one server per distinct (service, config) for the
+    session, so every test file asking for the same configuration shares it. Unset fields take SERVER_DEFAULTS and
+    the session's data root; ``env`` holds variables the service reads once, while it starts. ``channel(...)`` is
+    the server's one shared channel; ``release(root)`` stops the servers of a module's own data root early."""
+
+    def __init__(self, data_root: Path) -> None:
+        self.data_root = data_root
+        self.servers: dict[tuple, Any] = {}
+        self.channels: dict[tuple, grpc.Channel] = {}
+
+    def key(self, service: str, data_roots: list[Path] | None, env: dict[str, str] | None, config: dict) -> tuple:
+        roots = data_roots if data_roots is not None else [self.data_root]
+        config = {**SERVER_DEFAULTS, **config}
+        return service, tuple(str(p) for p in roots), tuple(sorted((env or {}).items())), tuple(sorted(config.items()))
+
+    def __call__(
+        self, service: str, data_roots: list[Path] | None = None, env: dict[str, str] | None = None, **config: object
+    ):
+        key = self.key(service, data_roots, env, config)
+        if key not in self.servers:
+            with pytest.MonkeyPatch.context() as mp:
+                for name, value in key[2]:
+                    mp.setenv(name, value)
+                self.servers[key] = start_server(service, [Path(p) for p in key[1]], **dict(key[3]))
+        return self.servers[key]
+
+    def channel(
+        self, service: str, data_roots: list[Path] | None = None, env: dict[str, str] | None = None, **config: object
+    ) -> grpc.Channel:
+        """The one channel the session's tests share to that server."""
+        key = self.key(service, data_roots, env, config)
+        if key not in self.channels:
+            self.channels[key] = open_channel(self(service, data_roots, env, **config))
+        return self.channels[key]
+
+    def release(self, root: Path) -> None:
+        """Stop (and forget) every server that serves ``root``."""
+        for key in [k for k in self.servers if str(root) in k[1]]:
+            if key in self.channels:
+                self.channels.pop(key).close()
+            self.servers.pop(key).stop(grace=1)
+
+    def stop_all(self) -> None:
+        for channel in self.channels.values():
+            channel.close()
+        for server in self.servers.values():
+            server.stop(grace=1)
+        self.channels.clear()
+        self.servers.clear()
 
 
 @pytest.fixture(scope="session")
-def classification_channel(classification_server) -> Iterator[grpc.Channel]:
+def server_for(data_root: Path) -> Iterator[ServerFactory]:
+    """The session's servers (per xdist worker: session fixtures are per process)."""
+    factory = ServerFactory(data_root)
+    yield factory
+    factory.stop_all()
+
+
+def open_channel(server) -> grpc.Channel:
     from zsc.runtime.client import connect
 
-    channel = connect(f"127.0.0.1:{classification_server.port}", max_message_bytes=32 << 20)
-    yield channel
-    channel.close()
+    return connect(f"127.0.0.1:{server.port}", max_message_bytes=CHANNEL_MESSAGE_BYTES)
+
+
+def make_stub(service: str, channel: grpc.Channel):
+    import importlib
+
+    module, name = STUBS[service]
+    return getattr(importlib.import_module(module), name)(channel)
+
+
+def server_mark(request: pytest.FixtureRequest) -> pytest.Mark:
+    mark = request.node.get_closest_marker("server")
+    if mark is None:
+        raise pytest.UsageError(f"{request.node.name} uses the server fixtures without a pytest.mark.server(...)")
+    return mark
+
+
+@pytest.fixture(scope="module")
+def server(request: pytest.FixtureRequest, server_for: ServerFactory):
+    """The module's server, named by its ``pytest.mark.server(service, **config)`` mark (config as for server_for)."""
+    mark = server_mark(request)
+    return server_for(*mark.args, **mark.kwargs)
+
+
+@pytest.fixture(scope="module")
+def channel(request: pytest.FixtureRequest, server_for: ServerFactory) -> grpc.Channel:
+    mark = server_mark(request)
+    return server_for.channel(*mark.args, **mark.kwargs)
+
+
+@pytest.fixture(scope="module")
+def stub(request: pytest.FixtureRequest, channel: grpc.Channel):
+    """The module's service's stub (for the classification server: Classification's)."""
+    return make_stub(server_mark(request).args[0], channel)
+
+
+@pytest.fixture(scope="session")
+def classification_server(server_for: ServerFactory):
+    return server_for("classification", [server_for.data_root, SHARED_DATASETS])
+
+
+@pytest.fixture(scope="session")
+def classification_channel(server_for: ServerFactory) -> grpc.Channel:
+    return server_for.channel("classification", [server_for.data_root, SHARED_DATASETS])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "server(service, **config): the module's server fixture (see server_for)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
