@@ -23,25 +23,20 @@ import sys
 import tempfile
 from pathlib import Path
 
+from zsc import client
+from zsc.client import generative
 from zsc.evaluation import mean_std
-from zsc.generative.v1 import generative_pb2 as pb
-from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
 from zsc.models.clip import create_clip
 from zsc.profiles import get_profile
-from zsc.runtime.client import service_channel, unpack, watch
 from zsc_generative.core.ship_problem import hidden_context_problem
 
 SHIP = {"epochs": 25, "lr": 3e-3, "batch_size": 8, "noise_dim": 32}
 SHIP_WIDTHS = {"encoder_hidden": 256, "generator_hidden": 256}
 FINETUNE = {
-    pb.COOP: {"epochs": 25, "batch_size": 16, "lr": 5e-4},
-    pb.CLIP_ADAPTER: {"epochs": 50, "batch_size": 16, "lr": 0.02, "reduction": 1},
-    pb.TIP_ADAPTER_F: {"batch_size": 32},
+    "coop": {"epochs": 25, "batch_size": 16, "lr": 5e-4},
+    "clip_adapter": {"epochs": 50, "batch_size": 16, "lr": 0.02, "reduction": 1},
+    "tip_adapter_f": {"batch_size": 32},
 }
-
-
-def run(channel, call, result_type):
-    return unpack(watch(channel, call), result_type)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,41 +63,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"problem: {len(problem.base)} base + {len(problem.new)} new classes, {len(problem.train)} train rows")
 
     rows: dict[tuple[str, bool], list[dict[str, float]]] = {}
-    with service_channel("generative", args.address, profile="tiny", data_roots=[data]) as channel:
-        stub = pb_grpc.GenerativeStub(channel)
+    with client.channel("generative", args.address, profile="tiny", data_roots=[data]) as channel:
         for seed in seeds:
-            request = pb.TrainGeneratorRequest(
-                features_uri=str(train),
-                kind=pb.SHIP_VAE,
-                seed=seed,
-                settings=pb.GeneratorSettings(**SHIP),
-                ship_vae=pb.ShipVaeSettings(**SHIP_WIDTHS),
+            gen = generative.train_generator(
+                channel, train, "ship_vae", settings=SHIP, method_settings=SHIP_WIDTHS, seed=seed
             )
-            gen = run(channel, stub.TrainGenerator(request), pb.TrainGeneratorResult)
             print(
                 f"seed {seed}: ship_vae {gen.model.model_uri}, reconstruction cosine "
                 f"{gen.final_metrics['recon_cosine']:.4f}"
             )
             novel = data / f"ship-novel-{seed}.safetensors"
-            request = pb.GenerateFeaturesRequest(
-                generator=gen.model.model_uri, class_names=new_names, per_class=50, seed=seed, output_uri=str(novel)
-            )
-            run(channel, stub.GenerateFeatures(request), pb.GenerateFeaturesResult)
+            generative.generate_features(channel, gen.model.model_uri, new_names, 50, novel, seed=seed)
             for method, settings in FINETUNE.items():
                 for synthetic in (False, True):
-                    request = pb.FineTuneRequest(
-                        base_features_uri=str(train),
-                        novel_features_uri=str(novel) if synthetic else "",
+                    tuned = generative.fine_tune(
+                        channel,
+                        train,
+                        method,
+                        novel=novel if synthetic else None,
                         class_names=problem.class_names,
-                        method=method,
-                        settings=pb.FineTuneSettings(**settings),
+                        settings=settings,
                         seed=seed,
                     )
-                    tuned = run(channel, stub.FineTune(request), pb.FineTuneResult)
-                    ask = pb.EvaluateGZSLRequest(
-                        classifier=tuned.model.model_uri, test_features_uri=str(test), unseen_classes=new_names
-                    )
-                    result = run(channel, stub.EvaluateGZSL(ask), pb.EvaluateGZSLResult)
+                    result = generative.evaluate_gzsl(channel, tuned.model.model_uri, test, unseen_classes=new_names)
                     bn, gz = result.base_to_new, result.gzsl
                     metrics = {
                         "B": bn.base,
@@ -112,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                         "U": gz.unseen,
                         "H": gz.harmonic,
                     }
-                    rows.setdefault((pb.FineTuneMethod.Name(method).lower(), synthetic), []).append(metrics)
+                    rows.setdefault((method, synthetic), []).append(metrics)
 
     print(
         f"\nB/N/HM (base-to-new) and S/U/H (GZSL) on {len(problem.test)} test features; mean ± std over seeds {seeds}"

@@ -117,8 +117,8 @@ def test_zero_shot_and_a_sharded_evaluation_equal_one_replicas(classification_ch
     assert len(sharded.mlflow_run_ids) == len(sharded.shards.operations) == 3  # 24 images on the 8-image grid
 
 
-def test_extract_features(classification_channel, tmp_path: Path) -> None:
-    out = tmp_path / "f.safetensors"
+def test_extract_features(classification_channel, data_root: Path) -> None:
+    out = data_root / "client-features.safetensors"
     result = classification.extract_features(classification_channel, CIFAR10_TEST, out, limit=10)
     assert result.n_images == 10 and len(result.class_names) == 10 and Path(result.features_uri) == out.resolve()
 

@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from zsc import data
 from zsc.cli.common import CommandError
-from zsc.runtime.client import address_from_env, connect, server_info
+from zsc.runtime.client import address_from_env, connect, health_status, server_info
 from zsc.runtime.security import TlsFiles, read_token
 from zsc.runtime.server import DEFAULT_PORTS, ServerConfig, ZscServer, port_unavailable, serve_forever
 from zsc.runtime.tuning import apply_cpu_tuning
@@ -295,10 +294,7 @@ def _wait_serving(args: argparse.Namespace, children: list[_Child], ports: dict[
                     return child.failure()
                 address = f"{args.host}:{ports[child.name]}"
                 try:
-                    health = health_pb2_grpc.HealthStub(channels[child.name]).Check(
-                        health_pb2.HealthCheckRequest(), timeout=1
-                    )
-                    if health.status != health_pb2.HealthCheckResponse.SERVING:
+                    if health_status(channels[child.name], timeout=1) != "SERVING":
                         continue
                     info = server_info(channels[child.name], timeout=5)
                 except grpc.RpcError:
@@ -392,8 +388,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         address = args.address or address_from_env(name) or f"127.0.0.1:{DEFAULT_PORTS[name]}"
         channel = connect(address)
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
-            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            status = health_status(channel, timeout=args.timeout)
         except grpc.RpcError as err:
             status = err.code().name
         finally:

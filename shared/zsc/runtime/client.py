@@ -270,20 +270,25 @@ def describe(address: str, info: common_pb2.ServerInfo) -> str:
     return line
 
 
+def health_status(channel: grpc.Channel, service: str = "", timeout: float = 5.0) -> str:
+    """The grpc health status name of ``service`` ("" = the server): SERVING, NOT_SERVING, ... (grpc.RpcError when
+    nothing answers)."""
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
 def wait_until_serving(
     channel: grpc.Channel, service: str = "", timeout: float = 120.0, should_stop: Callable[[], bool] | None = None
 ) -> None:
     """Poll grpc health until SERVING; raise TimeoutError with the last status otherwise (also when ``should_stop``
     turns true first: the caller no longer needs this server)."""
-    stub = health_pb2_grpc.HealthStub(channel)
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline and not (should_stop is not None and should_stop()):
         try:
-            status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
-            if status == health_pb2.HealthCheckResponse.SERVING:
+            last = health_status(channel, service)
+            if last == "SERVING":
                 return
-            last = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
         except grpc.RpcError as err:
             last = err.code().name
         time.sleep(0.1)
