@@ -138,7 +138,7 @@ def build_request(
     )
 
 
-def generate_dataset_metrics(result: writer.SynthesisResult) -> dict[str, float]:
+def generate_dataset_metrics(result: writer.SynthesisResult) -> dict[str, Any]:
     """The run's counts and speed: its MLflow metrics, and the same-named fields of its result message."""
     return {key: getattr(result, key) for key in DATASET_METRICS}
 
@@ -179,7 +179,7 @@ def list_tricks_response(max_images_per_class: int, model: str) -> pb.ListTricks
     for info in planner.list_tricks():
         defaults = struct_pb2.Struct()
         defaults.update(json.loads(json.dumps(info.defaults)))  # tuples to lists, all values JSON
-        kind = TRICK_KIND.value(info.kind)
+        kind = pb.TrickKind.ValueType(TRICK_KIND.value(info.kind))
         tricks.append(pb.TrickInfo(name=info.name, kind=kind, description=info.description, defaults=defaults))
     lo, hi = planner.DEFAULT_GUIDANCE_RANGE
     return pb.ListTricksResponse(
@@ -211,7 +211,7 @@ def _zero_default(value: int, field: str, cls: Any, name: str | None = None) -> 
 
 
 def _generation(settings: pb.GenerationSettings, resolution: int) -> GenerationConfig:
-    values = {
+    values: dict[str, Any] = {
         "steps": _zero_default(settings.steps, "steps", GenerationConfig),
         "native_resolution": _zero_default(settings.native_resolution, "native_resolution", GenerationConfig),
         "size": _zero_default(resolution, "resolution", GenerationConfig, "size"),
