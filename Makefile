@@ -30,7 +30,7 @@ lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: ## mypy on the library and the cores (136 errors to fix before CI runs it: issue #17 item 9)
+typecheck: ## mypy on the library (zsc) and the cores (zsc_<service>.core); CI runs it after ruff
 	scripts/typecheck.sh
 
 up: ## all four services on loopback with params.yaml's profile, allowed to read the repo and its real datasets

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import os
 import sys
@@ -141,6 +142,10 @@ def log_seed(recipe: recipes.Recipe, row: recipes.Row, result: recipes.SeedResul
         return run.id
 
 
+def _log_seed_into(ids: list[str], recipe: recipes.Recipe, row: recipes.Row, result: recipes.SeedResult) -> None:
+    ids.append(log_seed(recipe, row, result))
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.list:
         for r in recipes.load_recipes().values():
@@ -179,7 +184,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 work=work / recipe.name / _slug(row.name),
                 data=data,
                 datasets=datasets,
-                on_seed=lambda r, row=row, ids=ids: ids.append(log_seed(recipe, row, r)),
+                on_seed=functools.partial(_log_seed_into, ids, recipe, row),
             )
     print(recipes.table(recipe, results, run_ids))
     print(
