@@ -602,9 +602,9 @@ def write_coop(split: CoopSplit, images: Path, out: Path, link: str = "symlink")
     with staged_dir(out) as tmp:
         for s in COOP_SPLITS:
             for half in COOP_HALVES:
-                rows = [(images, impath, label) for impath, label in split.items[s] if half_of[label] == half]
-                counts[s][half] = len(rows)
-                link_images(rows, folders, tmp / s / half, link)
+                entries = [(images, impath, label) for impath, label in split.items[s] if half_of[label] == half]
+                counts[s][half] = len(entries)
+                link_images(entries, folders, tmp / s / half, link)
         _write_text(tmp / "classes.txt", split.class_names)
         _write_text(tmp / "base.txt", [split.class_names[y] for y in split.base])
         _write_text(tmp / "new.txt", [split.class_names[y] for y in split.new])

@@ -27,17 +27,35 @@ DEFAULT_BATCH_SIZE = 8
 
 
 class PlannedImage(Protocol):
-    """One image of a plan, as the manifest records it (``zsc_synthesis.core.planner.Job``)."""
+    """One image of a plan, as the manifest records it (``zsc_synthesis.core.planner.Job``). Read-only members: a Job
+    is a frozen dataclass, and its ``file`` a property."""
 
-    class_name: str
-    index: int
-    prompt: str
-    negative_prompt: str
-    domain: str
-    trick: str
-    guidance: float
-    seed: int
-    file: str
+    @property
+    def class_name(self) -> str: ...
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def prompt(self) -> str: ...
+
+    @property
+    def negative_prompt(self) -> str: ...
+
+    @property
+    def domain(self) -> str: ...
+
+    @property
+    def trick(self) -> str: ...
+
+    @property
+    def guidance(self) -> float: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def file(self) -> str: ...
 
 
 J = TypeVar("J", bound=PlannedImage)

@@ -25,7 +25,7 @@ def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str =
     if n <= 30:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7)
+                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7)
     fig.tight_layout()
     return fig
 

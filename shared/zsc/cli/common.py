@@ -6,7 +6,7 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,7 +40,7 @@ def add_client_args(parser: argparse.ArgumentParser, service: str) -> None:
     )
 
 
-def open_channel(args: argparse.Namespace, service: str, paths: list[str | Path] = (), balanced: bool = False):
+def open_channel(args: argparse.Namespace, service: str, paths: Sequence[str | Path] = (), balanced: bool = False):
     """A channel to the service; an ephemeral server gets the directories this command names as its data roots.
     ``balanced``: round_robin over a multi-replica target, for commands that make only unary calls (no Operation
     whose follow-ups must reach the replica that started it)."""
@@ -163,7 +163,7 @@ def parse_class_map(value: str, option: str = "--class-map") -> dict[str, str]:
     return mapping
 
 
-def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+def markdown_table(header: list[str], rows: Sequence[Sequence[object]]) -> str:
     def fmt(v: object) -> str:
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -187,7 +187,7 @@ def write_json(path: Path, payload: object) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 
-def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
+def write_csv(path: Path, header: list[str], rows: Sequence[Sequence[object]]) -> None:
     import csv
     import io
 

@@ -23,9 +23,10 @@ def stay_offline() -> None:
     if os.environ.get("ZSC_HUB_ONLINE") == "1":
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    hub = sys.modules.get("huggingface_hub.constants")
-    if hub is not None and os.environ["HF_HUB_OFFLINE"] == "1":
-        hub.HF_HUB_OFFLINE = True  # the hub read its environment when it was imported
+    if "huggingface_hub.constants" in sys.modules and os.environ["HF_HUB_OFFLINE"] == "1":
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = True  # the hub read its environment when it was imported
 
 
 def hub_cache_dir() -> str:

@@ -28,6 +28,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,10 @@ from PIL import Image
 
 from zsc.errors import ModelUnavailable
 from zsc.seeding import seeded_init
+
+if TYPE_CHECKING:  # timm and transformers load when a model is built
+    from timm.models.efficientnet import EfficientNet
+    from transformers import BertModel
 
 __all__ = [
     "IMAGE_ARCH",
@@ -141,7 +146,7 @@ def load_lite0_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor]
 class ImageEncoder:
     """A frozen image model and its eval transform: ``encode(images)`` → float32 [N, dim] features on the CPU."""
 
-    model: torch.nn.Module
+    model: EfficientNet
     transform: Callable[[Image.Image], torch.Tensor]
     ref: str
     dim: int
@@ -191,7 +196,7 @@ def create_image_encoder(
     path = lite0_weights_path(source)
     state = read_state_dict(path)
     with seeded_init(0):  # the random init is overwritten; do not disturb the caller's RNG
-        model = timm.create_model(IMAGE_ARCH, pretrained=False)
+        model = cast("EfficientNet", timm.create_model(IMAGE_ARCH, pretrained=False))
     load_lite0_weights(model, state, f"{path.name} -> timm {IMAGE_ARCH}")
     device = torch.device(device)
     model = model.to(device, dtype).eval().requires_grad_(False).to(memory_format=torch.channels_last)
@@ -239,7 +244,7 @@ def _sha256(path: Path) -> str:
 class TextEncoder:
     """A frozen sentence encoder: ``encode(texts)`` → L2-normalized float32 [N, dim] on the CPU."""
 
-    model: torch.nn.Module
+    model: BertModel
     tokenizer: Callable[..., Mapping[str, torch.Tensor]]
     ref: str
     dim: int
@@ -299,7 +304,11 @@ def create_text_encoder(ref: str, device: torch.device | str = "cpu") -> TextEnc
     hf_logging.disable_progress_bar()  # a per-tensor loading bar on every service start helps no one
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model, info = BertModel.from_pretrained(path, local_files_only=True, output_loading_info=True)
+        # with output_loading_info the model comes with its loading report (transformers types the model alone)
+        model, info = cast(
+            "tuple[BertModel, dict[str, list[str]]]",
+            BertModel.from_pretrained(path, local_files_only=True, output_loading_info=True),
+        )
     except (OSError, ValueError) as err:
         raise ModelUnavailable(f"text encoder {ref!r} could not be read from {path} ({type(err).__name__})") from err
     # A tensor missing from the checkpoint would be left at its random init: refuse instead of embedding noise.
@@ -308,5 +317,6 @@ def create_text_encoder(ref: str, device: torch.device | str = "cpu") -> TextEnc
         raise KeyMappingError(f"text encoder {ref!r}: {len(bad)} tensor(s) missing or mismatched, first {bad[0]!r}")
     logging.getLogger(__name__).debug("loaded %s from %s", ref, path)
     device = torch.device(device)
-    model = model.to(device).eval().requires_grad_(False)
+    module: torch.nn.Module = model  # as a Module: transformers' decorated .to types as an unbound function
+    module.to(device).eval().requires_grad_(False)  # in place
     return TextEncoder(model=model, tokenizer=tokenizer, ref=ref, dim=int(model.config.hidden_size), device=device)

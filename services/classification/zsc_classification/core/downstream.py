@@ -210,11 +210,13 @@ def create_classifier(
 def _lite0_from_package(arch: str, weights: Path, num_classes: int) -> torch.nn.Module:
     """timm's EfficientNet-Lite0 with the package's ImageNet weights (checked mapping) and a fresh seeded head."""
     import timm
+    from timm.models.efficientnet import EfficientNet
 
     from zsc.models import lite
 
     model = timm.create_model(arch, pretrained=False)
     lite.load_lite0_weights(model, lite.read_state_dict(weights), f"{weights.name} -> timm {arch}")
+    assert isinstance(model, EfficientNet)  # create_model is typed as any Module
     model.reset_classifier(num_classes)  # drawn from the RNG the caller seeded
     return model
 
@@ -717,7 +719,7 @@ def train_classifier(
     for epoch in range(1, config.epochs + 1):
         sampler.set_epoch(epoch)
         model.train()
-        lr = scheduler.get_last_lr()[0]
+        lr = float(scheduler.get_last_lr()[0])
         loss_sum, correct, seen = 0.0, 0, 0
         t0 = time.perf_counter()
         for x, y in loader:

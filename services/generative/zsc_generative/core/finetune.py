@@ -61,7 +61,7 @@ from zsc.config import check_config, setting
 from zsc.errors import Cancelled
 from zsc.evaluation import mean_per_class_accuracy
 from zsc.limits import MAX_WEIGHT_DECAY
-from zsc.models.clip import DEFAULT_TEMPLATE, TEXT_CHUNK, encode_class_names
+from zsc.models.clip import DEFAULT_TEMPLATE, TEXT_CHUNK, ClipModel, encode_class_names
 from zsc.models.prompt_learner import DEFAULT_CTX_INIT, PromptLearner, text_tower
 
 from .bank import FeatureBank
@@ -225,6 +225,13 @@ class FineTunedClassifier(nn.Module):
     [K, D] with ``cache_values`` [K, C] (Tip-Adapter-F), ``ctx`` [n_ctx, W] (CoOp, kept for reuse, not scoring).
     """
 
+    # buffers (register_buffer), typed for the checker: a Module's attributes otherwise read as submodule-or-tensor
+    text_weights: Tensor
+    seen_mask: Tensor
+    cache_keys: Tensor
+    cache_values: Tensor
+    ctx: Tensor
+
     def __init__(
         self,
         method: str,
@@ -368,6 +375,9 @@ class _CoOp(_Method):
 
 
 class _ClipAdapter(_Method):
+    zero_shot: Tensor  # buffers
+    trained: Tensor
+
     def __init__(self, cfg: FineTuneConfig, zero_shot: Tensor, trained: Tensor):
         super().__init__()
         with seeded_init(cfg.seed):
@@ -393,6 +403,11 @@ class _ClipAdapter(_Method):
 
 
 class _TipAdapterF(_Method):
+    zero_shot: Tensor  # buffers
+    trained: Tensor
+    key_labels: Tensor
+    values: Tensor
+
     def __init__(self, cfg: FineTuneConfig, zero_shot: Tensor, trained: Tensor, keys: Tensor, key_labels: Tensor):
         super().__init__()
         self.keys = nn.Parameter(keys.clone())
@@ -519,7 +534,7 @@ def _check_inputs(
 
 
 def fine_tune(
-    clip_model: nn.Module,
+    clip_model: ClipModel,
     tokenizer: Callable[[list[str]], Tensor],
     bank: FeatureBank,
     class_names: Sequence[str],
@@ -642,7 +657,7 @@ def _accuracy(method: _Method, x: Tensor, y: Tensor, num_base: int) -> float:
 
 
 def _build_method(
-    clip_model: nn.Module,
+    clip_model: ClipModel,
     tokenizer: Callable,
     cfg: FineTuneConfig,
     names: list[str],

@@ -140,6 +140,8 @@ def resolved_batch_size(labels: Tensor, seen_mask: Tensor, config: GZSLConfig) -
 class CosineClassifier(nn.Module):
     """Class weights [C, D]; ``seen_mask`` [C] marks the classes calibrated stacking penalizes."""
 
+    seen_mask: Tensor  # a buffer, typed for the checker
+
     def __init__(self, weight: Tensor, seen_mask: Tensor, temperature: float, calibration_gamma: float = 0.0) -> None:
         super().__init__()
         if weight.ndim != 2 or seen_mask.shape != (weight.shape[0],):

@@ -25,10 +25,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from zsc.features import FeatureSet
-from zsc.models.clip import encode_class_names
+from zsc.models.clip import ClipModel, encode_class_names
 from zsc.models.prompt_learner import DEFAULT_CTX_INIT, PromptLearner
 
 from .bank import FeatureBank
@@ -52,7 +52,7 @@ class HiddenContextProblem:
 
 @torch.no_grad()
 def hidden_context_problem(
-    clip_model: nn.Module,
+    clip_model: ClipModel,
     tokenizer: Callable[[list[str]], Tensor],
     base_names: Sequence[str] = BASE_NAMES,
     new_names: Sequence[str] = NEW_NAMES,

@@ -343,6 +343,7 @@ class VmfRecovery:
 
         cfg = self.config
         if cfg.kappa_policy == "fixed":
+            assert cfg.kappa is not None  # validate() refuses the fixed policy without one
             self.kappa = float(cfg.kappa)
         elif cfg.kappa_policy == "matched":
             self.kappa = matched_kappa(dim)

@@ -75,8 +75,8 @@ def _log_iv_debye(nu: float, x: torch.Tensor) -> torch.Tensor:
         for j, c in enumerate(poly):
             coefs[j] += float(c) * scale
     series = torch.full_like(t, coefs[-1])
-    for c in reversed(coefs[:-1]):
-        series = series * t + c
+    for coef in reversed(coefs[:-1]):
+        series = series * t + coef
     return nu * eta - 0.5 * math.log(2.0 * math.pi * nu) - 0.25 * torch.log1p(z * z) + torch.log(series)
 
 

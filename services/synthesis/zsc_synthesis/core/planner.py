@@ -381,8 +381,9 @@ def resolve_mix(tricks: TrickSpec | TrickMix) -> TrickMix:
     if isinstance(tricks, (str, TrickConfig)):
         return parse_tricks(tricks)
     items = list(tricks)
-    if items and all(isinstance(c, TrickConfig) for c, _ in items):
-        return validate_mix(tuple((c, _share(s)) for c, s in items))
+    configs = [(c, s) for c, s in items if isinstance(c, TrickConfig)]
+    if items and len(configs) == len(items):
+        return validate_mix(tuple((c, _share(s)) for c, s in configs))
     return parse_tricks(items)
 
 
