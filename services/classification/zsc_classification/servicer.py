@@ -89,7 +89,7 @@ def _evaluate_zero_shot(plan: requests.EvaluateZeroShotPlan, run: TrackedRun) ->
     )
     extra = plan.method.metrics(result.records)
     if extra:
-        run.progress(len(result.records), None, **extra)
+        run.progress(len(result.records), None, None, **extra)
     log_evaluation(run.run, result, plan.class_names, extra)
     return requests.evaluation_result(result, plan.class_names, run.run_id)
 
