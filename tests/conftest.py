@@ -56,14 +56,18 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
-def start_server(service: str, data_roots: list[Path], **config: object):
-    """A new server of its own (replicas, restarts); fixtures share servers through ``server_for`` instead."""
+def start_server(service: str, data_roots: list[Path], env: dict[str, str] | None = None, **config: object):
+    """A new server of its own (replicas, restarts); fixtures share servers through ``server_for`` instead.
+    ``env`` holds variables the service reads once, while it starts."""
     from zsc.runtime.server import ServerConfig, ZscServer
 
     config.setdefault("profile", "tiny")
-    server = ZscServer(service, ServerConfig(data_roots=data_roots, **config))
-    server.start()
-    server.wait_ready(300)
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in (env or {}).items():
+            mp.setenv(name, value)
+        server = ZscServer(service, ServerConfig(data_roots=data_roots, **config))
+        server.start()
+        server.wait_ready(300)
     return server
 
 
@@ -81,7 +85,7 @@ STUBS = {  # (module, class) of the stub that the ``stub`` fixture gives for eac
 class ServerFactory:
     """``server_for(service, data_roots=..., env=..., **config)``: one server per distinct (service, config) for the
     session, so every test file asking for the same configuration shares it. Unset fields take SERVER_DEFAULTS and
-    the session's data root; ``env`` holds variables the service reads once, while it starts. ``channel(...)`` is
+    the session's data root; ``env`` is start_server's. ``channel(...)`` is
     the server's one shared channel; ``release(root)`` stops the servers of a module's own data root early."""
 
     def __init__(self, data_root: Path) -> None:
@@ -99,19 +103,20 @@ class ServerFactory:
     ):
         key = self.key(service, data_roots, env, config)
         if key not in self.servers:
-            with pytest.MonkeyPatch.context() as mp:
-                for name, value in key[2]:
-                    mp.setenv(name, value)
-                self.servers[key] = start_server(service, [Path(p) for p in key[1]], **dict(key[3]))
+            self.servers[key] = start_server(service, [Path(p) for p in key[1]], dict(key[2]), **dict(key[3]))
         return self.servers[key]
 
     def channel(
         self, service: str, data_roots: list[Path] | None = None, env: dict[str, str] | None = None, **config: object
     ) -> grpc.Channel:
         """The one channel the session's tests share to that server."""
-        key = self.key(service, data_roots, env, config)
+        return self.channel_to(self(service, data_roots, env, **config))
+
+    def channel_to(self, server) -> grpc.Channel:
+        """The shared channel to one of this factory's servers."""
+        key = next(k for k, s in self.servers.items() if s is server)
         if key not in self.channels:
-            self.channels[key] = open_channel(self(service, data_roots, env, **config))
+            self.channels[key] = open_channel(server)
         return self.channels[key]
 
     def release(self, root: Path) -> None:
@@ -166,15 +171,15 @@ def server(request: pytest.FixtureRequest, server_for: ServerFactory):
 
 
 @pytest.fixture(scope="module")
-def channel(request: pytest.FixtureRequest, server_for: ServerFactory) -> grpc.Channel:
-    mark = server_mark(request)
-    return server_for.channel(*mark.args, **mark.kwargs)
+def channel(server, server_for: ServerFactory) -> grpc.Channel:
+    """The shared channel to the module's server (a module may override ``server``, through server_for)."""
+    return server_for.channel_to(server)
 
 
 @pytest.fixture(scope="module")
-def stub(request: pytest.FixtureRequest, channel: grpc.Channel):
+def stub(server, channel: grpc.Channel):
     """The module's service's stub (for the classification server: Classification's)."""
-    return make_stub(server_mark(request).args[0], channel)
+    return make_stub(server.name, channel)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,6 @@ sys.path.insert(0, str(HERE.parent / "service"))  # test_hostile_inputs: the wor
 import test_hostile_inputs as hostile  # noqa: E402
 
 WRITE = os.environ.get("ZSC_GOLDEN_WRITE") == "1"
-SERVICES = ("synthesis", "recovery", "generative", "classification")
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -81,5 +80,4 @@ def golden_world(tmp_path_factory: pytest.TempPathFactory, server_for) -> Iterat
 
 def channels_for(world: hostile.World, server_for) -> dict[str, grpc.Channel]:
     """A channel to each service's server on the world's data root (the hostile suite's configuration)."""
-    limits = {"classification": hostile.IMAGE_LIMITS}
-    return {name: server_for.channel(name, [world.root], **limits.get(name, {})) for name in SERVICES}
+    return {name: server_for.channel(name, [world.root], **hostile.server_config(name)) for name in hostile.SERVICES}

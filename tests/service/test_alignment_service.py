@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import start_server
 from PIL import Image
 
 from zsc import registry, tracking
@@ -28,34 +27,14 @@ from zsc.classification.v1 import features_pb2_grpc as fpb_grpc
 from zsc.evaluation import gzsl_metrics
 from zsc.features import ALIGNMENT_ID_KEY, Alignment, FeatureSet, alignment_id
 from zsc.generative.v1 import generative_pb2 as pb
-from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
-from zsc.runtime.client import OperationError, connect, unpack, watch
+from zsc.runtime.client import OperationError, unpack, watch
 from zsc_generative import models
 
-pytestmark = [pytest.mark.service, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.service, pytest.mark.usefixtures("one_torch_thread"), pytest.mark.server("generative")]
 NAMES = ["a", "b", "c", "d", "e", "f"]
 SEEN, UNSEEN = [0, 1, 2], [3, 4, 5]
 DIM = 16
 SETTINGS = pb.GZSLSettings(epochs=30, lr=1e-2)  # small data: few steps per epoch, so a larger lr
-
-
-@pytest.fixture(scope="module")
-def server(data_root: Path):
-    server = start_server("generative", [data_root])
-    yield server
-    server.stop(grace=1)
-
-
-@pytest.fixture(scope="module")
-def channel(server):
-    channel = connect(f"127.0.0.1:{server.port}")
-    yield channel
-    channel.close()
-
-
-@pytest.fixture(scope="module")
-def stub(channel) -> pb_grpc.GenerativeStub:
-    return pb_grpc.GenerativeStub(channel)
 
 
 @pytest.fixture(scope="module")

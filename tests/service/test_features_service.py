@@ -28,8 +28,7 @@ from zsc.features import FeatureSet
 from zsc.models.clip import create_clip
 from zsc.recovery.v1 import recovery_pb2 as rec_pb
 from zsc.recovery.v1 import recovery_pb2_grpc as rec_grpc
-from zsc.runtime.client import connect, unpack, watch
-from zsc.runtime.server import ServerConfig, ZscServer
+from zsc.runtime.client import unpack, watch
 from zsc_classification.core.extract import (
     Extractors,
     FeatureCache,
@@ -213,14 +212,8 @@ def test_cache_is_keyed_by_image_bytes_and_model_and_survives_bad_shards(image_r
 
 # --------------------------------------------------------------------------------------- lite: real, unaligned
 @pytest.fixture(scope="module")
-def lite_classification(image_root: Path, data_root: Path):
-    server = ZscServer("classification", ServerConfig(profile="lite", data_roots=[data_root]))
-    server.start()
-    server.wait_ready(300)
-    channel = connect(f"127.0.0.1:{server.port}")
-    yield channel
-    channel.close()
-    server.stop(grace=1)
+def lite_classification(image_root: Path, server_for) -> grpc.Channel:
+    return server_for.channel("classification", profile="lite")
 
 
 def test_extract_features_under_lite_gives_efficientnet_and_minilm_features(
@@ -265,14 +258,8 @@ def test_clip_zero_shot_under_lite_is_a_failed_precondition(lite_classification,
 
 
 @pytest.fixture(scope="module")
-def lite_recovery(data_root: Path):
-    server = ZscServer("recovery", ServerConfig(profile="lite", data_roots=[data_root]))
-    server.start()
-    server.wait_ready(120)
-    channel = connect(f"127.0.0.1:{server.port}")
-    yield channel
-    channel.close()
-    server.stop(grace=1)
+def lite_recovery(server_for) -> grpc.Channel:
+    return server_for.channel("recovery", profile="lite")
 
 
 def test_align_under_lite_is_a_failed_precondition(lite_recovery, data_root: Path) -> None:

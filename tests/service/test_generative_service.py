@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,6 @@ import grpc
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from safetensors.torch import save_file
 
@@ -31,30 +29,11 @@ from zsc.common.v1 import common_pb2, common_pb2_grpc
 from zsc.features import FORMAT, FeatureSet, content_hash
 from zsc.generative.v1 import generative_pb2 as pb
 from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
-from zsc.runtime.client import OperationError, connect, unpack, watch
+from zsc.runtime.client import OperationError, unpack, watch
 
-pytestmark = [pytest.mark.service, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.service, pytest.mark.usefixtures("one_torch_thread"), pytest.mark.server("generative")]
 FAKE_RECOVERY_RUN = "0f" * 16  # stands in for the run id a recovery features file carries in its metadata
 TINY = dict(epochs=3, hidden_dim=32, noise_dim=8, lr=1e-3, batch_size=16)
-
-
-@pytest.fixture(scope="module")
-def server(data_root: Path):
-    server = start_server("generative", [data_root], max_message_bytes=8 << 20)
-    yield server
-    server.stop(grace=1)
-
-
-@pytest.fixture(scope="module")
-def channel(server) -> Iterator[grpc.Channel]:
-    channel = connect(f"127.0.0.1:{server.port}", max_message_bytes=8 << 20)
-    yield channel
-    channel.close()
-
-
-@pytest.fixture(scope="module")
-def stub(channel) -> pb_grpc.GenerativeStub:
-    return pb_grpc.GenerativeStub(channel)
 
 
 def serving(channel: grpc.Channel) -> bool:

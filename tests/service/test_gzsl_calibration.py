@@ -11,44 +11,21 @@ training step could have read them.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import start_server
 from test_generative_service import make_problem, run_op
 
 from zsc import tracking
 from zsc.cli.main import main
 from zsc.features import FeatureSet
 from zsc.generative.v1 import generative_pb2 as pb
-from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
-from zsc.runtime.client import connect
 
-pytestmark = [pytest.mark.service, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.service, pytest.mark.usefixtures("one_torch_thread"), pytest.mark.server("generative")]
 GENERATOR = pb.GeneratorSettings(epochs=3, hidden_dim=32, noise_dim=8, lr=1e-3, batch_size=16)
 SETTINGS = pb.GZSLSettings(epochs=10, lr=1e-2)  # small data: few steps per epoch, so a larger lr
 HOLDOUT = pb.CalibrationSettings(method=pb.CALIBRATION_HOLDOUT, holdout_fraction=0.4)  # 2 of the 5 base classes
-
-
-@pytest.fixture(scope="module")
-def server(data_root: Path):
-    server = start_server("generative", [data_root], max_message_bytes=8 << 20)
-    yield server
-    server.stop(grace=1)
-
-
-@pytest.fixture(scope="module")
-def channel(server) -> Iterator[grpc.Channel]:
-    channel = connect(f"127.0.0.1:{server.port}", max_message_bytes=8 << 20)
-    yield channel
-    channel.close()
-
-
-@pytest.fixture(scope="module")
-def stub(channel) -> pb_grpc.GenerativeStub:
-    return pb_grpc.GenerativeStub(channel)
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import start_server
 from google.protobuf import descriptor, message, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
@@ -53,7 +52,7 @@ from zsc.common.v1 import common_pb2
 from zsc.features import FORMAT, FeatureSet
 from zsc.generative.v1 import generative_pb2 as gen_pb
 from zsc.recovery.v1 import recovery_pb2 as rec_pb
-from zsc.runtime.client import connect, unpack, watch
+from zsc.runtime.client import unpack, watch
 from zsc.synthesis.v1 import synthesis_pb2 as syn_pb
 
 pytestmark = pytest.mark.service
@@ -343,28 +342,28 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         os.environ["ZSC_FEATURE_CACHE_DIR"] = old_cache
 
 
+SERVICES = ("synthesis", "recovery", "generative", "classification")
+
+
+def server_config(name: str) -> dict[str, Any]:
+    """The servers of this suite (and of tests/golden): small image limits on the classification one."""
+    return IMAGE_LIMITS if name == "classification" else {}
+
+
 @pytest.fixture(scope="module")
-def servers(world: World) -> Iterator[dict[str, Any]]:
+def servers(world: World, server_for) -> Iterator[dict[str, Any]]:
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    started = {}
     try:
-        for name in ("synthesis", "recovery", "generative", "classification"):
-            limits = IMAGE_LIMITS if name == "classification" else {}
-            started[name] = start_server(name, [world.root], max_message_bytes=8 << 20, **limits)
-        yield started
+        yield {name: server_for(name, [world.root], **server_config(name)) for name in SERVICES}
     finally:
-        for server in started.values():
-            server.stop(grace=1)
+        server_for.release(world.root)  # the module's own root: no other module shares these servers
         torch.set_num_threads(torch_threads)
 
 
 @pytest.fixture(scope="module")
-def channels(servers: dict[str, Any]) -> Iterator[dict[str, grpc.Channel]]:
-    opened = {name: connect(f"127.0.0.1:{s.port}", max_message_bytes=16 << 20) for name, s in servers.items()}
-    yield opened
-    for channel in opened.values():
-        channel.close()
+def channels(servers: dict[str, Any], server_for) -> dict[str, grpc.Channel]:
+    return {name: server_for.channel_to(server) for name, server in servers.items()}
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import grpc
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from safetensors.torch import save_file
 
@@ -25,35 +24,15 @@ from zsc.features import ALIGNMENT_ID_KEY, Alignment, FeatureSet, alignment_id
 from zsc.models.clip import create_clip
 from zsc.recovery.v1 import recovery_pb2 as pb
 from zsc.recovery.v1 import recovery_pb2_grpc as pb_grpc
-from zsc.runtime.client import OperationError, connect, unpack, watch
-from zsc.runtime.server import ServerConfig, ZscServer
+from zsc.runtime.client import OperationError, unpack, watch
 from zsc_recovery.core.flpt import FlptConfig, align_features
 from zsc_recovery.core.recover import RecoveryConfig, angular_kappa, recover, teacher_from_weights
 
-pytestmark = pytest.mark.service
+pytestmark = [pytest.mark.service, pytest.mark.server("recovery")]
 BASE = ["cat", "dog", "bird", "frog", "truck", "ship"]
 NOVEL = ["horse", "deer"]
 DIM = 32  # the tiny profile's CLIP embedding dimension
 SMALL = dict(epochs=30, nsample=20, num=40)
-
-
-@pytest.fixture(scope="module")
-def server(data_root: Path):
-    server = start_server("recovery", [data_root], max_message_bytes=8 << 20)
-    yield server
-    server.stop(grace=1)
-
-
-@pytest.fixture(scope="module")
-def channel(server) -> grpc.Channel:
-    channel = connect(f"127.0.0.1:{server.port}")
-    yield channel
-    channel.close()
-
-
-@pytest.fixture(scope="module")
-def stub(channel) -> pb_grpc.RecoveryStub:
-    return pb_grpc.RecoveryStub(channel)
 
 
 def problem(rows: int = len(BASE), dim: int = DIM, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,7 +137,7 @@ def test_recover_with_class_names_only_encodes_them_with_the_profile_clip(stub, 
     assert "clip tiny:zsc-tiny-clip: a photo of a {}." in data.metadata["params"]
 
 
-def test_profile_without_clip(tmp_path: Path) -> None:
+def test_profile_without_clip(tmp_path: Path, server_for) -> None:
     """Names-only Recover and Align need CLIP: FAILED_PRECONDITION. Recover with text features works without it."""
     profile = tmp_path / "noclip.json"
     profile.write_text(
@@ -175,11 +154,8 @@ def test_profile_without_clip(tmp_path: Path) -> None:
             )
         )
     )
-    server = ZscServer("recovery", ServerConfig(profile=str(profile), data_roots=[tmp_path]))
-    server.start()
-    channel = connect(f"127.0.0.1:{server.port}")
+    channel = server_for.channel("recovery", [tmp_path], profile=str(profile))
     try:
-        server.wait_ready(120)
         stub = pb_grpc.RecoveryStub(channel)
         for call in (
             lambda: stub.Recover(recover_request(tmp_path / "a.safetensors", names_only=True)),
@@ -197,8 +173,7 @@ def test_profile_without_clip(tmp_path: Path) -> None:
         assert result.n_features > 0 and FeatureSet.load(tmp_path / "b.safetensors").class_names == BASE
         assert serving(channel)
     finally:
-        channel.close()
-        server.stop(0)
+        server_for.release(tmp_path)  # the test's own profile and root
 
 
 def _bad_recover(data_root: Path) -> dict[str, tuple[pb.RecoverRequest, str]]:

@@ -13,13 +13,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 import torch
-from conftest import start_server
 from safetensors.torch import save_file
 
 from zsc import codec, tracking
@@ -28,11 +26,10 @@ from zsc.features import FORMAT, FeatureSet, content_hash
 from zsc.generative.v1 import generative_pb2 as pb
 from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
 from zsc.models.clip import create_clip
-from zsc.runtime.client import connect, unpack, watch
-from zsc.runtime.server import ServerConfig, ZscServer
+from zsc.runtime.client import unpack, watch
 from zsc_generative.core.ship_problem import HiddenContextProblem, hidden_context_problem
 
-pytestmark = [pytest.mark.service, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.service, pytest.mark.usefixtures("one_torch_thread"), pytest.mark.server("generative")]
 SHIP = dict(epochs=25, lr=3e-3, batch_size=8, noise_dim=32)
 SHIP_WIDTHS = dict(encoder_hidden=256, generator_hidden=256)
 FINETUNE = {
@@ -40,25 +37,6 @@ FINETUNE = {
     pb.CLIP_ADAPTER: dict(epochs=50, batch_size=16, lr=0.02, reduction=1),
     pb.TIP_ADAPTER_F: dict(batch_size=32),
 }
-
-
-@pytest.fixture(scope="module")
-def server(data_root: Path):
-    server = start_server("generative", [data_root], max_message_bytes=8 << 20)
-    yield server
-    server.stop(grace=1)
-
-
-@pytest.fixture(scope="module")
-def channel(server) -> Iterator[grpc.Channel]:
-    channel = connect(f"127.0.0.1:{server.port}", max_message_bytes=8 << 20)
-    yield channel
-    channel.close()
-
-
-@pytest.fixture(scope="module")
-def stub(channel) -> pb_grpc.GenerativeStub:
-    return pb_grpc.GenerativeStub(channel)
 
 
 def run_op(channel: grpc.Channel, op: common_pb2.Operation, result_type: type):
@@ -427,32 +405,24 @@ def test_bad_input_gets_one_line_errors(pipeline, files: Files, stub, channel) -
     assert len(ops.ListOperations(common_pb2.ListOperationsRequest(page_size=1000)).operations) == before
 
 
-def test_lite_profile_refuses_the_prompt_paths(pipeline, files: Files, data_root: Path) -> None:
+def test_lite_profile_refuses_the_prompt_paths(pipeline, files: Files, server_for) -> None:
     """lite has no CLIP: its text encoder is not aligned with its image features, so SHIP cannot decode."""
-    server = ZscServer("generative", ServerConfig(profile="lite", data_roots=[data_root]))
-    server.start()
-    try:
-        server.wait_ready(120)
-        channel = connect(f"127.0.0.1:{server.port}")
-        stub = pb_grpc.GenerativeStub(channel)
-        generate = pb.GenerateFeaturesRequest(
-            generator=pipeline["generator"].model.model_uri, class_names=["cat"], per_class=1
-        )
-        calls = {
-            "TrainGenerator": ship_request(files),
-            "FineTune": finetune_request(files, pb.COOP, None),
-            "StreamFeatures": generate,
-        }
-        for method, request in calls.items():
-            with pytest.raises(grpc.RpcError) as err:
-                reply = getattr(stub, method)(request)
-                if method == "StreamFeatures":
-                    list(reply)
-            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, (method, err.value.details())
-            assert "profile 'lite' has no CLIP model" in err.value.details() and "\n" not in err.value.details()
-        channel.close()
-    finally:
-        server.stop(grace=1)
+    stub = pb_grpc.GenerativeStub(server_for.channel("generative", profile="lite"))
+    generate = pb.GenerateFeaturesRequest(
+        generator=pipeline["generator"].model.model_uri, class_names=["cat"], per_class=1
+    )
+    calls = {
+        "TrainGenerator": ship_request(files),
+        "FineTune": finetune_request(files, pb.COOP, None),
+        "StreamFeatures": generate,
+    }
+    for method, request in calls.items():
+        with pytest.raises(grpc.RpcError) as err:
+            reply = getattr(stub, method)(request)
+            if method == "StreamFeatures":
+                list(reply)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, (method, err.value.details())
+        assert "profile 'lite' has no CLIP model" in err.value.details() and "\n" not in err.value.details()
 
 
 # ------------------------------------------------------------------------------------------------------------ CLI

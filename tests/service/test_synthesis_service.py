@@ -24,7 +24,7 @@ from PIL import Image
 from zsc import tracking
 from zsc.common.v1 import common_pb2, common_pb2_grpc
 from zsc.runtime.client import OperationError, connect, unpack, wait_until_serving, watch
-from zsc.runtime.server import ServerConfig, ZscServer
+from zsc.runtime.server import ZscServer
 from zsc.synthesis.v1 import synthesis_pb2 as pb
 from zsc.synthesis.v1 import synthesis_pb2_grpc as pb_grpc
 from zsc_synthesis import requests, servicer
@@ -37,6 +37,7 @@ BATCH = 4
 SEED = 7
 CLASSES = ("cat", "dog")
 PER_CLASS = 12  # 3 chunks of 4 per class
+ENV = {servicer.CAP_ENV: str(CAP)}  # the cap the servers read once, while they start
 
 
 def _request(out: Path | str, classes=CLASSES, per_class: int = PER_CLASS, **fields) -> pb.GenerateDatasetRequest:
@@ -68,23 +69,14 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _server(root: Path) -> ZscServer:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(servicer.CAP_ENV, str(CAP))
-        return start_server("synthesis", [root])
+    """Another replica on the module's root: a server of its own."""
+    return start_server("synthesis", [root], env=ENV)
 
 
 @pytest.fixture(scope="module")
-def server(root: Path):
-    server = _server(root)
-    yield server
-    server.stop(grace=1)
-
-
-@pytest.fixture(scope="module")
-def channel(server):
-    channel = connect(f"127.0.0.1:{server.port}")
-    yield channel
-    channel.close()
+def server(root: Path, server_for):
+    yield server_for("synthesis", [root], env=ENV)
+    server_for.release(root)  # the module's own root: no other module shares this server
 
 
 @pytest.fixture(scope="module")
@@ -430,7 +422,7 @@ def test_list_tricks_reports_the_planner_and_the_caps(channel) -> None:
     assert reply.model == "tiny:zsc-tiny-sd"
 
 
-def test_profile_without_text_to_image_is_failed_precondition(tmp_path: Path) -> None:
+def test_profile_without_text_to_image_is_failed_precondition(tmp_path: Path, server_for) -> None:
     profile = tmp_path / "no-t2i.json"
     profile.write_text(
         json.dumps(
@@ -446,11 +438,8 @@ def test_profile_without_text_to_image_is_failed_precondition(tmp_path: Path) ->
             }
         )
     )
-    server = ZscServer("synthesis", ServerConfig(profile=str(profile), data_roots=[tmp_path]))
-    server.start()
-    channel = connect(f"127.0.0.1:{server.port}")
+    channel = server_for.channel("synthesis", [tmp_path], profile=str(profile))
     try:
-        server.wait_ready(60)
         stub = pb_grpc.SynthesisStub(channel)
         with pytest.raises(grpc.RpcError) as err:
             stub.GenerateDataset(_request(tmp_path / "out"))
@@ -459,8 +448,7 @@ def test_profile_without_text_to_image_is_failed_precondition(tmp_path: Path) ->
         assert stub.ListTricks(pb.ListTricksRequest()).model == ""
         assert _serving(channel)
     finally:
-        channel.close()
-        server.stop(0)
+        server_for.release(tmp_path)  # the test's own profile and root
 
 
 @pytest.mark.slow
