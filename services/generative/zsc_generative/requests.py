@@ -94,7 +94,7 @@ def check_seed(seed: int) -> int:
 
 def decode_matrix(msg: Any, name: str) -> torch.Tensor:
     """A finite float [rows >= 1, cols >= 1] tensor, widened to float32."""
-    x = codec.decode(msg, "torch", dtypes=FLOAT_DTYPES, rank=2, name=name).float()
+    x = torch.as_tensor(codec.decode(msg, "torch", dtypes=FLOAT_DTYPES, rank=2, name=name)).float()
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise InvalidArgument(f"{name} has shape {list(x.shape)}; it needs at least one row and one column")
     return x
@@ -244,40 +244,9 @@ def plan_train_generator(request: pb.TrainGeneratorRequest, svc: Service) -> Tra
     seed = check_seed(request.seed)
     is_ship = name == models.SHIP_KIND
     clip = svc.clip_or_fail("SHIP_VAE decodes through CLIP's text encoder") if is_ship else None
-    path, data = read_features(request.features_uri, "features_uri", svc.runtime.data_roots)
-    text_digest = ""
-    if request.HasField("text_features"):
-        if is_ship:
-            raise InvalidArgument("SHIP_VAE conditions on class names, not text features; leave text_features empty")
-        text = decode_matrix(request.text_features, "text_features")
-        if text.shape[0] != data.num_classes:
-            raise InvalidArgument(
-                f"text_features has {text.shape[0]} rows but the features file lists {data.num_classes} classes; "
-                "send one row per class of the file, in its order"
-            )
-        data.text_features = text
-        text_digest = hashlib.sha256(request.text_features.data).hexdigest()
-    if len(data) == 0:
-        raise InvalidArgument(f"features file {path.name} has no samples to train on")
+    path, data, text_digest = generator_features(request, svc.runtime.data_roots, is_ship)
     trained = tuple(data.class_names[i] for i in data.labels.unique(sorted=True).tolist())
-    config: GeneratorConfig | ship.ShipConfig
-    if clip is not None:
-        config = ship_config(request, seed)
-        check_ship_data(data, path, clip, trained, config)
-        train: Callable[..., GeneratorTrainResult] = functools.partial(
-            ship.train_ship_vae, clip.model, clip.tokenizer, data, config
-        )
-        total = config.epochs
-    else:
-        kind = models.KINDS[name]
-        config = generator_config(kind, request, seed)
-        if config.select_every > 0 and len(trained) < 2:
-            raise InvalidArgument(
-                f"selection holds out pseudo-novel classes and needs at least 2 trained classes; "
-                f"features file {path.name} has samples of {len(trained)}"
-            )
-        train = functools.partial(kind.train, data, config, device=svc.device)
-        total = config.epochs * (2 if config.select_every > 0 and config.select_refit else 1)
+    config, train, total = generator_setup(request, name, data, path, trained, clip, seed, svc.device)
     registered = model_name(request.registered_model_name, f"zsc-generator-{name}")
     profile = svc.runtime.profile.name
     tags = {**dataset_tags(path, data), "text_source": "inline" if text_digest else "file"}
@@ -309,6 +278,54 @@ def plan_train_generator(request: pb.TrainGeneratorRequest, svc: Service) -> Tra
     )
     features_hash = tags["dataset.hash"].removeprefix("sha256:")
     return TrainGeneratorPlan(job, name, data, trained, config, train, clip, registered, features_hash)
+
+
+def generator_features(
+    request: pb.TrainGeneratorRequest, roots: list[Path], is_ship: bool
+) -> tuple[Path, FeatureSet, str]:
+    """The training file, its text features replaced by the request's inline ones (then their sha256, else "")."""
+    path, data = read_features(request.features_uri, "features_uri", roots)
+    text_digest = ""
+    if request.HasField("text_features"):
+        if is_ship:
+            raise InvalidArgument("SHIP_VAE conditions on class names, not text features; leave text_features empty")
+        text = decode_matrix(request.text_features, "text_features")
+        if text.shape[0] != data.num_classes:
+            raise InvalidArgument(
+                f"text_features has {text.shape[0]} rows but the features file lists {data.num_classes} classes; "
+                "send one row per class of the file, in its order"
+            )
+        data.text_features = text
+        text_digest = hashlib.sha256(request.text_features.data).hexdigest()
+    if len(data) == 0:
+        raise InvalidArgument(f"features file {path.name} has no samples to train on")
+    return path, data, text_digest
+
+
+def generator_setup(
+    request: pb.TrainGeneratorRequest,
+    name: str,
+    data: FeatureSet,
+    path: Path,
+    trained: Sequence[str],
+    clip: ClipBundle | None,
+    seed: int,
+    device: torch.device,
+) -> tuple[GeneratorConfig | ship.ShipConfig, Callable[..., GeneratorTrainResult], int]:
+    """The kind's config, its training call (``train(on_epoch=, should_stop=)``) and the epochs it reports."""
+    if clip is not None:
+        config = ship_config(request, seed)
+        check_ship_data(data, path, clip, trained, config)
+        return config, functools.partial(ship.train_ship_vae, clip.model, clip.tokenizer, data, config), config.epochs
+    kind = models.KINDS[name]
+    gan = generator_config(kind, request, seed)
+    if gan.select_every > 0 and len(trained) < 2:
+        raise InvalidArgument(
+            f"selection holds out pseudo-novel classes and needs at least 2 trained classes; "
+            f"features file {path.name} has samples of {len(trained)}"
+        )
+    total = gan.epochs * (2 if gan.select_every > 0 and gan.select_refit else 1)  # selection with refit trains twice
+    return gan, functools.partial(kind.train, data, gan, device=device), total
 
 
 def generator_config(kind: models.GeneratorKind, request: pb.TrainGeneratorRequest, seed: int) -> GeneratorConfig:
@@ -368,7 +385,7 @@ def train_generator_response(
 ) -> pb.TrainGeneratorResult:
     return pb.TrainGeneratorResult(
         model=version_message(version),
-        kind=KINDS.value(plan.kind),
+        kind=pb.GeneratorKind.ValueType(KINDS.value(plan.kind)),
         feature_dim=result.feature_dim,
         text_dim=result.text_dim,
         class_names=plan.data.class_names,
@@ -751,7 +768,7 @@ def plan_evaluate(request: pb.EvaluateGZSLRequest, svc: Service) -> EvaluatePlan
         "unseen_classes": ",".join(names[i] for i in unseen)[:6000],
     }
     experiment = tracking.experiment_name(request.experiment, EXPERIMENT)
-    tagged = lineage_tags("gzsl-eval", svc.runtime.profile.name, **tags)
+    tagged = lineage_tags("gzsl-eval", svc.runtime.profile.name, None, **tags)
     job = JobPlan(EVALUATE_KIND, experiment, "evaluate-gzsl", params, tagged, total=1, unit="evaluations")
     return EvaluatePlan(job, ref, clf, test, y, seen, unseen, gamma, test_hash, path)
 
@@ -931,7 +948,7 @@ def finetune_response(
 ) -> pb.FineTuneResult:
     return pb.FineTuneResult(
         model=version_message(version),
-        method=METHODS.value(plan.method),
+        method=pb.FineTuneMethod.ValueType(METHODS.value(plan.method)),
         class_names=plan.data.names,
         base_indices=plan.data.base,
         new_indices=plan.data.new,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -273,7 +273,7 @@ def curves(
         if message:
             run.progress(epoch, message=f"{message} {epoch}")
         else:
-            run.progress(offset + epoch, total if total is not None else epochs, **values)
+            run.progress(offset + epoch, total if total is not None else epochs, None, **values)
 
     return on_epoch
 
@@ -288,13 +288,13 @@ def phase_curves(run: TrackedRun) -> EpochHook:
         values = rq.finite(metrics)
         for key, value in values.items():
             run.log_metric(key, value, steps[phase])
-        run.progress(done, total, **values)
+        run.progress(done, total, None, **values)
 
     return on_epoch
 
 
 def register(
-    run: TrackedRun, write: Callable[[Path], None], artifact: str, name: str, tags: dict[str, str]
+    run: TrackedRun, write: Callable[[Path], None], artifact: str, name: str, tags: Mapping[str, str]
 ) -> registry.RegisteredVersion:
     """Write the model folder and register it under ``name``, tagged with the run's lineage; a cancelled job
     registers nothing."""
