@@ -25,12 +25,10 @@ def _list_ops(channel: grpc.Channel) -> None:
 
 
 @pytest.fixture(scope="module")
-def token_server(tmp_path_factory: pytest.TempPathFactory):
-    server = ZscServer("recovery", ServerConfig(data_roots=[tmp_path_factory.mktemp("d")], auth_token=TOKEN))
-    server.start()
-    server.wait_ready(60)
-    yield server
-    server.stop(0)
+def token_server(tmp_path_factory: pytest.TempPathFactory, server_for):
+    root = tmp_path_factory.mktemp("d")
+    yield server_for("recovery", [root], auth_token=TOKEN)
+    server_for.release(root)
 
 
 def test_missing_or_wrong_token_is_unauthenticated(token_server) -> None:
