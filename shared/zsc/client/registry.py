@@ -54,8 +54,6 @@ def export_model_files(name: str, version: str, out_dir: str | os.PathLike[str],
 
     MLflow's wrappers (MLmodel with its run id and creation time, environment files) are left out: they differ
     between two trainings of the same weights, and the registry keeps them anyway."""
-    import mlflow.artifacts
-
     from zsc import registry
     from zsc.lineage import dvc_md5
 
@@ -63,8 +61,7 @@ def export_model_files(name: str, version: str, out_dir: str | os.PathLike[str],
     uri, out = f"models:/{name}/{version}", Path(out_dir)
     resolved = registry.resolve(uri, client)
     with tempfile.TemporaryDirectory(prefix="zsc-export-") as tmp:
-        with registry.mlflow_errors(f"model {uri!r} not found"):
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=resolved.storage_uri, dst_path=tmp))
+        local = registry.fetch(resolved, Path(tmp))
         files = sorted(
             p
             for p in local.rglob("*")
