@@ -1,6 +1,6 @@
-"""What the golden tests share: the JSON snapshots and their readable diff, and one data world with a server per
-service on it (the hostile-input suite's world: tests/service/test_hostile_inputs.py, whose base requests are the
-small valid requests of every RPC).
+"""What the golden tests share: the JSON snapshots and their readable diff, and a data world per module with a
+server per service on it (the hostile-input suite's world: tests/service/test_hostile_inputs.py, whose base requests
+are the small valid requests of every RPC).
 
 A snapshot is written, instead of compared, when ZSC_GOLDEN_WRITE=1. It is generated at the reference commit of
 issue #17 (e3ee8aa) and changed only in a commit that changes the behaviour it records, with a note why.
