@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -224,7 +224,9 @@ def generate(
     device = next(generator.parameters()).device
     text = class_text_features.to(device=device, dtype=torch.float32)
     rows = torch.arange(text.shape[0], device=device).repeat_interleave(n_per_class)
-    out = torch.empty(rows.numel(), generator.feature_dim, device=device)
+    # attributes of the generator modules (ConditionalGenerator and the SHIP decoder), not of nn.Module
+    feature_dim, noise_dim = cast(int, generator.feature_dim), cast(int, generator.noise_dim)
+    out = torch.empty(rows.numel(), feature_dim, device=device)
     rng = torch.Generator(device=device).manual_seed(seed)
     was_training = generator.training
     generator.eval()
@@ -233,7 +235,7 @@ def generate(
             if should_stop is not None and should_stop():
                 raise Cancelled("training cancelled")
             r = rows[start : start + batch_size]
-            z = torch.randn(r.numel(), generator.noise_dim, device=device, generator=rng)
+            z = torch.randn(r.numel(), noise_dim, device=device, generator=rng)
             out[start : start + r.numel()] = generator(z, text[r])
     finally:
         generator.train(was_training)

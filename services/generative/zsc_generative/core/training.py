@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -118,10 +119,13 @@ def _holdout_scorer(
     return score
 
 
+_Config = TypeVar("_Config", bound=GeneratorConfig)
+
+
 def fit_generator(
     data: FeatureSet,
-    config: GeneratorConfig,
-    make_trainer: Callable[[TrainingData, GeneratorConfig, StopHook | None], AdversarialTrainer],
+    config: _Config,
+    make_trainer: Callable[[TrainingData, _Config, StopHook | None], AdversarialTrainer],
     *,
     on_epoch: EpochHook | None = None,
     should_stop: StopHook | None = None,
