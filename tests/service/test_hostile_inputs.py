@@ -443,6 +443,12 @@ def base_request(name: str, world: World) -> Any:
             output_uri=str(root / "out" / "aligned.safetensors"),
             settings=rec_pb.FlptSettings(epochs=1, batch_size=8),
         ),
+        "Recovery/FitTeacher": lambda: rec_pb.FitTeacherRequest(
+            features_uri=uris["features"],
+            class_names=["base 0", "base 1", "base 2"],  # the file's classes, each with samples
+            max_iter=50,
+            output_uri=str(root / "out" / "teacher.safetensors"),
+        ),
         "Generative/TrainGenerator": lambda: gen_pb.TrainGeneratorRequest(
             features_uri=uris["gen-features"],
             kind=gen_pb.CLSWGAN,
@@ -920,7 +926,7 @@ EDGE_CASES: dict[str, tuple[str, Callable[[Any], None], str]] = {
     ),
     "recover-lr-3.4e38": ("Recovery/Recover", lambda r: setattr(r, "lr", 3.4e38), "lr must lie in (0, 10]"),
     "align-lr-3.4e38": ("Recovery/Align", lambda r: setattr(r.settings, "lr", 3.4e38), "lr must lie in (0, 10]"),
-    "finetune-lr-1e308": ("Generative/FineTune", lambda r: setattr(r.settings, "lr", 1e308), "at most 10"),
+    "finetune-lr-1e308": ("Generative/FineTune", lambda r: setattr(r.settings, "lr", 1e308), "lr must be <= 10"),
     "recover-weight-decay-1e300": ("Recovery/Recover", lambda r: setattr(r, "weight_decay", 1e300), "weight_decay"),
 }
 
