@@ -20,12 +20,12 @@ from typing import Any
 
 import grpc
 
-from zsc import registry, tracking
+from zsc import registry
 from zsc.classification.v1 import downstream_pb2 as pb
 from zsc.classification.v1 import downstream_pb2_grpc as pb_grpc
 from zsc.errors import FailedPrecondition
 from zsc.model_cache import ModelCache
-from zsc.runtime.jobs import TrackedRun, start_tracked
+from zsc.runtime.jobs import TrackedRun, start_tracked, version_tags
 from zsc.runtime.server import ServiceRuntime
 from zsc_classification import mlflow_model, requests
 from zsc_classification.core import downstream as core
@@ -158,7 +158,7 @@ def _register(
     lineage: dict[str, str],
 ) -> str:
     """Log the best weights as a models-from-code pyfunc model and register it; returns the new version."""
-    tags = {**lineage, "zsc.git_commit": tracking.git_commit(), "zsc.kind": "downstream-classifier"}
+    tags = version_tags({**lineage, "zsc.kind": "downstream-classifier"})
     with tempfile.TemporaryDirectory(prefix="zsc-train-") as tmp:
         version = registry.log_pyfunc_model(
             run.run,

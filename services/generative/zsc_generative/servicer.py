@@ -17,9 +17,8 @@ accepts test features for it.
 
 from __future__ import annotations
 
-import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,7 +33,7 @@ from zsc.generative.v1 import generative_pb2 as pb
 from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
 from zsc.model_cache import ModelCache
 from zsc.models.clip import ClipBundle, create_clip
-from zsc.runtime.jobs import TrackedRun, start_tracked, version_tags
+from zsc.runtime.jobs import TrackedRun, start_tracked
 from zsc.runtime.operations import JobContext
 from zsc.runtime.server import ServiceRuntime
 from zsc_generative import models
@@ -130,7 +129,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                     extra=extra,
                 )
 
-            version = register(run, write, "generator", plan.model_name, plan.job.tags)
+            version = run.register_folder(write, "generator", plan.model_name, plan.job.tags)
             return rq.train_generator_response(plan, result, version)
 
         return start_tracked(self.service.runtime.operations, plan.job, body)
@@ -198,7 +197,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                     text_dim=int(data.text.shape[1]),
                 )
 
-            version = register(run, write, "classifier", plan.model_name, plan.job.tags)
+            version = run.register_folder(write, "classifier", plan.model_name, plan.job.tags)
             return rq.train_gzsl_response(plan, training, version)
 
         return start_tracked(self.service.runtime.operations, plan.job, body)
@@ -253,7 +252,7 @@ class GenerativeServicer(pb_grpc.GenerativeServicer):
                     extra={"clip": clip.ref},
                 )
 
-            version = register(run, write, "classifier", plan.model_name, plan.job.tags)
+            version = run.register_folder(write, "classifier", plan.model_name, plan.job.tags)
             return rq.finetune_response(plan, result, version)
 
         return start_tracked(self.service.runtime.operations, plan.job, body)
@@ -291,17 +290,6 @@ def phase_curves(run: TrackedRun) -> EpochHook:
         run.progress(done, total, None, **values)
 
     return on_epoch
-
-
-def register(
-    run: TrackedRun, write: Callable[[Path], None], artifact: str, name: str, tags: Mapping[str, str]
-) -> registry.RegisteredVersion:
-    """Write the model folder and register it under ``name``, tagged with the run's lineage; a cancelled job
-    registers nothing."""
-    with tempfile.TemporaryDirectory(prefix=f"zsc-{artifact}-") as tmp:
-        write(Path(tmp))
-        run.check_cancelled()
-        return registry.register_folder(run.run, Path(tmp), artifact, name, version_tags(tags))
 
 
 def log_train_gzsl(run: TrackedRun, plan: rq.TrainGZSLPlan, training: GZSLTraining) -> None:

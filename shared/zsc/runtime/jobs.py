@@ -3,7 +3,8 @@
 Every long RPC is check -> plan -> ``start_tracked`` -> convert. ``start_tracked`` owns what each handler used to
 write out: opening the run (its git commit and owner tags are set once, in ``tracking.Run``), logging the params and
 the lineage tags, pointing the Operation at the run, batching metrics, ending the run FINISHED / KILLED / FAILED,
-and registering the result. The body receives a :class:`TrackedRun` and returns the result message.
+and registering the result (``TrackedRun.register_folder``, tagged by ``version_tags``). The body receives a
+:class:`TrackedRun` and returns the result message.
 
 Cancellation has one type, ``zsc.errors.Cancelled``: cores raise it when their ``should_stop`` turns True, the run
 ends KILLED and the Operation CANCELLED, with no translation in between.
@@ -11,14 +12,16 @@ ends KILLED and the Operation CANCELLED, with no translation in between.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from google.protobuf import message
 
-from zsc import tracking
+from zsc import registry, tracking
 from zsc.common.v1 import common_pb2
 from zsc.runtime.operations import JobContext, OperationManager
 
@@ -92,6 +95,17 @@ class TrackedRun:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         self.run.log_metrics(dict(metrics), step)
 
+    def register_folder(
+        self, write: Callable[[Path], None], artifact: str, name: str, tags: Mapping[str, str]
+    ) -> registry.RegisteredVersion:
+        """The one way a job registers a model folder: ``write`` fills a scratch folder, which is logged under
+        ``artifact`` and registered as a new version of ``name`` with the run's lineage (``version_tags``). A job
+        cancelled while writing registers nothing."""
+        with tempfile.TemporaryDirectory(prefix=f"zsc-{artifact}-") as tmp:
+            write(Path(tmp))
+            self.check_cancelled()
+            return registry.register_folder(self.run, Path(tmp), artifact, name, version_tags(tags))
+
     def flush(self) -> None:
         """Send the kept values in as few store calls as MLflow's batch limit allows (not one per step: against
         the embedded SQLite store one write costs ~0.1 s, more than an epoch of a small model)."""
@@ -110,13 +124,9 @@ def start_tracked(
     plan: JobPlan,
     body: Callable[[TrackedRun], message.Message],
     *,
-    register: Callable[[TrackedRun, message.Message], None] | None = None,
     release: Callable[[], None] | None = None,
 ) -> common_pb2.Operation:
     """Start ``body`` as an Operation inside one MLflow run; return the Operation at once.
-
-    ``register`` (optional) runs after the body succeeds and before the run ends FINISHED, so a model version is
-    registered only for a finished result and its run holds the registration's tags.
 
     ``release`` (optional) frees what the RPC reserved for the job (an output directory, a slot): it runs once the
     job has ended, whatever the outcome and even when the run could not open, or at once when the Operation cannot
@@ -131,8 +141,6 @@ def start_tracked(
                 tracked = TrackedRun(ctx, run)
                 try:
                     result = body(tracked)
-                    if register is not None:
-                        register(tracked, result)
                 finally:
                     tracked.flush()
                 return result
