@@ -346,7 +346,8 @@ def cmd_train_gzsl(args: argparse.Namespace) -> int:
     if args.no_logit_adjustment:
         settings["logit_adjustment"] = False
     paths = [args.base, *([args.novel] if args.novel else [])]
-    names, text = [], None
+    names: list[str] = []
+    text = None
     if args.text_features is not None:
         classes = parse_names(args.classes, "--classes") if args.classes else None
         names, text = read_text_features(args.text_features, classes)
@@ -375,9 +376,10 @@ def cmd_train_gzsl(args: argparse.Namespace) -> int:
     )
     if result.calibration is not None:
         cal = result.calibration
+        generator = cal.generator.model_uri if cal.generator else ""
         print(
             f"calibration: gamma {cal.gamma:.4g}, chosen on held-out base classes {', '.join(cal.pseudo_unseen)} "
-            f"(held-out H {cal.harmonic_uncalibrated:.4f} -> {cal.harmonic:.4f}; generator {cal.generator.model_uri})"
+            f"(held-out H {cal.harmonic_uncalibrated:.4f} -> {cal.harmonic:.4f}; generator {generator})"
         )
     print_model("classifier", result.model)
     save_training_outputs(args, result.model.name, result.model.version, result.model.run_id)
@@ -428,14 +430,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     classifier = model_uri(args.classifier)
-    unseen = parse_names(args.unseen, "--unseen") if args.unseen else []
+    unseen_names = parse_names(args.unseen, "--unseen") if args.unseen else []
     paths = [args.test, args.alignment or ""]
     with open_channel(args, "generative", paths) as channel, progress_bar("evaluating") as progress:
         result = gc.evaluate_gzsl(
             channel,
             classifier,
             args.test,
-            unseen_classes=unseen,
+            unseen_classes=unseen_names,
             calibration_gamma=args.calibration_gamma,
             alignment=args.alignment,
             experiment=args.experiment,

@@ -133,7 +133,8 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
             result = synthesis.generate_dataset(
                 replicas, classes, args.per_class, out, profile=args.profile, progress=progress, **options
             )
-        print(f"zsc: {result.shards.summary(len(replicas))}", file=sys.stderr)
+        if result.shards is not None:
+            print(f"zsc: {result.shards.summary(len(replicas))}", file=sys.stderr)
         print_summary(result, out, time.perf_counter() - start)
     return 0
 

@@ -118,7 +118,8 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
             result = classification.evaluate_zero_shot(
                 replicas, data, profile=args.profile, progress=progress, **options
             )
-            print(f"zsc: {result.shards.summary(len(replicas))}", file=sys.stderr)
+            if result.shards is not None:
+                print(f"zsc: {result.shards.summary(len(replicas))}", file=sys.stderr)
         else:
             roots = [data, args.results.parent if args.results else ""]
             with open_channel(args, "classification", roots) as channel:

@@ -11,7 +11,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from google.protobuf import json_format, message
 from google.protobuf.descriptor import FieldDescriptor
@@ -36,7 +36,7 @@ def enum(wrapper: EnumTypeWrapper, *, field: str, strip: str = "") -> ProtoEnum:
 
 
 @cache
-def _hints(cls: type) -> dict[str, Any]:
+def _hints(cls: Any) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -65,7 +65,7 @@ def _scalar(fd: FieldDescriptor, value: Any, hint: Any) -> Any:
 def from_message(cls: type[T], msg: message.Message) -> T:
     """A dataclass from the message fields of the same names: repeated fields as lists, maps as dicts, nested
     messages as the field's dataclass (None when unset), Tensors as numpy arrays, enums as core names."""
-    hints = _hints(cls)
+    hints = _hints(cast(Any, cls))  # a dataclass type is hashable
     fields = msg.DESCRIPTOR.fields_by_name
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]

@@ -218,10 +218,12 @@ def merge_zero_shot(shards: list[_ShardResult], replicas: int = 1) -> ZeroShotEv
     ``seconds_per_image`` is the servers' own figure: evaluation time per image computed in this run (resumed images
     cost nothing), averaged over the shards by their images and divided by the ``replicas`` working at once: the
     effective time per image."""
+    import torch
+
     from zsc.evaluation import confusion_accuracy, present_mean
 
-    confusion = sum(s.confusion for s in shards)
-    accuracy = confusion_accuracy(confusion)
+    confusion = np.sum([s.confusion for s in shards], axis=0)
+    accuracy = confusion_accuracy(torch.from_numpy(confusion))
     n = int(confusion.sum())
     metrics = {
         "top1": float(np.trace(confusion) / max(1, n)),

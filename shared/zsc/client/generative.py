@@ -141,7 +141,7 @@ def stream_features(
     if first is None:
         raise ClientError("StreamFeatures sent nothing")
     features = codec.decode_chunks(itertools.chain([first.features], (c.features for c in chunks)))
-    return list(first.class_names), features
+    return list(first.class_names), np.asarray(features)
 
 
 @dataclass
