@@ -24,12 +24,14 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from zsc.data import duplicate_class
+from zsc.data import duplicate_class, resolve_uri
+from zsc.errors import InvalidArgument, first_line
 from zsc.io import atomic_write_bytes
 
 __all__ = [
@@ -37,10 +39,13 @@ __all__ = [
     "ALIGNMENT_KEY",
     "FORMAT",
     "Alignment",
+    "Cancellable",
     "FeatureSet",
     "alignment_id",
     "content_hash",
     "read_alignment",
+    "read_feature_file",
+    "save_features",
 ]
 
 #: Value of the ``zsc.format`` header key; bump the suffix on an incompatible change.
@@ -276,21 +281,46 @@ class Alignment:
         return FeatureSet(data.features + shift, data.labels, list(data.class_names), text_features, metadata)
 
 
-def read_alignment(uri: str, roots: list[Path], field: str = "alignment_uri") -> tuple[Path, Alignment]:
-    """The alignment recorded by the feature set at ``uri`` inside ``roots`` (a request's alignment reference);
-    InvalidArgument (one line) when the file is missing, unreadable or records none."""
-    from zsc.data import resolve_uri
-    from zsc.errors import InvalidArgument, first_line
-
+def read_feature_file(uri: str, roots: list[Path], field: str) -> tuple[Path, FeatureSet]:
+    """The feature set at ``uri`` inside ``roots`` (a request's ``field``), validated; InvalidArgument (one line,
+    naming the file but no server directory) when it is not a file or does not read as a feature set."""
     path = resolve_uri(uri, roots)
     if not path.is_file():
         raise InvalidArgument(f"{field} {uri!r} is not a file")
     try:
-        return path, Alignment.from_features(FeatureSet.load(path))
+        return path, FeatureSet.load(path)
     except (ValueError, OSError) as err:
         raise InvalidArgument(f"{field} {path.name}: {first_line(err).replace(str(path) + ': ', '')}") from err
     except Exception as err:  # safetensors raises its own error type on a corrupt header
         raise InvalidArgument(f"cannot read {field} {path.name}: {type(err).__name__}") from err
+
+
+def read_alignment(uri: str, roots: list[Path], field: str = "alignment_uri") -> tuple[Path, Alignment]:
+    """The alignment recorded by the feature set at ``uri`` inside ``roots`` (a request's alignment reference);
+    InvalidArgument (one line) when the file is missing, unreadable or records none."""
+    path, data = read_feature_file(uri, roots, field)
+    try:
+        return path, Alignment.from_features(data)
+    except ValueError as err:
+        raise InvalidArgument(f"{field} {path.name}: {first_line(err)}") from err
+
+
+class Cancellable(Protocol):
+    """A job's cooperative cancellation (the runtime's JobContext and TrackedRun both are one)."""
+
+    def should_stop(self) -> bool: ...
+
+    def check_cancelled(self) -> None: ...
+
+
+def save_features(features: FeatureSet, path: Path, job: Cancellable) -> None:
+    """A job's output file, written atomically; a job cancelled around the write leaves no file behind."""
+    job.check_cancelled()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    features.save(path)
+    if job.should_stop():
+        path.unlink(missing_ok=True)
+        job.check_cancelled()
 
 
 def content_hash(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:

@@ -21,10 +21,17 @@ from google.protobuf import message as pb_message
 
 from zsc import codec, registry, tracking
 from zsc.config import message_settings
-from zsc.data import check_class_names, duplicate_class, output_file, resolve_uri
+from zsc.data import check_class_names, duplicate_class, output_file
 from zsc.enums import ProtoEnum
 from zsc.errors import FailedPrecondition, InvalidArgument, first_line
-from zsc.features import ALIGNMENT_ID_KEY, FeatureSet, alignment_id, content_hash, read_alignment
+from zsc.features import (
+    ALIGNMENT_ID_KEY,
+    FeatureSet,
+    alignment_id,
+    content_hash,
+    read_alignment,
+    read_feature_file,
+)
 from zsc.generative.v1 import generative_pb2 as pb
 from zsc.lineage import MD5_TAG, dvc_md5
 from zsc.models.clip import ClipBundle, encode_class_names
@@ -105,15 +112,7 @@ def read_features(uri: str, field: str, roots: list[Path], *, nonempty: str = ""
     without samples (empty: such a file is allowed)."""
     if not uri:
         raise InvalidArgument(f"{field} is empty")
-    path = resolve_uri(uri, roots)
-    if not path.is_file():
-        raise InvalidArgument(f"{field} {uri!r} is not a file")
-    try:
-        data = FeatureSet.load(path)
-    except (ValueError, OSError) as err:
-        raise InvalidArgument(f"{field} {path.name}: {first_line(err).replace(str(path) + ': ', '')}") from err
-    except Exception as err:  # safetensors raises its own error type on a corrupt header
-        raise InvalidArgument(f"cannot read {field} {path.name}: {type(err).__name__}") from err
+    path, data = read_feature_file(uri, roots, field)
     if data.dim == 0 or data.text_dim == 0:
         raise InvalidArgument(f"{field} {path.name} has D={data.dim} and D_t={data.text_dim}; both must be >= 1")
     if nonempty and len(data) == 0:

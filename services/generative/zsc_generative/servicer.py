@@ -28,7 +28,7 @@ from torch import Tensor
 
 from zsc import registry, tracking
 from zsc.errors import FailedPrecondition, InvalidArgument
-from zsc.features import FeatureSet
+from zsc.features import save_features
 from zsc.generative.v1 import generative_pb2 as pb
 from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
 from zsc.model_cache import ModelCache
@@ -345,16 +345,6 @@ def log_figures(run: tracking.Run, names: list[str], accuracy: list[float], conf
             run.log_figure(fig, artifact)
         finally:
             plt.close(fig)
-
-
-def save_features(features: FeatureSet, path: Path, ctx: JobContext) -> None:
-    """Write atomically; a job cancelled around the write leaves no file behind."""
-    ctx.check_cancelled()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    features.save(path)
-    if ctx.should_stop():
-        path.unlink(missing_ok=True)
-        ctx.check_cancelled()
 
 
 def create_service(runtime: ServiceRuntime) -> GenerativeService:

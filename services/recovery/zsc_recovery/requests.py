@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from zsc import codec, tracking
 from zsc.common.v1 import common_pb2
 from zsc.config import from_message
-from zsc.data import check_class_names, output_file, resolve_uri
+from zsc.data import check_class_names, output_file
 from zsc.enums import ProtoEnum
-from zsc.errors import FailedPrecondition, InvalidArgument, first_line
-from zsc.features import Alignment, FeatureSet, content_hash
+from zsc.errors import FailedPrecondition, InvalidArgument
+from zsc.features import Alignment, FeatureSet, content_hash, read_feature_file
 from zsc.models.clip import DEFAULT_TEMPLATE, ClipBundle
 from zsc.recovery.v1 import recovery_pb2 as pb
 from zsc.runtime.jobs import JobPlan, lineage_tags
@@ -311,15 +311,7 @@ def virtual_features(
     if source is None:
         raise InvalidArgument("give the virtual features as features_uri or inline features")
     if source == "features_uri":
-        path = resolve_uri(request.features_uri, roots)
-        if not path.is_file():
-            raise InvalidArgument(f"features_uri {request.features_uri!r} is not a file")
-        try:
-            data = FeatureSet.load(path)
-        except (ValueError, OSError) as err:
-            raise InvalidArgument(f"cannot read features file {path.name}: {first_line(err)}") from err
-        except Exception as err:  # safetensors raises its own error type on a corrupt header
-            raise InvalidArgument(f"cannot read features file {path.name}: {type(err).__name__}") from err
+        path, data = read_feature_file(request.features_uri, roots, "features_uri")
         found = data.features, data.labels, tuple(data.class_names), content_hash(path), str(path)
     else:
         inline = request.features

@@ -20,9 +20,8 @@ import torch
 
 from zsc import tracking
 from zsc.common.v1 import common_pb2
-from zsc.data import check_class_names, output_file, resolve_uri
-from zsc.errors import InvalidArgument, first_line
-from zsc.features import ALIGNMENT_ID_KEY, Alignment, FeatureSet
+from zsc.data import check_class_names, output_file
+from zsc.features import ALIGNMENT_ID_KEY, Alignment, read_feature_file, save_features
 from zsc.models.clip import ClipBundle, create_clip, encode_class_names
 from zsc.recovery.v1 import recovery_pb2 as pb
 from zsc.recovery.v1 import recovery_pb2_grpc as pb_grpc
@@ -113,12 +112,8 @@ class RecoveryServicer(pb_grpc.RecoveryServicer):
 
         roots = self.service.runtime.data_roots
         names = check_class_names(request.class_names, "class_names", MAX_CLASSES)
-        source = resolve_uri(request.features_uri, roots)
+        _, data = read_feature_file(request.features_uri, roots, "features_uri")
         out = output_file(request.output_uri, roots, what="the teacher file")
-        try:
-            data = FeatureSet.load(source)
-        except Exception as err:  # safetensors raises its own error type on a corrupt header
-            raise InvalidArgument(f"cannot read features file {source.name}: {first_line(err)}") from err
         c = request.c if request.HasField("c") else 1.0
         max_iter = request.max_iter if request.HasField("max_iter") else 1000
         fit = fit_teacher(data.features, data.labels, data.class_names, names, c=c, max_iter=max_iter)
@@ -178,16 +173,6 @@ def _log_align(tracked: TrackedRun, result: AlignResult, alignment: Alignment) -
     run.log_metrics({k: v for k, v in summary.items() if math.isfinite(v)})
     write_tensor_artifact(run, {"ctx": result.ctx, "residual": result.residual}, "flpt.safetensors")
     run.set_tags({ALIGNMENT_ID_KEY: alignment.id})
-
-
-def save_features(features: FeatureSet, path: Path, tracked: TrackedRun) -> None:
-    """Write atomically; a job cancelled around the write leaves no file behind."""
-    tracked.check_cancelled()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    features.save(path)
-    if tracked.should_stop():
-        path.unlink(missing_ok=True)
-        tracked.check_cancelled()
 
 
 def subsample(count: int, limit: int = MAX_CURVE_POINTS) -> list[int]:
