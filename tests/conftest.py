@@ -1,4 +1,6 @@
-"""Fixtures shared by the suite: real gRPC servers on loopback, the real CIFAR-10 data beside the checkout."""
+"""Fixtures shared by the suite: real gRPC servers on loopback, the real CIFAR-10 data beside the checkout; and the
+helpers several test files share (``from conftest import ...``): a cancel that must end in CANCELLED, a CLI run in a
+child process, the generative tests' synthetic GZSL problem."""
 
 from __future__ import annotations
 
@@ -8,12 +10,17 @@ import os
 # machine, where threads waiting on each other cost more than they compute. Child processes inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = (REPO.parent / "shared" / "datasets").resolve()
@@ -190,6 +197,56 @@ def classification_server(server_for: ServerFactory):
 @pytest.fixture(scope="session")
 def classification_channel(server_for: ServerFactory) -> grpc.Channel:
     return server_for.channel("classification", [server_for.data_root, SHARED_DATASETS])
+
+
+def cancel_and_wait(channel: grpc.Channel, op: Any) -> Any:
+    """Cancel operation ``op``, check that it ends CANCELLED (watching it raises, with that code), and return its
+    final state."""
+    from zsc.common.v1 import common_pb2, common_pb2_grpc
+    from zsc.runtime.client import OperationError, watch
+
+    common_pb2_grpc.OperationsStub(channel).CancelOperation(common_pb2.CancelOperationRequest(name=op.name))
+    with pytest.raises(OperationError) as err:
+        watch(channel, op)
+    assert err.value.code == grpc.StatusCode.CANCELLED
+    final = err.value.operation
+    assert final.metadata.state == common_pb2.OperationMetadata.CANCELLED
+    return final
+
+
+def zsc_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``zsc <args>`` in a child process (a fresh interpreter: the CLI as a user starts it), output captured; ``env``
+    and ``cwd`` default to this process's."""
+    return subprocess.run(
+        [sys.executable, "-m", "zsc.cli.main", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
+    )
+
+
+Sampler = Callable[[int, "torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]]
+
+
+def mlp_gzsl_problem(
+    num_classes: int, text_dim: int, dim: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, Sampler]:
+    """The generative tests' GZSL problem of known structure: text features a_c ~ N(0, I) [C, D_t], class means
+    m_c = normalize(f(a_c)) [C, D] for a fixed random 2-layer tanh MLP f, and ``sample(n, classes)``: n samples
+    normalize(m_c + 0.1·noise) of each class and their labels. One generator draws everything, in call order."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randn(num_classes, text_dim, generator=g)
+    w1 = torch.randn(text_dim, 64, generator=g) / text_dim**0.5
+    w2 = torch.randn(64, dim, generator=g) / 8.0
+    means = F.normalize(torch.tanh(text @ w1) @ w2, dim=-1)
+
+    def sample(n: int, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = classes.repeat_interleave(n)
+        return F.normalize(means[y] + 0.1 * torch.randn(len(y), dim, generator=g), dim=-1), y
+
+    return text, means, sample
 
 
 def pytest_configure(config: pytest.Config) -> None:

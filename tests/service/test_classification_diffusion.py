@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
-from conftest import CIFAR10_TEST, start_server
+from conftest import CIFAR10_TEST, start_server, zsc_cli
 from PIL import Image
 
 from zsc import codec
@@ -165,40 +165,14 @@ def test_evaluation_resumes_and_shards_match(classification_server, data_root: P
 @pytest.mark.slow
 def test_two_replicas_give_the_same_result_as_one(tmp_path: Path, data_root: Path) -> None:
     """The CLI spreads one evaluation over two --address replicas; the merged report equals one replica's."""
-    import subprocess
-    import sys
-
     data = _dataset(data_root / "dc-replicas", n_per_class=1)
     servers = [start_server("classification", [data_root]) for _ in range(2)]
     try:
         outputs = []
         for addresses in (f"127.0.0.1:{servers[0].port}", f"127.0.0.1:{servers[0].port},127.0.0.1:{servers[1].port}"):
             metrics = tmp_path / f"m{len(outputs)}.json"
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "zsc.cli.main",
-                    "zeroshot",
-                    "--method",
-                    "diffusion",
-                    "--data",
-                    str(data),
-                    "--stages",
-                    "4:2,8:1",
-                    "--loss",
-                    "l1",
-                    "--seed",
-                    "3",
-                    "--address",
-                    addresses,
-                    "--metrics-out",
-                    str(metrics),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
+            args = ["zeroshot", "--method", "diffusion", "--data", str(data), "--stages", "4:2,8:1", "--loss", "l1"]
+            out = zsc_cli(*args, "--seed", "3", "--address", addresses, "--metrics-out", str(metrics))
             assert out.returncode == 0, out.stderr
             outputs.append(json.loads(metrics.read_text()))
         for key in ("top1", "n_images", "per_class_accuracy", "unet_passes_per_image"):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -13,7 +11,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from conftest import CIFAR10_TEST, REPO
+from conftest import CIFAR10_TEST, REPO, zsc_cli
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
@@ -172,27 +170,8 @@ def test_evaluate_zeroshot_on_cifar10_logs_mlflow_run(classification_channel, is
 def test_cli_zeroshot_over_100_cifar10_images(tmp_path: Path, isolated_mlflow: Path) -> None:
     env = {**os.environ, "ZSC_MLFLOW_DIR": str(tmp_path / "mlflow")}
     env.pop("ZSC_CLASSIFICATION_ADDRESS", None)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "zsc.cli.main",
-            "zeroshot",
-            "--method",
-            "clip",
-            "--profile",
-            "tiny",
-            "--data",
-            str(CIFAR10_TEST),
-            "--limit",
-            "100",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-    )
+    args = ["zeroshot", "--method", "clip", "--profile", "tiny", "--data", str(CIFAR10_TEST), "--limit", "100"]
+    out = zsc_cli(*args, env=env, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "top-1 accuracy:" in out.stdout and "over 100 images" in out.stdout
     assert "| airplane |" in out.stdout and "confusion matrix" in out.stdout
@@ -201,14 +180,8 @@ def test_cli_zeroshot_over_100_cifar10_images(tmp_path: Path, isolated_mlflow: P
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "zsc.cli.main", "zeroshot", "--data", "/etc", "--profile", "tiny"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env={**os.environ, "ZSC_MLFLOW_DIR": str(tmp_path / "mlflow")},
-    )
+    env = {**os.environ, "ZSC_MLFLOW_DIR": str(tmp_path / "mlflow")}
+    out = zsc_cli("zeroshot", "--data", "/etc", "--profile", "tiny", env=env, cwd=tmp_path, timeout=300)
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert lines[0].startswith("zsc: classification served by ") and len(lines) == 2  # who answered, then the error

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import zsc_cli
 
 from zsc.runtime.server import DEFAULT_PORTS
 
@@ -50,31 +49,25 @@ def _offline_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def _zsc(*args: str, env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "zsc.cli.main", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
-    )
-
-
 def test_up_health_down(tmp_path: Path) -> None:
     ports = {name: _free_port() for name in DEFAULT_PORTS}
     env = {**os.environ, "ZSC_MLFLOW_DIR": str(tmp_path / "mlflow")}
     env.update({f"ZSC_{name.upper()}_ADDRESS": f"127.0.0.1:{port}" for name, port in ports.items()})
     port_args = [arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))]
-    up = _zsc("up", "--profile", "tiny", "--detach", *port_args, env=env, cwd=tmp_path)
+    up = zsc_cli("up", "--profile", "tiny", "--detach", *port_args, env=env, cwd=tmp_path)
     try:
         assert up.returncode == 0, up.stderr
         assert up.stdout.count("SERVING") == 4
-        health = _zsc("health", "--all", env=env, cwd=tmp_path, timeout=60)
+        health = zsc_cli("health", "--all", env=env, cwd=tmp_path, timeout=60)
         assert health.returncode == 0, health.stdout + health.stderr
         lines = health.stdout.strip().splitlines()
         assert len(lines) == 4 and all(line.endswith("SERVING") for line in lines)
     finally:
-        down = _zsc("down", env=env, cwd=tmp_path, timeout=60)
+        down = zsc_cli("down", env=env, cwd=tmp_path, timeout=60)
     assert down.returncode == 0, down.stderr
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        health = _zsc("health", "--all", env=env, cwd=tmp_path, timeout=60)
+        health = zsc_cli("health", "--all", env=env, cwd=tmp_path, timeout=60)
         if health.returncode != 0:
             break
         time.sleep(1)
@@ -89,7 +82,7 @@ def test_up_on_a_busy_port_fails_naming_it_and_leaves_no_server(tmp_path: Path, 
     with socket.socket() as holder:  # something else already listens on classification's port
         holder.bind(("127.0.0.1", ports["classification"]))
         holder.listen()
-        up = _zsc("up", *(["--detach"] if detach else []), *port_args, env=env, cwd=tmp_path, timeout=120)
+        up = zsc_cli("up", *(["--detach"] if detach else []), *port_args, env=env, cwd=tmp_path, timeout=120)
     assert up.returncode == 1
     err = up.stderr.strip().splitlines()
     assert len(err) == 1 and f"classification cannot listen on 127.0.0.1:{ports['classification']}" in err[0]
@@ -103,7 +96,9 @@ def test_up_reports_a_service_that_cannot_start_and_stops_the_others(tmp_path: P
     loads nothing up front) would stay up; zsc up must say which failed and why, stop generative and exit 1."""
     ports = {name: _free_port() for name in DEFAULT_PORTS}
     port_args = [arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))]
-    up = _zsc("up", "--profile", "paper", "--detach", *port_args, env=_offline_env(tmp_path), cwd=tmp_path, timeout=300)
+    up = zsc_cli(
+        "up", "--profile", "paper", "--detach", *port_args, env=_offline_env(tmp_path), cwd=tmp_path, timeout=300
+    )
     assert up.returncode == 1
     err = up.stderr.strip().splitlines()
     assert len(err) == 1, up.stderr
@@ -121,7 +116,7 @@ def test_up_reports_a_service_that_cannot_start_and_stops_the_others(tmp_path: P
     [("classification", "timm/vit_base_patch16_clip_224.openai"), ("synthesis", "CompVis/stable-diffusion-v1-4")],
 )
 def test_serve_without_real_weights_prints_exactly_one_line(tmp_path: Path, service: str, repo: str) -> None:
-    out = _zsc("serve", service, "--profile", "paper", "--port", "0", env=_offline_env(tmp_path), cwd=tmp_path)
+    out = zsc_cli("serve", service, "--profile", "paper", "--port", "0", env=_offline_env(tmp_path), cwd=tmp_path)
     assert out.returncode == 1
     assert out.stdout == ""  # it never listened
     lines = out.stderr.splitlines()

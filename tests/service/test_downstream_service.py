@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CIFAR10_TEST
+from conftest import CIFAR10_TEST, cancel_and_wait
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
@@ -319,12 +319,9 @@ def test_cancelled_training_ends_cancelled_and_registers_nothing(classification_
         if update.metadata.message == "training" or update.metadata.done_units > 0:
             break
     stream.cancel()
-    operations.CancelOperation(common_pb2.CancelOperationRequest(name=op.name))
-    with pytest.raises(OperationError) as err:
-        watch(classification_channel, op)
-    assert err.value.code == grpc.StatusCode.CANCELLED
-    assert err.value.operation.metadata.done_units < 500
-    assert tracking.client().get_run(err.value.operation.metadata.mlflow_run_id).info.status == "KILLED"
+    final = cancel_and_wait(classification_channel, op)
+    assert final.metadata.done_units < 500
+    assert tracking.client().get_run(final.metadata.mlflow_run_id).info.status == "KILLED"
     with pytest.raises(NotFound):
         registry.resolve(f"models:/{name}/1")
     assert _serving(classification_channel)

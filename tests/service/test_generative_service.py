@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import cancel_and_wait, mlp_gzsl_problem
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from safetensors.torch import save_file
 
@@ -29,7 +29,7 @@ from zsc.common.v1 import common_pb2, common_pb2_grpc
 from zsc.features import FORMAT, FeatureSet, content_hash
 from zsc.generative.v1 import generative_pb2 as pb
 from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
-from zsc.runtime.client import OperationError, unpack, watch
+from zsc.runtime.client import unpack, watch
 
 pytestmark = [pytest.mark.service, pytest.mark.usefixtures("one_torch_thread"), pytest.mark.server("generative")]
 FAKE_RECOVERY_RUN = "0f" * 16  # stands in for the run id a recovery features file carries in its metadata
@@ -62,16 +62,7 @@ def make_problem(
     n_test: int = 100,
     seed: int = 0,
 ) -> Problem:
-    g = torch.Generator().manual_seed(seed)
-    text = torch.randn(num_classes, text_dim, generator=g)
-    w1 = torch.randn(text_dim, 64, generator=g) / text_dim**0.5
-    w2 = torch.randn(64, dim, generator=g) / 8.0
-    means = F.normalize(torch.tanh(text @ w1) @ w2, dim=-1)
-
-    def sample(n: int, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = classes.repeat_interleave(n)
-        return F.normalize(means[y] + 0.1 * torch.randn(len(y), dim, generator=g), dim=-1), y
-
+    text, _, sample = mlp_gzsl_problem(num_classes, text_dim, dim, seed)
     names = [f"class {i:02d}" for i in range(num_classes)]
     folder.mkdir(parents=True, exist_ok=True)
     x, y = sample(n_train, torch.arange(num_base))
@@ -588,13 +579,8 @@ def test_cancel_train_generator_registers_nothing(tiny: Problem, stub, channel) 
     request = train_request(tiny.train, seed=2, **{**TINY, "epochs": 100_000})
     request.registered_model_name = "zsc-generator-cancelled"
     op = stub.TrainGenerator(request)
-    ops = common_pb2_grpc.OperationsStub(channel)
-    ops.CancelOperation(common_pb2.CancelOperationRequest(name=op.name))
-    with pytest.raises(OperationError) as err:
-        watch(channel, op)
-    assert err.value.code == grpc.StatusCode.CANCELLED
-    final = ops.GetOperation(common_pb2.GetOperationRequest(name=op.name))
-    assert final.metadata.state == common_pb2.OperationMetadata.CANCELLED and final.metadata.done_units < 100_000
+    final = cancel_and_wait(channel, op)
+    assert final.metadata.done_units < 100_000
     assert tracking.client().search_model_versions("name = 'zsc-generator-cancelled'") == []
     if final.metadata.mlflow_run_id:  # cancelled before the run started: there is no run to look at
         assert tracking.client().get_run(final.metadata.mlflow_run_id).info.status == "KILLED"

@@ -15,16 +15,17 @@ import grpc
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import cancel_and_wait
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from safetensors.torch import save_file
 
 from zsc import codec, tracking
-from zsc.common.v1 import common_pb2, common_pb2_grpc
+from zsc.common.v1 import common_pb2
 from zsc.features import ALIGNMENT_ID_KEY, Alignment, FeatureSet, alignment_id
 from zsc.models.clip import create_clip
 from zsc.recovery.v1 import recovery_pb2 as pb
 from zsc.recovery.v1 import recovery_pb2_grpc as pb_grpc
-from zsc.runtime.client import OperationError, unpack, watch
+from zsc.runtime.client import unpack, watch
 from zsc_recovery.core.flpt import FlptConfig, align_features
 from zsc_recovery.core.recover import RecoveryConfig, angular_kappa, recover, teacher_from_weights
 
@@ -275,13 +276,7 @@ def test_requests_too_big_for_the_service(stub, data_root: Path, monkeypatch: py
 def test_cancel_recover(stub, channel, data_root: Path) -> None:
     out = data_root / "cancelled.safetensors"
     op = stub.Recover(recover_request(out, epochs=1_000_000))
-    ops = common_pb2_grpc.OperationsStub(channel)
-    ops.CancelOperation(common_pb2.CancelOperationRequest(name=op.name))
-    with pytest.raises(OperationError) as err:
-        watch(channel, op)
-    assert err.value.code == grpc.StatusCode.CANCELLED
-    final = ops.GetOperation(common_pb2.GetOperationRequest(name=op.name))
-    assert final.metadata.state == common_pb2.OperationMetadata.CANCELLED
+    final = cancel_and_wait(channel, op)
     assert final.metadata.done_units < 1_000_000 and not out.exists()
     if final.metadata.mlflow_run_id:  # cancelled before the run started: there is no run to look at
         assert tracking.client().get_run(final.metadata.mlflow_run_id).info.status == "KILLED"
@@ -425,11 +420,8 @@ def test_cancel_align(recovered, stub, channel, data_root: Path) -> None:
     request = pb.AlignRequest(
         features_uri=str(virtual), class_names=BASE, output_uri=str(out), settings=pb.FlptSettings(epochs=100_000)
     )
-    op = stub.Align(request)
-    common_pb2_grpc.OperationsStub(channel).CancelOperation(common_pb2.CancelOperationRequest(name=op.name))
-    with pytest.raises(OperationError) as err:
-        watch(channel, op)
-    assert err.value.code == grpc.StatusCode.CANCELLED and not out.exists()
+    cancel_and_wait(channel, stub.Align(request))
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

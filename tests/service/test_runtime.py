@@ -14,13 +14,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from conftest import cancel_and_wait
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from zsc import codec
 from zsc.common.v1 import common_pb2, common_pb2_grpc
 from zsc.errors import ResourceExhausted
-from zsc.runtime.client import OperationError, connect, watch
+from zsc.runtime.client import connect, watch
 from zsc.runtime.operations import OperationManager
 from zsc.runtime.server import DEFAULT_PORTS, ServerConfig, ZscServer
 
@@ -102,16 +103,10 @@ def test_operation_progress_watch_and_result(classification_server, classificati
 
 
 def test_cancel_gives_cancelled_and_health_stays_responsive(classification_server, classification_channel) -> None:
-    ops_stub = common_pb2_grpc.OperationsStub(classification_channel)
     op = classification_server.runtime.operations.start("test/slow", _slow_job(30))
     time.sleep(0.2)
     assert _health(classification_channel) == SERVING  # how fast it answers: bench/health_under_load.py
-    ops_stub.CancelOperation(common_pb2.CancelOperationRequest(name=op.name))
-    with pytest.raises(OperationError) as err:
-        watch(classification_channel, op)
-    assert err.value.code == grpc.StatusCode.CANCELLED
-    final = ops_stub.GetOperation(common_pb2.GetOperationRequest(name=op.name))
-    assert final.metadata.state == common_pb2.OperationMetadata.CANCELLED
+    final = cancel_and_wait(classification_channel, op)
     assert final.error.code == grpc.StatusCode.CANCELLED.value[0]
 
 

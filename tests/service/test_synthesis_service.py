@@ -17,13 +17,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import start_server
+from conftest import cancel_and_wait, start_server, zsc_cli
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from zsc import tracking
 from zsc.common.v1 import common_pb2, common_pb2_grpc
-from zsc.runtime.client import OperationError, connect, unpack, wait_until_serving, watch
+from zsc.runtime.client import connect, unpack, wait_until_serving, watch
 from zsc.runtime.server import ZscServer
 from zsc.synthesis.v1 import synthesis_pb2 as pb
 from zsc.synthesis.v1 import synthesis_pb2_grpc as pb_grpc
@@ -178,12 +178,7 @@ def test_cancel_ends_cancelled_with_no_partial_files_and_a_killed_run(channel, r
             break
     stream.cancel()
     assert not update.done, "the job finished before it could be cancelled"
-    operations.CancelOperation(common_pb2.CancelOperationRequest(name=op.name))
-    with pytest.raises(OperationError) as err:
-        watch(channel, op)
-    final = err.value.operation
-    assert err.value.code == grpc.StatusCode.CANCELLED
-    assert final.metadata.state == common_pb2.OperationMetadata.CANCELLED
+    final = cancel_and_wait(channel, op)
     assert 0 < final.metadata.done_units < 400
     assert not list(out.rglob("*.tmp"))
     pngs = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
@@ -464,14 +459,7 @@ def test_cli_acceptance_and_rerun(
     # the acceptance command; --steps 2 keeps it within CI time (the default, 40, costs 20x the UNet passes)
     args = ["synthesize", "--classes", "cat,dog,ship", "--per-class", "10", "--tricks", "multidomain,random_guidance"]
     args += ["--resolution", "32", "--out", str(out), "--profile", "tiny", "--steps", "2"]
-    first = subprocess.run(
-        [sys.executable, "-m", "zsc.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-    )
+    first = zsc_cli(*args, env=env, cwd=tmp_path, timeout=300)
     assert first.returncode == 0, first.stderr
     assert "generated 30 images" in first.stdout and "30 records" in first.stdout
     records = writer.read_manifest(out)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import mlp_gzsl_problem
 from safetensors.torch import load_file, save_file
 
 from zsc.errors import Cancelled
@@ -62,16 +63,7 @@ class Problem:
 def make_problem(
     num_classes: int = 40, num_base: int = 30, text_dim: int = 16, dim: int = 32, n_train: int = 30, seed: int = 0
 ) -> Problem:
-    g = torch.Generator().manual_seed(seed)
-    text = torch.randn(num_classes, text_dim, generator=g)
-    w1 = torch.randn(text_dim, 64, generator=g) / text_dim**0.5
-    w2 = torch.randn(64, dim, generator=g) / 8.0
-    means = F.normalize(torch.tanh(text @ w1) @ w2, dim=-1)
-
-    def sample(n: int, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = classes.repeat_interleave(n)
-        return F.normalize(means[y] + 0.1 * torch.randn(len(y), dim, generator=g), dim=-1), y
-
+    text, means, sample = mlp_gzsl_problem(num_classes, text_dim, dim, seed)
     base, novel = torch.arange(num_base), torch.arange(num_base, num_classes)
     x, y = sample(n_train, base)
     test_x, test_y = sample(100, torch.arange(num_classes))
