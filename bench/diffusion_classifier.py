@@ -28,12 +28,11 @@ from zsc_classification.core.diffusion_classifier import (
     DiffusionClassifier,
     DiffusionClassifierOptions,
     build_prompts,
-    draw_noise,
     preprocess_images,
     stage_grid_indices,
     unet_passes,
 )
-from zsc_classification.core.diffusion_reference import reference_classify
+from zsc_classification.core.diffusion_reference import reference_classify_as_the_core
 
 CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-test"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -141,13 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     classifier = DiffusionClassifier(parts, compile=args.compile or False)
     prompts = [p for class_prompts in build_prompts(CIFAR10_CLASSES, options.templates) for p in class_prompts]
     pixels = preprocess_images(images, parts.native_resolution)
-    n_noise = options.stages[-1][0]
-    latent_shape = (parts.unet.config.in_channels, parts.unet.config.sample_size, parts.unet.config.sample_size)
 
     # Warm both paths up (oneDNN primitives, allocator) on one image and a short schedule.
     warm = DiffusionClassifierOptions(stages=((2, 1),), templates=options.templates, batch_size=options.batch_size)
     classifier.classify(images[:1], CIFAR10_CLASSES, warm)
-    reference_classify(parts, pixels[0], prompts, warm.stages, warm.loss, draw_noise(0, 0, 2, latent_shape))
+    reference_classify_as_the_core(parts, pixels[:1], prompts, warm)
 
     core_times, ref_times = [], []
     for _ in range(args.repeats):
@@ -155,18 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         results = classifier.classify(images, CIFAR10_CLASSES, options)
         core_times.append(time.perf_counter() - start)
         start = time.perf_counter()
-        references = [
-            reference_classify(
-                parts,
-                pixels[i],
-                prompts,
-                options.stages,
-                options.loss,
-                draw_noise(options.seed, i, n_noise, latent_shape),
-                batch_size=args.ref_batch_size,
-            )
-            for i in range(len(images))
-        ]
+        references = reference_classify_as_the_core(parts, pixels, prompts, options, args.ref_batch_size)
         ref_times.append(time.perf_counter() - start)
 
     core_s, ref_s = min(core_times) / len(images), min(ref_times) / len(images)

@@ -27,7 +27,7 @@ from zsc_classification.core.diffusion_classifier import (
     timestep_grid,
     unet_passes,
 )
-from zsc_classification.core.diffusion_reference import reference_classify
+from zsc_classification.core.diffusion_reference import reference_classify_as_the_core
 from zsc_classification.zeroshot import DiffusionModelCache
 
 CIFAR10 = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "cifar10-test"
@@ -70,21 +70,7 @@ def cifar_images(images) -> list[torch.Tensor]:
 
 def _reference(parts, images, options):
     prompts = [p for class_prompts in build_prompts(CLASSES, options.templates) for p in class_prompts]
-    pixels = preprocess_images(images, parts.native_resolution)
-    latent_shape = (parts.unet.config.in_channels, parts.unet.config.sample_size, parts.unet.config.sample_size)
-    n_noise = options.stages[-1][0] * options.n_trials
-    return [
-        reference_classify(
-            parts,
-            pixels[i],
-            prompts,
-            options.stages,
-            options.loss,
-            draw_noise(options.seed, i, n_noise, latent_shape),
-            n_trials=options.n_trials,
-        )
-        for i in range(len(images))
-    ]
+    return reference_classify_as_the_core(parts, preprocess_images(images, parts.native_resolution), prompts, options)
 
 
 @pytest.mark.realdata

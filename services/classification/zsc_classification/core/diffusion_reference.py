@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from zsc.models.diffusion import SDComponents
+
+if TYPE_CHECKING:
+    from zsc_classification.core.diffusion_classifier import DiffusionClassifierOptions
 
 
 @dataclass(frozen=True)
@@ -108,3 +112,33 @@ def reference_classify(
         prompt_errors.append(means)
         remaining = sorted(remaining, key=lambda p: (means[p], p))[:to_keep]
     return ReferenceResult(remaining[0], prompt_errors, passes)
+
+
+def reference_classify_as_the_core(
+    parts: SDComponents,
+    pixels: torch.Tensor,
+    prompts: Sequence[str],
+    options: DiffusionClassifierOptions,
+    batch_size: int = 32,
+) -> list[ReferenceResult]:
+    """:func:`reference_classify` on each preprocessed image of ``pixels`` ([N, 3, r, r]) with the stages, loss,
+    trials and noise that ``DiffusionClassifier.classify`` uses for image i under ``options``: the comparison the
+    tests and the bench make."""
+    from zsc_classification.core.diffusion_classifier import draw_noise
+
+    config = parts.unet.config
+    latent_shape = (config.in_channels, config.sample_size, config.sample_size)
+    n_noise = options.stages[-1][0] * options.n_trials
+    return [
+        reference_classify(
+            parts,
+            pixels[i],
+            prompts,
+            options.stages,
+            options.loss,
+            draw_noise(options.seed, i, n_noise, latent_shape),
+            batch_size=batch_size,
+            n_trials=options.n_trials,
+        )
+        for i in range(len(pixels))
+    ]
