@@ -1,6 +1,6 @@
 """Fixtures shared by the suite: real gRPC servers on loopback, the real CIFAR-10 data beside the checkout; and the
-helpers several test files share (``from conftest import ...``): a cancel that must end in CANCELLED, a CLI run in a
-child process, the generative tests' synthetic GZSL problem."""
+helpers several test files share (``from conftest import ...``): a bench script as a module, a cancel that must end
+in CANCELLED, a CLI run in a child process, the generative tests' synthetic GZSL problem."""
 
 from __future__ import annotations
 
@@ -197,6 +197,19 @@ def classification_server(server_for: ServerFactory):
 @pytest.fixture(scope="session")
 def classification_channel(server_for: ServerFactory) -> grpc.Channel:
     return server_for.channel("classification", [server_for.data_root, SHARED_DATASETS])
+
+
+def load_bench(name: str) -> Any:
+    """bench/<name>.py as a module (bench/ is not a package), registered in sys.modules so that its dataclasses
+    resolve their annotations."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"zsc_bench_{name}", REPO / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def cancel_and_wait(channel: grpc.Channel, op: Any) -> Any:

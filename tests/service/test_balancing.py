@@ -7,7 +7,6 @@ one replica reports. Targets and shard cuts have known answers too."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import socket
@@ -15,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CIFAR10_TEST, REPO, SHARED_DATASETS, start_server
+from conftest import CIFAR10_TEST, SHARED_DATASETS, load_bench, start_server
 
 from zsc.cli.main import main
 from zsc.client import ClientError, fanout, synthesis
@@ -28,13 +27,6 @@ from zsc_synthesis import servicer
 pytestmark = pytest.mark.service
 CLASSES = ("cat", "dog", "ship")
 PER_CLASS, BATCH, STEPS, SEED = 12, 4, 2, 5  # 3 chunks of 4 per class: 9 shards of one chunk
-
-
-def _scale_bench():
-    spec = importlib.util.spec_from_file_location("scale_bench", REPO / "bench" / "scale.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -64,7 +56,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def replicas(root: Path, tmp_path_factory: pytest.TempPathFactory):
     """Three synthesis replicas, each its own process (so one can be SIGKILLed)."""
-    bench = _scale_bench()
+    bench = load_bench("scale")
     logs = tmp_path_factory.mktemp("replica-logs")
     servers = bench.spawn_replicas("synthesis", 3, [root], logs, {servicer.CAP_ENV: "1000"})
     yield servers

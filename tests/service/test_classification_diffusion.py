@@ -35,6 +35,16 @@ def _options(**kw) -> pb.DiffusionOptions:
     return pb.DiffusionOptions(**{"stages": STAGES, "loss": "l1", "seed": 3, "batch_size": 16, **kw})
 
 
+def _refused(channel: grpc.Channel, options: pb.DiffusionOptions) -> grpc.RpcError:
+    """The error that a DIFFUSION ZeroShot of one image with ``options`` ends in (the call must fail)."""
+    request = pb.ZeroShotRequest(
+        method=pb.DIFFUSION, class_names=CLASSES, images=[common_pb2.Image(data=_images(1)[0])], diffusion=options
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        pb_grpc.ClassificationStub(channel).ZeroShot(request)
+    return err.value
+
+
 def test_service_errors_equal_the_papers_literal_procedure(classification_channel) -> None:
     images = _images(2)
     reply = pb_grpc.ClassificationStub(classification_channel).ZeroShot(
@@ -86,33 +96,18 @@ BAD_SCHEDULES = {
 @pytest.mark.parametrize("case", sorted(BAD_SCHEDULES))
 def test_bad_schedules_are_invalid_argument(case: str, classification_channel) -> None:
     stages, message = BAD_SCHEDULES[case]
-    options = _options(stages=[pb.DiffusionStage(n_samples=n, to_keep=k) for n, k in stages])
-    with pytest.raises(grpc.RpcError) as err:
-        pb_grpc.ClassificationStub(classification_channel).ZeroShot(
-            pb.ZeroShotRequest(
-                method=pb.DIFFUSION,
-                class_names=CLASSES,
-                images=[common_pb2.Image(data=_images(1)[0])],
-                diffusion=options,
-            )
-        )
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
+    err = _refused(
+        classification_channel, _options(stages=[pb.DiffusionStage(n_samples=n, to_keep=k) for n, k in stages])
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.details()
 
 
 @pytest.mark.parametrize(
     ("field", "value", "message"), [("loss", "l3", "unknown loss"), ("preset", "mnist", "unknown preset")]
 )
 def test_unknown_loss_and_preset(field: str, value: str, message: str, classification_channel) -> None:
-    with pytest.raises(grpc.RpcError) as err:
-        pb_grpc.ClassificationStub(classification_channel).ZeroShot(
-            pb.ZeroShotRequest(
-                method=pb.DIFFUSION,
-                class_names=CLASSES,
-                images=[common_pb2.Image(data=_images(1)[0])],
-                diffusion=_options(**{field: value}),
-            )
-        )
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
+    err = _refused(classification_channel, _options(**{field: value}))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.details()
 
 
 def _dataset(root: Path, n_per_class: int = 2) -> Path:

@@ -289,14 +289,18 @@ def test_unreadable_images_fail_the_operation_naming_the_file(classification_cha
     assert _serving(classification_channel)
 
 
-def test_pretrained_weights_missing_offline_is_unavailable(
-    classification_channel, syn_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def empty_weight_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty hub and torch.hub caches, and no hub downloads: only pip-packaged weights can load."""
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
     monkeypatch.delenv("ZSC_HUB_ONLINE", raising=False)
+
+
+@pytest.mark.usefixtures("empty_weight_caches")
+def test_pretrained_weights_missing_offline_is_unavailable(classification_channel, syn_folder: Path) -> None:
     with pytest.raises(grpc.RpcError) as err:
         pb_grpc.DownstreamStub(classification_channel).TrainClassifier(
             pb.TrainClassifierRequest(data_uri=str(syn_folder), arch="resnet18", pretrained=True)
@@ -406,14 +410,8 @@ def test_cli_train_evaluate_predict_review(
     assert "| v1 |" in capsys.readouterr().out.splitlines()[0] and html.is_file()
 
 
-def test_lite0_trains_from_imagenet_weights_offline(
-    classification_channel, syn_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
-    monkeypatch.delenv("ZSC_HUB_ONLINE", raising=False)
+@pytest.mark.usefixtures("empty_weight_caches")
+def test_lite0_trains_from_imagenet_weights_offline(classification_channel, syn_folder: Path) -> None:
     request = pb.TrainClassifierRequest(
         data_uri=str(syn_folder), arch="tf_efficientnet_lite0", pretrained=True, epochs=1, batch_size=16, seed=0
     )

@@ -10,29 +10,16 @@ recovery or synthesis stops transferring (H(b) would fall to H(c)'s level).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import CIFAR10_TEST, CIFAR10_TRAIN
+from conftest import CIFAR10_TEST, CIFAR10_TRAIN, load_bench
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "gzsl_cifar10.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("gzsl_cifar10_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_data_free_gzsl_clearly_beats_no_generated_features(tmp_path: Path) -> None:
-    bench = _bench()
+    bench = load_bench("gzsl_cifar10")
     config = bench.BenchConfig(
         train_dir=CIFAR10_TRAIN,
         test_dir=CIFAR10_TEST,

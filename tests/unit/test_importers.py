@@ -90,6 +90,13 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     return code, captured.out, captured.err
 
 
+def fails_in_one_line(argv: list[str], out: Path, capsys: pytest.CaptureFixture[str], message: str) -> None:
+    """``zsc <argv> --out <out>`` exits 1 with one line of stderr that says ``message``, and writes nothing."""
+    code, _, err = run([*argv, "--out", str(out)], capsys)
+    assert code == 1 and err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
 def test_class_names_read_as_prompts_do() -> None:
     assert [normalize_class_name(n) for n in NAMES] == [
         "antelope",
@@ -226,9 +233,7 @@ def test_gzsl_faults_are_one_line(
 ) -> None:
     image_mat, splits_mat = gzsl_files(tmp_path / "src", **override)
     argv = ["data", "import", "gzsl", "--splits", str(splits_mat), "--image-features", str(image_mat)]
-    code, _, err = run([*argv, "--out", str(tmp_path / "out")], capsys)
-    assert code == 1 and err.count("\n") == 1 and message in err, err
-    assert not (tmp_path / "out").exists()
+    fails_in_one_line(argv, tmp_path / "out", capsys, message)
 
 
 def test_gzsl_file_faults(tmp_path: Path) -> None:
@@ -363,9 +368,7 @@ def test_coop_faults_are_one_line(
 ) -> None:
     split_file, images = coop_files(tmp_path / "src", **override)
     argv = ["data", "import", "coop", "--split-file", str(split_file), "--images", str(images)]
-    code, _, err = run([*argv, "--out", str(tmp_path / "out")], capsys)
-    assert code == 1 and err.count("\n") == 1 and message in err, err
-    assert not (tmp_path / "out").exists()
+    fails_in_one_line(argv, tmp_path / "out", capsys, message)
 
 
 def test_coop_index_base_and_missing_images(tmp_path: Path) -> None:

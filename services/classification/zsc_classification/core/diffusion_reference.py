@@ -127,7 +127,7 @@ def reference_classify_as_the_core(
     from zsc_classification.core.diffusion_classifier import draw_noise
 
     config = parts.unet.config
-    latent_shape = (config.in_channels, config.sample_size, config.sample_size)
+    latent_shape = (int(config["in_channels"]), int(config["sample_size"]), int(config["sample_size"]))
     n_noise = options.stages[-1][0] * options.n_trials
     return [
         reference_classify(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypedDict, Unpack
 
 import torch
 import torch.nn.functional as F
@@ -257,27 +258,20 @@ def fit_gzsl_classifier(
     return GZSLTrainResult(classifier=model, state_dict=clone_state_dict(model), history=history, batch_size=b)
 
 
+class FitOptions(TypedDict, total=False):
+    """:func:`fit_gzsl_classifier`'s keyword options, for the wrappers that pass them on."""
+
+    on_epoch: EpochHook | None
+    should_stop: StopHook | None
+    device: str | torch.device | None
+
+
 def train_gzsl_classifier(
-    data: FeatureSet,
-    seen_classes: Sequence[int] | Tensor,
-    config: GZSLConfig,
-    *,
-    on_epoch: EpochHook | None = None,
-    should_stop: StopHook | None = None,
-    device: str | torch.device | None = None,
+    data: FeatureSet, seen_classes: Sequence[int] | Tensor, config: GZSLConfig, **options: Unpack[FitOptions]
 ) -> GZSLTrainResult:
     """:func:`fit_gzsl_classifier` on a FeatureSet holding base + synthesized features and all classes' text."""
     data.validate()
-    return fit_gzsl_classifier(
-        data.features,
-        data.labels,
-        data.text_features,
-        seen_classes,
-        config,
-        on_epoch=on_epoch,
-        should_stop=should_stop,
-        device=device,
-    )
+    return fit_gzsl_classifier(data.features, data.labels, data.text_features, seen_classes, config, **options)
 
 
 def build_gzsl_classifier(state_dict: dict[str, Tensor], config: GZSLConfig) -> CosineClassifier:
