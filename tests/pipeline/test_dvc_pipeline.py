@@ -156,7 +156,11 @@ def check_metrics_and_plots(repo: Path) -> None:
     for stage, n in (("clip_eval", 20), ("diffusion_eval", 2), ("evaluate", 20)):
         m = _metrics(repo, stage)
         assert m["n_images"] == n and _is_fraction(m["top1"]) and _is_fraction(m["macro_accuracy"]), stage
-        assert len(m["per_class_accuracy"]) == 10 and all(map(_is_fraction, m["per_class_accuracy"].values()))
+        # a class without test images has no accuracy (null, zsc.evaluation's rule): the diffusion stage scores 2
+        per_class = list(m["per_class_accuracy"].values())
+        assert len(per_class) == 10 and all(a is None or _is_fraction(a) for a in per_class), stage
+        if n >= 10:  # the images are spread over the classes: every class has some
+            assert None not in per_class, stage
         assert not any("second" in k for k in m), "timings would make the metrics differ between identical runs"
     assert _metrics(repo, "diffusion_eval")["unet_passes_per_image"] == 4 * 10 + 4 * 2  # 4:2,8:1 over 10 classes
     for stage in ("evaluate_gzsl", "evaluate_ship"):
