@@ -28,7 +28,7 @@ import math
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from zsc.data import check_class_names
 from zsc.errors import InvalidArgument
@@ -195,6 +195,17 @@ def list_tricks() -> tuple[TrickInfo, ...]:
             {"components": list(DEFAULT_MERGED), "shares": [1 / len(DEFAULT_MERGED)] * len(DEFAULT_MERGED)},
         ),
     )
+
+
+class TrickKnobs(TypedDict, total=False):
+    """:func:`parse_tricks`'s knobs, for the callers that pass them on."""
+
+    domains: Sequence[str] | str | None
+    template: str | None
+    guidance_scale: float | None
+    guidance_range: tuple[float, float] | None
+    negative_prompt: str
+    image_template: str | None
 
 
 def parse_tricks(

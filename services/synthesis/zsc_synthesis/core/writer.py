@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -51,6 +51,7 @@ from zsc_synthesis.core.planner import (
     ClassSpec,
     Job,
     TrickConfig,
+    TrickKnobs,
     TrickMix,
     TrickSpec,
     make_plan,
@@ -92,28 +93,15 @@ class SynthesisRequest:
         seed: int = 0,
         *,
         descriptions: dict[str, str] | None = None,
-        domains: Sequence[str] | str | None = None,
-        template: str | None = None,
-        guidance_scale: float | None = None,
-        guidance_range: tuple[float, float] | None = None,
-        negative_prompt: str = "",
-        image_template: str | None = None,
         generation: GenerationConfig | None = None,
+        **knobs: Unpack[TrickKnobs],
     ) -> SynthesisRequest:
         """A request from flat fields, the shape an RPC message has; knobs as in ``parse_tricks``."""
         descriptions = dict(descriptions or {})
         specs = [c if isinstance(c, ClassSpec) else ClassSpec(c, descriptions.pop(c, "")) for c in classes]
         if descriptions:
             raise InvalidArgument(f"descriptions given for unknown classes: {sorted(descriptions)}")
-        mix = parse_tricks(
-            tricks,
-            domains=domains,
-            template=template,
-            guidance_scale=guidance_scale,
-            guidance_range=guidance_range,
-            negative_prompt=negative_prompt,
-            image_template=image_template,
-        )
+        mix = parse_tricks(tricks, **knobs)
         return cls(tuple(specs), images_per_class, mix, seed, generation or GenerationConfig())
 
     def plan(self, max_images_per_class: int = MAX_IMAGES_PER_CLASS) -> list[Job]:
