@@ -226,17 +226,21 @@ class ImageFolder:
         field: str = "class_names",
     ) -> ImageFolder:
         """The dataset under ``root``; with ``class_names`` (and an explicit ``folder_to_class``) matched to the
-        folders by name as ``match_class_folders`` does, labels in the order of ``class_names``."""
+        folders by name as ``match_class_folders`` does, labels in the order of ``class_names``. Every fault,
+        an unreadable folder included, is InvalidArgument."""
         if not root.is_dir():
             raise InvalidArgument(f"dataset {root} is not a directory")
-        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not folders:
-            raise InvalidArgument(f"dataset {root} has no class folders")
-        classes, labels = match_class_folders(folders, class_names, folder_to_class, root=root, field=field)
-        per_folder = [
-            sorted(p for p in (root / f).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            for f in folders
-        ]
+        try:  # a folder the server may not list is bad input, not a server fault
+            folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if not folders:
+                raise InvalidArgument(f"dataset {root} has no class folders")
+            classes, labels = match_class_folders(folders, class_names, folder_to_class, root=root, field=field)
+            per_folder = [
+                sorted(p for p in (root / f).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+                for f in folders
+            ]
+        except OSError as err:
+            raise InvalidArgument(f"dataset {root} cannot be read: {type(err).__name__}") from err
         if not any(per_folder):
             raise InvalidArgument(f"dataset {root} has no images")
         # picked in folder order, so which images a limit keeps does not depend on the order the names came in

@@ -10,7 +10,7 @@ core's result into the response message.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,19 +70,6 @@ def _top_k(value: int) -> int:
     if value < 0:
         raise InvalidArgument("top_k must be >= 0")
     return value or DEFAULT_TOP_K
-
-
-def open_folder(
-    root: Path,
-    limit: int = 0,
-    class_names: Sequence[str] = (),
-    folder_to_class: Mapping[str, str] | None = None,
-    field: str = "class_names",
-) -> ImageFolder:
-    try:
-        return ImageFolder.open(root, limit, class_names, folder_to_class, field=field)
-    except OSError as err:  # e.g. a folder the service may not list
-        raise InvalidArgument(f"dataset {root} cannot be read: {type(err).__name__}") from err
 
 
 def _folder_params(folder: ImageFolder) -> dict[str, str]:
@@ -251,7 +238,7 @@ def plan_train(request: ds_pb.TrainClassifierRequest, runtime: ServiceRuntime) -
     # a synthetic dataset's folders must be exactly the classes it was generated for (a stray or missing folder
     # would silently change what the model learns); labels then follow the request's class order
     classes = train_core.synthesis_classes(root)
-    folder = open_folder(root, class_names=classes, field="the synthesis request's classes")
+    folder = ImageFolder.open(root, class_names=classes, field="the synthesis request's classes")
     train_core.check_trainable(folder)
     arch = train_core.resolve_arch(request.arch or profile.downstream_arch)
     config = train_config(request, arch, profile.seed)
@@ -320,7 +307,9 @@ def plan_evaluate(
     loaded = load(model)
     names = loaded.class_names
     # labels in the model's order; each of its classes read from the folder of that name (or the one mapped to it)
-    folder = open_folder(root, request.limit, names, request.folder_to_class, f"the model's {len(names)} classes")
+    folder = ImageFolder.open(
+        root, request.limit, names, request.folder_to_class, field=f"the model's {len(names)} classes"
+    )
     experiment = tracking.experiment_name(request.experiment, DOWNSTREAM_EXPERIMENT)
     params = {
         "model_uri": model.uri,
