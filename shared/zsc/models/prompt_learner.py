@@ -120,39 +120,34 @@ def _is_causal(mask: torch.Tensor | None) -> bool:
     return bool(torch.isneginf(mask[above]).all() and torch.isfinite(mask[~above]).all())
 
 
+def _tower_of(source: CLIP | TextTransformer, pool_type: str, eos_id: int | None) -> TextTower:
+    """The TextTower over ``source``'s text modules (a CLIP or its TextTransformer: the same attribute names)."""
+    return TextTower(
+        token_embedding=source.token_embedding,
+        positional_embedding=source.positional_embedding,
+        transformer=source.transformer,
+        ln_final=source.ln_final,
+        text_projection=source.text_projection,
+        attn_mask=source.attn_mask,
+        pool_type=pool_type,
+        eos_id=eos_id,
+        causal=_is_causal(source.attn_mask),
+    )
+
+
 def text_tower(model: nn.Module) -> TextTower:
     """The text tower of an open_clip ``CLIP`` or of a ``CustomTextCLIP`` with a plain ``TextTransformer``.
 
     Hugging Face text towers and CoCa-style towers (appended CLS token, padding masks) pool and mask differently, so
     they are refused with a ValueError rather than encoded wrongly.
     """
-    if isinstance(model, CLIP):
-        return TextTower(
-            token_embedding=model.token_embedding,
-            positional_embedding=model.positional_embedding,
-            transformer=model.transformer,
-            ln_final=model.ln_final,
-            text_projection=model.text_projection,
-            attn_mask=model.attn_mask,
-            pool_type=model.text_pool_type,
-            eos_id=getattr(model, "text_eos_id", None),
-            causal=_is_causal(model.attn_mask),
-        )
+    if isinstance(model, CLIP):  # the tower's modules are the model's own, two of them under text_* names
+        return _tower_of(model, model.text_pool_type, getattr(model, "text_eos_id", None))
     text = getattr(model, "text", None) if isinstance(model, CustomTextCLIP) else None
     if isinstance(text, TextTransformer):
         if text.cls_emb is not None or text.use_pad_mask:
             raise ValueError("prompt learning does not support text towers with a CLS token or a padding mask")
-        return TextTower(
-            token_embedding=text.token_embedding,
-            positional_embedding=text.positional_embedding,
-            transformer=text.transformer,
-            ln_final=text.ln_final,
-            text_projection=text.text_projection,
-            attn_mask=text.attn_mask,
-            pool_type=text.pool_type,
-            eos_id=getattr(text, "eos_id", None),
-            causal=_is_causal(text.attn_mask),
-        )
+        return _tower_of(text, text.pool_type, getattr(text, "eos_id", None))
     raise ValueError(
         f"prompt learning needs an open_clip CLIP or CustomTextCLIP with a TextTransformer, got {type(model).__name__}"
     )
