@@ -257,7 +257,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise CommandError(f"no such features file: {path}")
         parts.append(FeatureSet.load(path))
-    first, owner = parts[0], {}
+    first = parts[0]
+    owner: dict[str, Path] = {}  # class name -> the file that holds it
     for path, part in zip(args.features, parts, strict=True):
         for key in (*SPACE_KEYS, ALIGNMENT_ID_KEY, "zsc.views"):
             if part.metadata.get(key) != first.metadata.get(key):

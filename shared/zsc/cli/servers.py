@@ -375,7 +375,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    services = args.services or sorted(DEFAULT_PORTS, key=DEFAULT_PORTS.get)
+    services = args.services or sorted(DEFAULT_PORTS, key=DEFAULT_PORTS.__getitem__)
     unknown = set(services) - set(DEFAULT_PORTS)
     if unknown:
         print(f"zsc: unknown service(s) {sorted(unknown)}; one of {', '.join(DEFAULT_PORTS)}", file=sys.stderr)
