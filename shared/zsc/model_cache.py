@@ -1,4 +1,5 @@
-"""One single-flight LRU cache of loaded models, for every service that loads models on demand.
+"""One single-flight LRU cache of loaded models, for every service that loads models on demand (and for the cores'
+costly derived values: the text embeddings of a class list).
 
 ``ModelCache.get(key, load)`` returns the cached value of ``key`` or calls ``load()`` once for it: concurrent
 requests for the same key wait for that one load (a loading model costs seconds and memory, two copies of it cost
@@ -9,6 +10,7 @@ first), and a failed load is not cached: the callers waiting on it get its error
 from __future__ import annotations
 
 import logging
+import reprlib
 import threading
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
@@ -31,7 +33,7 @@ class _LoggedLRU(LRUCache):
 
     def popitem(self) -> tuple[Any, Any]:
         key, value = super().popitem()
-        log.info("%s cache evicted %s", self.name, key)
+        log.info("%s cache evicted %s", self.name, reprlib.repr(key))  # a key may hold thousands of class names
         return key, value
 
 

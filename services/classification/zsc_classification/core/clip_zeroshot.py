@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
 import torch
 from open_clip import build_zero_shot_classifier
 from PIL import Image
 
+from zsc.model_cache import ModelCache
 from zsc.models.clip import ClipBundle
 
 
@@ -18,31 +16,24 @@ class ClipZeroShot:
 
     def __init__(self, bundle: ClipBundle, cache_size: int = 32) -> None:
         self.bundle = bundle
-        self._cache: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], torch.Tensor] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._cache: ModelCache[tuple[tuple[str, ...], tuple[str, ...]], torch.Tensor] = ModelCache(
+            cache_size, "zero-shot text"
+        )
 
     @torch.inference_mode()
     def text_classifier(self, class_names: tuple[str, ...], templates: tuple[str, ...]) -> torch.Tensor:
         """[D, C] class embeddings, built once per (class set, template set) and kept in a bounded LRU cache."""
-        key = (class_names, templates)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        weights = build_zero_shot_classifier(
-            self.bundle.model,
-            self.bundle.tokenizer,
-            classnames=class_names,
-            templates=templates,
-            num_classes_per_batch=max(1, 512 // len(templates)),
-            device=self.bundle.device,
+        return self._cache.get(
+            (class_names, templates),
+            lambda: build_zero_shot_classifier(
+                self.bundle.model,
+                self.bundle.tokenizer,
+                classnames=class_names,
+                templates=templates,
+                num_classes_per_batch=max(1, 512 // len(templates)),
+                device=self.bundle.device,
+            ),
         )
-        with self._lock:
-            self._cache[key] = weights
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return weights
 
     @torch.inference_mode()
     def encode_images(self, images: list[Image.Image]) -> torch.Tensor:

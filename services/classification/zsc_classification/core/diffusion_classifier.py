@@ -24,8 +24,6 @@ encodes each prompt list and each image once, and reports progress and cancellat
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import pairwise
@@ -37,6 +35,7 @@ import torch.nn.functional as F
 
 from zsc.data import check_class_names
 from zsc.errors import Cancelled
+from zsc.model_cache import ModelCache
 from zsc.models.clip import DEFAULT_TEMPLATE
 from zsc.models.diffusion import SDComponents
 from zsc.profiles import COMPILE_MODES
@@ -368,9 +367,8 @@ class DiffusionClassifier:
         self.compiled = bool(compile)
         mode = compile if isinstance(compile, str) else None
         self._unet: Callable[..., Any] = torch.compile(parts.unet, mode=mode) if compile else parts.unet
-        self._text_cache: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
-        self._text_cache_size = text_cache_size
-        self._text_lock = threading.Lock()  # a servicer may classify from several worker threads
+        # thread-safe: a servicer may classify from several worker threads
+        self._text_cache: ModelCache[tuple[str, ...], torch.Tensor] = ModelCache(text_cache_size, "prompt embedding")
         scheduler = parts.scheduler
         self.num_train_timesteps = int(scheduler.config["num_train_timesteps"])
         abar = scheduler.alphas_cumprod.to(device=parts.device, dtype=torch.float32)
@@ -387,21 +385,19 @@ class DiffusionClassifier:
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         """Text-encoder hidden states ``[P, L, D]`` (SD's padded 77 tokens), cached by the prompt list."""
         key = tuple(prompts)
-        with self._text_lock:
-            if key in self._text_cache:
-                self._text_cache.move_to_end(key)
-                return self._text_cache[key]
+        return self._text_cache.get(key, lambda: self._encode_prompts(key))
+
+    def _encode_prompts(self, prompts: tuple[str, ...]) -> torch.Tensor:
         tokenizer, encoder = self.parts.tokenizer, self.parts.text_encoder
         ids = tokenizer(
-            list(key), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+            list(prompts),
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
         ).input_ids
         chunks = [encoder(chunk.to(self.device))[0] for chunk in ids.split(256)]
-        embeddings = torch.cat(chunks).to(self.parts.dtype)
-        with self._text_lock:
-            self._text_cache[key] = embeddings
-            while len(self._text_cache) > self._text_cache_size:
-                self._text_cache.popitem(last=False)
-        return embeddings
+        return torch.cat(chunks).to(self.parts.dtype)
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
