@@ -6,10 +6,11 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -25,6 +26,41 @@ INTERRUPTED = 130  # the exit code of a command ended by Ctrl-C (128 + SIGINT), 
 
 class CommandError(Exception):
     """A user-facing failure: printed as one line, exit code 1."""
+
+
+@cache
+def config_defaults() -> dict[str, dict[str, Any]]:
+    """The core configs' defaults: {config: {field: default}} from config_defaults.json, which
+    scripts/cli_defaults.py writes from the cores (a unit test checks it); package data, so no service is imported."""
+    import json
+    from importlib import resources
+
+    return json.loads(resources.files("zsc.cli").joinpath("config_defaults.json").read_text(encoding="utf-8"))
+
+
+def shown(value: Any, none: str = "none") -> str:
+    """A default as help text writes it: floats in %g form (1e-4 is 0.0001, 1.0 is 1), sequences space-separated."""
+    if value is None:
+        return none
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return " ".join(shown(v) for v in value)
+    return str(value)
+
+
+def default_of(config: str, field: str, none: str = "none") -> str:
+    """The default the service applies to an unset option, as help text shows it: ``config.field`` of the core,
+    e.g. ``default_of("ShipConfig", "encoder_hidden")`` is "2048". A help string restates no core default itself."""
+    return shown(config_defaults()[config][field], none)
+
+
+def default_per(configs: Mapping[str, str], field: str, none: str = "none") -> str:
+    """``field``'s default under each label's config ("clswgan 50, tfvaegan 120"), or the one value they share."""
+    values = {label: default_of(config, field, none) for label, config in configs.items()}
+    if len(set(values.values())) == 1:
+        return next(iter(values.values()))
+    return ", ".join(f"{label} {value}" for label, value in values.items())
 
 
 def add_client_args(parser: argparse.ArgumentParser, service: str) -> None:

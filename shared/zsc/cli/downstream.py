@@ -10,6 +10,7 @@ from zsc.cli.common import (
     add_client_args,
     add_training_outputs,
     class_map,
+    default_of,
     markdown_table,
     model_uri,
     open_channel,
@@ -27,11 +28,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, help="training ImageFolder (<root>/<class>/<image>), e.g. synthetic")
     p.add_argument("--arch", default="", help="any timm model name (default: the profile's downstream architecture)")
-    p.add_argument("--epochs", type=int, default=0, help="default 50")
-    p.add_argument("--batch-size", type=int, default=0, help="default 64")
-    p.add_argument("--lr", type=float, default=0.0, help="AdamW learning rate (default 1e-4)")
-    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 0.9)")
-    p.add_argument("--val-fraction", type=float, default=None, help="held-out share of each class (default 0.1)")
+    # 0 and None are the request's "unset": the service applies TrainConfig's defaults, which the help shows.
+    p.add_argument("--epochs", type=int, default=0, help=f"default {default_of('TrainConfig', 'epochs')}")
+    p.add_argument("--batch-size", type=int, default=0, help=f"default {default_of('TrainConfig', 'batch_size')}")
+    p.add_argument(
+        "--lr", type=float, default=0.0, help=f"AdamW learning rate (default {default_of('TrainConfig', 'lr')})"
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help=f"AdamW weight decay (default {default_of('TrainConfig', 'weight_decay')})",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help=f"held-out share of each class (default {default_of('TrainConfig', 'val_fraction')})",
+    )
     p.add_argument("--seed", type=int, default=None, help="default: the profile's seed")
     p.add_argument("--image-size", type=int, default=0, help="square training resolution (default: the data's)")
     p.add_argument("--name", default="", help="registered model name (default zsc-downstream-<arch>)")

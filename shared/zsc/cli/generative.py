@@ -12,6 +12,8 @@ from zsc.cli.common import (
     CommandError,
     add_client_args,
     add_training_outputs,
+    default_of,
+    default_per,
     markdown_table,
     model_uri,
     open_channel,
@@ -29,6 +31,10 @@ if TYPE_CHECKING:  # torch costs seconds at import: only the commands that use i
 KINDS = gc.KINDS.names
 METHODS = gc.METHODS.names
 CALIBRATIONS = gc.CALIBRATIONS.names
+# Each --kind's and --method's core config (config_defaults.json): an unset setting means its default there.
+KIND_CONFIGS = {"clswgan": "CLSWGANConfig", "tfvaegan": "TFVAEGANConfig", "ship_vae": "ShipConfig"}
+GAN_CONFIGS = {kind: KIND_CONFIGS[kind] for kind in ("clswgan", "tfvaegan")}
+METHOD_CONFIGS = {method: f"FineTuneConfig[{method}]" for method in ("coop", "clip_adapter", "tip_adapter_f")}
 # train-gzsl --calibration-* options -> CalibrationSettings fields.
 CALIBRATION_OPTIONS = ("holdout_fraction", "val_fraction", "n_per_class", "generator")
 # SHIP_VAE-only options -> ShipVaeSettings fields.
@@ -88,27 +94,59 @@ def register(sub: argparse._SubParsersAction) -> None:
         help='safetensors with "text_features" [C, D_t], one row per class of --features (default: the file\'s own)',
     )
     g = p.add_argument_group("settings (unset: methods.md defaults of the kind)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--hidden-dim", type=int)
-    g.add_argument("--noise-dim", type=int, help="0 = the text-feature width")
-    g.add_argument("--critic-iters", type=int)
-    g.add_argument("--gp-weight", type=float)
+    g.add_argument("--epochs", type=int, help=f"default {default_per(KIND_CONFIGS, 'epochs')}")
+    g.add_argument("--batch-size", type=int, help=f"default {default_per(KIND_CONFIGS, 'batch_size')}")
+    g.add_argument("--lr", type=float, help=f"default {default_per(KIND_CONFIGS, 'lr')}")
+    g.add_argument(
+        "--hidden-dim", type=int, help=f"clswgan, tfvaegan (default {default_per(GAN_CONFIGS, 'hidden_dim')})"
+    )
+    g.add_argument(
+        "--noise-dim",
+        type=int,
+        help=f"0 = the text-feature width (default {default_per(GAN_CONFIGS, 'noise_dim', none='text width')}, "
+        f"ship_vae {default_of('ShipConfig', 'latent_dim')})",
+    )
+    g.add_argument(
+        "--critic-iters", type=int, help=f"clswgan, tfvaegan (default {default_per(GAN_CONFIGS, 'critic_iters')})"
+    )
+    g.add_argument(
+        "--gp-weight", type=float, help=f"clswgan, tfvaegan (default {default_per(GAN_CONFIGS, 'gp_weight')})"
+    )
     g = p.add_argument_group("ship_vae settings (unset: methods.md §4 defaults; --noise-dim is its latent width)")
-    g.add_argument("--encoder-hidden", type=int, help="default 2048")
-    g.add_argument("--generator-hidden", type=int, help="default 4096")
-    g.add_argument("--n-ctx", type=int, help="learnable context tokens (default 4)")
-    g.add_argument("--ctx-init-std", type=float, help="default 0.02")
-    g.add_argument("--kl-weight", type=float, help="default 1")
-    g.add_argument("--weight-decay", type=float, help="AdamW (default 0.01)")
+    g.add_argument("--encoder-hidden", type=int, help=f"default {default_of('ShipConfig', 'encoder_hidden')}")
+    g.add_argument("--generator-hidden", type=int, help=f"default {default_of('ShipConfig', 'generator_hidden')}")
+    g.add_argument("--n-ctx", type=int, help=f"learnable context tokens (default {default_of('ShipConfig', 'n_ctx')})")
+    g.add_argument("--ctx-init-std", type=float, help=f"default {default_of('ShipConfig', 'ctx_init_std')}")
+    g.add_argument("--kl-weight", type=float, help=f"default {default_of('ShipConfig', 'kl_weight')}")
+    g.add_argument("--weight-decay", type=float, help=f"AdamW (default {default_of('ShipConfig', 'weight_decay')})")
     s = p.add_argument_group("selection on held-out training classes (never test data)")
-    s.add_argument("--select-every", type=int, help="score every N epochs (default 0: no selection)")
-    s.add_argument("--select-holdout-fraction", type=float, help="pseudo-novel class fraction (default 0.2)")
-    s.add_argument("--select-val-fraction", type=float, help="held-out sample fraction (default 0.2)")
-    s.add_argument("--select-n-per-class", type=int, help="synthesized per pseudo-novel class (default 200)")
-    s.add_argument("--select-classifier-epochs", type=int, help="quick classifier epochs (default 10)")
+    s.add_argument(
+        "--select-every",
+        type=int,
+        help=f"score every N epochs, 0: no selection (default {default_per(GAN_CONFIGS, 'select_every')})",
+    )
+    s.add_argument(
+        "--select-holdout-fraction",
+        type=float,
+        help=f"pseudo-novel class fraction (default {default_per(GAN_CONFIGS, 'select_holdout_fraction')})",
+    )
+    s.add_argument(
+        "--select-val-fraction",
+        type=float,
+        help=f"held-out sample fraction (default {default_per(GAN_CONFIGS, 'select_val_fraction')})",
+    )
+    s.add_argument(
+        "--select-n-per-class",
+        type=int,
+        help=f"synthesized per pseudo-novel class (default {default_per(GAN_CONFIGS, 'select_n_per_class')})",
+    )
+    s.add_argument(
+        "--select-classifier-epochs",
+        type=int,
+        help=f"quick classifier epochs (default {default_per(GAN_CONFIGS, 'select_classifier_epochs')})",
+    )
     s.add_argument("--no-select-refit", action="store_true", help="return the selected state, do not refit")
+    # The request's seed has no unset state (proto3 int64): the service runs with the seed sent, so 0 is the CLI's.
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="", help="registered model name (default zsc-generator-<kind>)")
     p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-generative)")
@@ -143,21 +181,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--classes", help="names of the --text-features rows, comma-separated or @FILE")
     g = p.add_argument_group("settings (unset: the released DFZSL classifier's)")
-    g.add_argument("--epochs", type=int, help="default 100")
-    g.add_argument("--lr", type=float, help="default 5e-5")
-    g.add_argument("--batch-size", type=int, help="default 0: the synthesized features per novel class")
-    g.add_argument("--beta1", type=float, help="Adam beta1 (default 0.5)")
+    g.add_argument("--epochs", type=int, help=f"default {default_of('GZSLConfig', 'epochs')}")
+    g.add_argument("--lr", type=float, help=f"default {default_of('GZSLConfig', 'lr')}")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"0: the synthesized features per novel class (default {default_of('GZSLConfig', 'batch_size')})",
+    )
+    g.add_argument("--beta1", type=float, help=f"Adam beta1 (default {default_of('GZSLConfig', 'beta1')})")
     g.add_argument(
         "--prior",
         choices=("seen_unseen", "frequency"),
-        help="log prior of the logit adjustment (default seen_unseen, the released one)",
+        help="log prior of the logit adjustment, seen_unseen the released one "
+        f"(default {default_of('GZSLConfig', 'prior')})",
     )
-    g.add_argument("--seen-mass", type=float, help="seen classes' share of the seen_unseen prior (default 0.5)")
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--temperature", type=float, help="default 0.01")
-    g.add_argument("--logit-adjustment-tau", type=float, help="default 1")
+    g.add_argument(
+        "--seen-mass",
+        type=float,
+        help=f"seen classes' share of the seen_unseen prior (default {default_of('GZSLConfig', 'seen_mass')})",
+    )
+    g.add_argument("--weight-decay", type=float, help=f"default {default_of('GZSLConfig', 'weight_decay')}")
+    g.add_argument("--temperature", type=float, help=f"default {default_of('GZSLConfig', 'temperature')}")
+    g.add_argument(
+        "--logit-adjustment-tau", type=float, help=f"default {default_of('GZSLConfig', 'logit_adjustment_tau')}"
+    )
     g.add_argument("--no-logit-adjustment", action="store_true")
-    g.add_argument("--calibration-gamma", type=float, help="calibrated stacking (default 0: off)")
+    g.add_argument(
+        "--calibration-gamma",
+        type=float,
+        help=f"calibrated stacking, 0: off (default {default_of('GZSLConfig', 'calibration_gamma')})",
+    )
     c = p.add_argument_group("calibrated stacking's gamma chosen on held-out base classes (never test data)")
     c.add_argument(
         "--calibration",
@@ -187,26 +240,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", required=True, choices=sorted(METHODS))
     p.add_argument("--classes", help="every class, comma-separated or @FILE (default: the files' classes)")
     g = p.add_argument_group("settings (unset: the method's defaults)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--weight-decay", type=float)
+    adapter = METHOD_CONFIGS["clip_adapter"]
+    g.add_argument("--epochs", type=int, help=f"default {default_per(METHOD_CONFIGS, 'epochs')}")
+    g.add_argument("--batch-size", type=int, help=f"default {default_per(METHOD_CONFIGS, 'batch_size')}")
+    g.add_argument("--lr", type=float, help=f"default {default_per(METHOD_CONFIGS, 'lr')}")
+    g.add_argument("--momentum", type=float, help=f"SGD (default {default_per(METHOD_CONFIGS, 'momentum')})")
+    g.add_argument("--weight-decay", type=float, help=f"default {default_per(METHOD_CONFIGS, 'weight_decay')}")
     g.add_argument(
         "--val-fraction",
         type=float,
-        help="hold out this fraction of base images and return the best epoch on them, a change of protocol "
-        "(default 0: the released protocol, all shots train and the last epoch is returned)",
+        help="hold out this fraction of base images and return the best epoch on them, a change of protocol; 0: "
+        "the released protocol, all shots train and the last epoch is returned "
+        f"(default {default_per(METHOD_CONFIGS, 'val_fraction')})",
     )
-    g.add_argument("--select-every", type=int)
-    g.add_argument("--ctx-init", help='coop: the initial context phrase (default "a photo of a")')
-    g.add_argument("--template", help='adapters: the zero-shot prompt (default "a photo of a {}.")')
-    g.add_argument("--reduction", type=int, help="clip_adapter: bottleneck D/reduction (default 4)")
-    g.add_argument("--ratio", type=float, help="clip_adapter: residual ratio (default 0.2)")
+    g.add_argument("--select-every", type=int, help=f"default {default_per(METHOD_CONFIGS, 'select_every')}")
+    g.add_argument(
+        "--ctx-init",
+        help=f'coop: the initial context phrase (default "{default_of(METHOD_CONFIGS["coop"], "ctx_init")}")',
+    )
+    g.add_argument(
+        "--template",
+        help=f'adapters: the zero-shot prompt (default "{default_of(adapter, "template")}")',
+    )
+    g.add_argument(
+        "--reduction",
+        type=int,
+        help=f"clip_adapter: bottleneck D/reduction (default {default_of(adapter, 'reduction')})",
+    )
+    g.add_argument(
+        "--ratio",
+        type=float,
+        help=f"clip_adapter: residual ratio (default {default_of(adapter, 'ratio')})",
+    )
     g.add_argument(
         "--tip-adapter-preset",
-        help="tip_adapter_f: the released per-dataset alpha/beta init, search grid and epochs (imagenet, default; "
-        "caltech101, dtd, eurosat, fgvc, food101, oxford_flowers, oxford_pets, stanford_cars, sun397, ucf101)",
+        help="tip_adapter_f: the released per-dataset alpha/beta init, search grid and epochs: caltech101, dtd, "
+        "eurosat, fgvc, food101, imagenet, oxford_flowers, oxford_pets, stanford_cars, sun397, ucf101 "
+        f"(default {default_of(METHOD_CONFIGS['tip_adapter_f'], 'tip_adapter_preset')})",
     )
     g.add_argument("--init-alpha", type=float, help="tip_adapter_f (default: the preset's)")
     g.add_argument("--init-beta", type=float, help="tip_adapter_f (default: the preset's)")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from zsc.cli.common import (
     CommandError,
     add_client_args,
+    default_of,
     markdown_table,
     open_channel,
     parse_names,
@@ -40,7 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metric", choices=sorted(METRICS), default="cosine", help="how the teacher scores (default cosine)"
     )
-    p.add_argument("--temperature", type=float, help="teacher logits are divided by it (default 1)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        help=f"teacher logits are divided by it (default {default_of('teacher_from_weights', 'temperature')})",
+    )
     p.add_argument(
         "--mu-init",
         choices=("text", "teacher"),
@@ -70,14 +75,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         "apart (e.g. --mu-init teacher on 1280-d lite features, where angular gives kappa ~ 13 and few trusted draws); "
         "fixed: --kappa (default angular)",
     )
-    p.add_argument("--theta", type=float, help="angular policy: kappa multiplier (default 1.0 or the preset's)")
+    p.add_argument(
+        "--theta",
+        type=float,
+        help=f"angular policy: kappa multiplier (default {default_of('RecoveryConfig', 'theta')} or the preset's)",
+    )
     p.add_argument("--kappa", type=float, default=0.0, help="fixed policy: the concentration (> 0)")
     p.add_argument(
-        "--num", type=int, help="final samples per class before the trusted filter (default 100 or the preset's)"
+        "--num",
+        type=int,
+        help="final samples per class before the trusted filter "
+        f"(default {default_of('RecoveryConfig', 'num')} or the preset's)",
     )
-    p.add_argument("--nsample", type=int, help="samples per class per step (default 50)")
-    p.add_argument("--epochs", type=int, help="optimizer steps (default 1000 or the preset's)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 3e-3 or the preset's)")
+    p.add_argument(
+        "--nsample", type=int, help=f"samples per class per step (default {default_of('RecoveryConfig', 'nsample')})"
+    )
+    p.add_argument(
+        "--epochs", type=int, help=f"optimizer steps (default {default_of('RecoveryConfig', 'epochs')} or the preset's)"
+    )
+    p.add_argument(
+        "--lr", type=float, help=f"Adam learning rate (default {default_of('RecoveryConfig', 'lr')} or the preset's)"
+    )
+    # The request's seed has no unset state (proto3 int64): the service runs with the seed sent, so 0 is the CLI's.
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-trusted", action="store_true", help="keep every sample, not only the teacher-agreeing ones")
     p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-recovery)")
@@ -88,11 +107,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", required=True, type=Path, help="virtual features file (from `zsc recover`)")
     p.add_argument("--classes", required=True, help="all class names, base and novel: comma-separated or @FILE")
     p.add_argument("--out", required=True, type=Path, help="aligned features file to write")
-    p.add_argument("--epochs", type=int, help="default 1")
-    p.add_argument("--batch-size", type=int, help="default 4")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (default 3e-3)")
-    p.add_argument("--residual-scale", type=float, help="x' = x + scale * r (default 0.005)")
-    p.add_argument("--ctx-init", default="", help='context init phrase (default "a photo of a")')
+    p.add_argument("--epochs", type=int, help=f"default {default_of('FlptConfig', 'epochs')}")
+    p.add_argument("--batch-size", type=int, help=f"default {default_of('FlptConfig', 'batch_size')}")
+    p.add_argument("--lr", type=float, help=f"AdamW learning rate (default {default_of('FlptConfig', 'lr')})")
+    p.add_argument(
+        "--residual-scale",
+        type=float,
+        help=f"x' = x + scale * r (default {default_of('FlptConfig', 'residual_scale')})",
+    )
+    p.add_argument(
+        "--ctx-init", default="", help=f'context init phrase (default "{default_of("FlptConfig", "ctx_init")}")'
+    )
     p.add_argument("--shuffle", action="store_true", help="seeded shuffle per epoch (default: the input order)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--experiment", default="", help="MLflow experiment (default zsc-recovery)")
@@ -110,8 +135,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", required=True, type=Path, help="zsc features file (`zsc extract-features`)")
     p.add_argument("--classes", required=True, help="the base classes, in teacher-row order: comma-separated or @FILE")
     p.add_argument("--out", required=True, type=Path, help="teacher weights to write (safetensors)")
-    p.add_argument("--c", type=float, default=1.0, help="inverse L2 regularization strength (default 1)")
-    p.add_argument("--max-iter", type=int, default=1000, help="L-BFGS iterations (default 1000)")
+    # Unset (None) is not sent: the service applies fit_teacher's defaults, which the help shows.
+    p.add_argument(
+        "--c", type=float, help=f"inverse L2 regularization strength (default {default_of('fit_teacher', 'c')})"
+    )
+    p.add_argument("--max-iter", type=int, help=f"L-BFGS iterations (default {default_of('fit_teacher', 'max_iter')})")
     add_client_args(p, "recovery")
     p.set_defaults(func=cmd_fit_teacher)
 

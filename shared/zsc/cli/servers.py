@@ -70,7 +70,12 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         type=Path,
         help="directory that request paths must lie in (repeatable; default: the current directory)",
     )
-    p.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message in or out (default 64)")
+    p.add_argument(
+        "--max-message-mb",
+        type=int,
+        default=ServerConfig.max_message_bytes >> 20,
+        help=f"largest gRPC message in or out (default {ServerConfig.max_message_bytes >> 20})",
+    )
     p.add_argument(
         "--max-image-mb",
         type=int,
@@ -83,7 +88,12 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         default=data.MAX_IMAGE_PIXELS,
         help=f"largest decoded image in pixels: stops decompression bombs (default {data.MAX_IMAGE_PIXELS})",
     )
-    p.add_argument("--max-operations", type=int, default=2, help="concurrent long operations before RESOURCE_EXHAUSTED")
+    p.add_argument(
+        "--max-operations",
+        type=int,
+        default=ServerConfig.max_concurrent_operations,
+        help=f"concurrent long operations before RESOURCE_EXHAUSTED (default {ServerConfig.max_concurrent_operations})",
+    )
     p.add_argument(
         "--max-operations-per-hour",
         type=int,

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from zsc.cli.common import CommandError, open_channel, parse_names, progress_bar
+from zsc.cli.common import CommandError, default_of, open_channel, parse_names, progress_bar
 from zsc.client import synthesis
 from zsc.client.synthesis import ClassSpec, GuidanceRange, TrickShare, TrickSpec
 from zsc.runtime import client
@@ -45,9 +45,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--resolution", type=int, default=0, help="target size in pixels (default: the model's native)")
     p.add_argument("--out", required=True, type=Path, help="output directory (new, empty, or an earlier run's)")
+    # The request's seed has no unset state (proto3 int64): the service runs with the seed sent, so 0 is the CLI's.
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=0, help="denoising steps (default 40)")
-    p.add_argument("--scheduler", default="", metavar="ddim|dpm++|ddpm|euler", help="sampler (default ddim)")
+    # 0 and "" are the request's "unset": the service applies its core configs' defaults, which the help shows.
+    p.add_argument(
+        "--steps", type=int, default=0, help=f"denoising steps (default {default_of('GenerationConfig', 'steps')})"
+    )
+    p.add_argument(
+        "--scheduler",
+        default="",
+        metavar="ddim|dpm++|ddpm|euler",
+        help=f"sampler (default {default_of('GenerationConfig', 'scheduler')})",
+    )
     p.add_argument("--domains", nargs="+", default=[], help="custom domains for multidomain (default: the paper's ten)")
     p.add_argument("--domain-set", default="", help="a named domain set instead of --domains (e.g. paper)")
     p.add_argument(
@@ -59,13 +68,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="prompt of random_guidance / fixed_guidance alone: image_of ('an image of {class}', the released code's; "
         "default), image_of_a ('an image of a {class}', the paper's), or text with {class}",
     )
-    p.add_argument("--guidance-range", nargs=2, type=float, metavar=("LO", "HI"), help="random guidance (default 1 5)")
-    p.add_argument("--guidance", type=float, help="fixed guidance scale (default 7.5)")
+    p.add_argument(
+        "--guidance-range",
+        nargs=2,
+        type=float,
+        metavar=("LO", "HI"),
+        help=f"random guidance (default {default_of('TrickConfig', 'guidance_range')})",
+    )
+    p.add_argument(
+        "--guidance", type=float, help=f"fixed guidance scale (default {default_of('TrickConfig', 'guidance_scale')})"
+    )
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--native-resolution", type=int, default=0, help="generation resolution (default: the model's)")
-    p.add_argument("--downsample", default="", metavar="lanczos|bicubic|bilinear", help="default lanczos")
     p.add_argument(
-        "--batch-size", type=int, default=0, help="images per UNet batch (default: the directory's, or 8 when new)"
+        "--downsample",
+        default="",
+        metavar="lanczos|bicubic|bilinear",
+        help=f"default {default_of('GenerationConfig', 'downsample')}",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="images per UNet batch (default: the directory's, or "
+        f"{default_of('writer', 'DEFAULT_BATCH_SIZE')} when new)",
     )
     p.add_argument("--experiment", default="", help="MLflow experiment (default: zsc-synthesis)")
     p.add_argument(

@@ -22,6 +22,7 @@ from zsc.cli.common import (
     add_class_map_arg,
     add_client_args,
     class_map,
+    default_of,
     markdown_table,
     open_channel,
     parse_names,
@@ -56,10 +57,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     dc.add_argument("--preset", default="", help="paper schedule: cifar10, pets, stl10, flowers, food, aircraft, ...")
     dc.add_argument("--stages", help='explicit schedule as "n_samples:to_keep,..." e.g. "50:5,500:1"')
     dc.add_argument("--loss", default="", choices=["", "l1", "l2", "huber"])
+    # The request's seed has no unset state (proto3 int64): the service runs with the seed sent, so 0 is the CLI's.
     dc.add_argument("--seed", type=int, default=0)
-    dc.add_argument("--unet-batch-size", type=int, default=0, help="UNet batch (default 64)")
+    dc.add_argument(
+        "--unet-batch-size",
+        type=int,
+        default=0,
+        help=f"UNet batch (default {default_of('DiffusionClassifierOptions', 'batch_size')})",
+    )
     dc.add_argument("--dtype", default="", choices=["", "float32", "float16", "bfloat16"])
-    dc.add_argument("--n-trials", type=int, default=0, help="noise draws per timestep (default 1, the authors')")
+    dc.add_argument(
+        "--n-trials",
+        type=int,
+        default=0,
+        help=f"noise draws per timestep (default {default_of('DiffusionClassifierOptions', 'n_trials')}, the authors')",
+    )
     p.add_argument("--results", type=Path, help="append per-image results to this JSONL file; a rerun resumes from it")
     p.add_argument("--metrics-out", type=Path, help="write the metrics as JSON (for DVC)")
     p.add_argument("--plots-dir", type=Path, help="write per-class accuracy and confusion CSVs (for DVC plots)")
