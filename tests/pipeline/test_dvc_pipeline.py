@@ -231,19 +231,17 @@ def check_lineage(repo: Path, env: dict[str, str], first_run: dict[str, str]) ->
     assert float(classifier["real_test.top1"]) == pytest.approx(_metrics(repo, "evaluate")["top1"])
     assert classifier["real_test.dataset"] == str(CIFAR10_TEST) and classifier["zsc.profile"] == "tiny"
 
-    generator = aliased("zsc-generator-tfvaegan", "dfzsl")
-    assert generator["zsc.dataset.md5"] == first_run["data/dfzsl/aligned.safetensors"]
-    gzsl = aliased("zsc-gzsl", "dfzsl")
-    assert gzsl["zsc.dataset.md5"] == first_run["data/dfzsl/aligned.safetensors"]
-    assert gzsl["zsc.novel.md5"] == first_run["data/dfzsl/novel.safetensors"]
-    assert float(gzsl["real_test.H"]) == pytest.approx(_metrics(repo, "evaluate_gzsl")["H"], abs=1e-6)
-
-    ship = aliased("zsc-generator-ship_vae", "ship")
-    assert ship["zsc.dataset.md5"] == first_run["data/ship/base.safetensors"]
-    finetuned = aliased("zsc-finetune-coop", "ship")
-    assert finetuned["zsc.dataset.md5"] == first_run["data/ship/base.safetensors"]
-    assert finetuned["zsc.novel.md5"] == first_run["data/ship/novel.safetensors"]
-    assert float(finetuned["real_test.H"]) == pytest.approx(_metrics(repo, "evaluate_ship")["H"], abs=1e-6)
+    # each generative route (its alias and folder): the generator and the classifier trained on its base features,
+    # the classifier also on its novel ones, and the H of the route's evaluation stage in the classifier's tags
+    for route, generator, classifier, base, stage in (
+        ("dfzsl", "zsc-generator-tfvaegan", "zsc-gzsl", "aligned", "evaluate_gzsl"),
+        ("ship", "zsc-generator-ship_vae", "zsc-finetune-coop", "base", "evaluate_ship"),
+    ):
+        base_md5, novel_md5 = (first_run[f"data/{route}/{name}.safetensors"] for name in (base, "novel"))
+        assert aliased(generator, route)["zsc.dataset.md5"] == base_md5, route
+        tags = aliased(classifier, route)
+        assert tags["zsc.dataset.md5"] == base_md5 and tags["zsc.novel.md5"] == novel_md5, route
+        assert float(tags["real_test.H"]) == pytest.approx(_metrics(repo, stage)["H"], abs=1e-6), route
 
     review = _run(["zsc", "registry", "review", "zsc-gzsl", "zsc-finetune-coop", "--html-dir", "reports"], repo, env)
     assert review.startswith("### zsc-gzsl\n") and "\n### zsc-finetune-coop\n" in review
