@@ -55,12 +55,27 @@ def default_of(config: str, field: str, none: str = "none") -> str:
     return shown(config_defaults()[config][field], none)
 
 
-def default_per(configs: Mapping[str, str], field: str, none: str = "none") -> str:
-    """``field``'s default under each label's config ("clswgan 50, tfvaegan 120"), or the one value they share."""
-    values = {label: default_of(config, field, none) for label, config in configs.items()}
+def default_per(configs: str | Mapping[str, str], field: str, none: str = "none") -> str:
+    """``field``'s default under each label's config ("clswgan 50, tfvaegan 120"), or the one value they share
+    (``configs`` may name one config)."""
+    by_label = {"": configs} if isinstance(configs, str) else configs
+    values = {label: default_of(config, field, none) for label, config in by_label.items()}
     if len(set(values.values())) == 1:
         return next(iter(values.values()))
     return ", ".join(f"{label} {value}" for label, value in values.items())
+
+
+def add_settings(
+    group: argparse._ActionsContainer,
+    configs: str | Mapping[str, str],
+    settings: Mapping[str, tuple[type, str]],
+    suffix: str = "",
+) -> None:
+    """An option ``--<field>`` of each core setting {field: (type, what it is)}, unset by default (None is not sent:
+    the service applies the default), its help "what it is (default <the configs' default><suffix>)"."""
+    for field, (kind, text) in settings.items():
+        default = f"default {default_per(configs, field)}{suffix}"
+        group.add_argument(f"--{field.replace('_', '-')}", type=kind, help=f"{text} ({default})" if text else default)
 
 
 def add_client_args(parser: argparse.ArgumentParser, service: str) -> None:

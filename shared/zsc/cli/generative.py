@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from zsc.cli.common import (
     CommandError,
     add_client_args,
+    add_settings,
     add_training_outputs,
     default_of,
     default_per,
@@ -37,20 +38,63 @@ GAN_CONFIGS = {kind: KIND_CONFIGS[kind] for kind in ("clswgan", "tfvaegan")}
 METHOD_CONFIGS = {method: f"FineTuneConfig[{method}]" for method in ("coop", "clip_adapter", "tip_adapter_f")}
 # train-gzsl --calibration-* options -> CalibrationSettings fields.
 CALIBRATION_OPTIONS = ("holdout_fraction", "val_fraction", "n_per_class", "generator")
-# SHIP_VAE-only options -> ShipVaeSettings fields.
-SHIP_OPTIONS = ("encoder_hidden", "generator_hidden", "n_ctx", "ctx_init_std", "kl_weight", "weight_decay")
+# Options of core settings {field: (type, help)}, named as their config's fields; the help adds each default.
+# SHIP_VAE-only options -> ShipVaeSettings (ShipConfig) fields.
+SHIP_SETTINGS: dict[str, tuple[type, str]] = {
+    "encoder_hidden": (int, ""),
+    "generator_hidden": (int, ""),
+    "n_ctx": (int, "learnable context tokens"),
+    "ctx_init_std": (float, ""),
+    "kl_weight": (float, ""),
+    "weight_decay": (float, "AdamW"),
+}
+SHIP_OPTIONS = tuple(SHIP_SETTINGS)
+GAN_SETTINGS: dict[str, tuple[type, str]] = {
+    "hidden_dim": (int, "clswgan, tfvaegan"),
+    "critic_iters": (int, "clswgan, tfvaegan"),
+    "gp_weight": (float, "clswgan, tfvaegan"),
+}
+# --select-* -> SelectionSettings (the generator configs' select_* fields).
+SELECTION_SETTINGS: dict[str, tuple[type, str]] = {
+    "select_every": (int, "score every N epochs, 0: no selection"),
+    "select_holdout_fraction": (float, "pseudo-novel class fraction"),
+    "select_val_fraction": (float, "held-out sample fraction"),
+    "select_n_per_class": (int, "synthesized per pseudo-novel class"),
+    "select_classifier_epochs": (int, "quick classifier epochs"),
+}
+GZSL_SETTINGS: dict[str, tuple[type, str]] = {
+    "epochs": (int, ""),
+    "lr": (float, ""),
+    "batch_size": (int, "0: the synthesized features per novel class"),
+    "beta1": (float, "Adam beta1"),
+    "seen_mass": (float, "seen classes' share of the seen_unseen prior"),
+    "weight_decay": (float, ""),
+    "temperature": (float, ""),
+    "logit_adjustment_tau": (float, ""),
+    "calibration_gamma": (float, "calibrated stacking, 0: off"),
+}
+FINETUNE_SETTINGS: dict[str, tuple[type, str]] = {
+    "epochs": (int, ""),
+    "batch_size": (int, ""),
+    "lr": (float, ""),
+    "momentum": (float, "SGD"),
+    "weight_decay": (float, ""),
+    "val_fraction": (
+        float,
+        "hold out this fraction of base images and return the best epoch on them, a change of protocol; 0: the "
+        "released protocol, all shots train and the last epoch is returned",
+    ),
+    "select_every": (int, ""),
+}
+ADAPTER_SETTINGS: dict[str, tuple[type, str]] = {
+    "reduction": (int, "clip_adapter: bottleneck D/reduction"),
+    "ratio": (float, "clip_adapter: residual ratio"),
+}
 FINETUNE_OPTIONS = (
-    "epochs",
-    "batch_size",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "val_fraction",
-    "select_every",
+    *FINETUNE_SETTINGS,
     "ctx_init",
     "template",
-    "reduction",
-    "ratio",
+    *ADAPTER_SETTINGS,
     "init_alpha",
     "init_beta",
     "cache_synthetic_per_class",
@@ -71,17 +115,7 @@ GENERATOR_OPTIONS = {
     "select_n_per_class": ("selection", "n_per_class"),
     "select_classifier_epochs": ("selection", "classifier_epochs"),
 }
-GZSL_OPTIONS = (
-    "epochs",
-    "lr",
-    "batch_size",
-    "weight_decay",
-    "temperature",
-    "logit_adjustment_tau",
-    "beta1",
-    "prior",
-    "seen_mass",
-)
+GZSL_OPTIONS = (*GZSL_SETTINGS, "prior")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -94,57 +128,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help='safetensors with "text_features" [C, D_t], one row per class of --features (default: the file\'s own)',
     )
     g = p.add_argument_group("settings (unset: methods.md defaults of the kind)")
-    g.add_argument("--epochs", type=int, help=f"default {default_per(KIND_CONFIGS, 'epochs')}")
-    g.add_argument("--batch-size", type=int, help=f"default {default_per(KIND_CONFIGS, 'batch_size')}")
-    g.add_argument("--lr", type=float, help=f"default {default_per(KIND_CONFIGS, 'lr')}")
-    g.add_argument(
-        "--hidden-dim", type=int, help=f"clswgan, tfvaegan (default {default_per(GAN_CONFIGS, 'hidden_dim')})"
-    )
+    add_settings(g, KIND_CONFIGS, {"epochs": (int, ""), "batch_size": (int, ""), "lr": (float, "")})
+    add_settings(g, GAN_CONFIGS, GAN_SETTINGS)
     g.add_argument(
         "--noise-dim",
         type=int,
         help=f"0 = the text-feature width (default {default_per(GAN_CONFIGS, 'noise_dim', none='text width')}, "
         f"ship_vae {default_of('ShipConfig', 'latent_dim')})",
     )
-    g.add_argument(
-        "--critic-iters", type=int, help=f"clswgan, tfvaegan (default {default_per(GAN_CONFIGS, 'critic_iters')})"
-    )
-    g.add_argument(
-        "--gp-weight", type=float, help=f"clswgan, tfvaegan (default {default_per(GAN_CONFIGS, 'gp_weight')})"
-    )
     g = p.add_argument_group("ship_vae settings (unset: methods.md §4 defaults; --noise-dim is its latent width)")
-    g.add_argument("--encoder-hidden", type=int, help=f"default {default_of('ShipConfig', 'encoder_hidden')}")
-    g.add_argument("--generator-hidden", type=int, help=f"default {default_of('ShipConfig', 'generator_hidden')}")
-    g.add_argument("--n-ctx", type=int, help=f"learnable context tokens (default {default_of('ShipConfig', 'n_ctx')})")
-    g.add_argument("--ctx-init-std", type=float, help=f"default {default_of('ShipConfig', 'ctx_init_std')}")
-    g.add_argument("--kl-weight", type=float, help=f"default {default_of('ShipConfig', 'kl_weight')}")
-    g.add_argument("--weight-decay", type=float, help=f"AdamW (default {default_of('ShipConfig', 'weight_decay')})")
+    add_settings(g, "ShipConfig", SHIP_SETTINGS)
     s = p.add_argument_group("selection on held-out training classes (never test data)")
-    s.add_argument(
-        "--select-every",
-        type=int,
-        help=f"score every N epochs, 0: no selection (default {default_per(GAN_CONFIGS, 'select_every')})",
-    )
-    s.add_argument(
-        "--select-holdout-fraction",
-        type=float,
-        help=f"pseudo-novel class fraction (default {default_per(GAN_CONFIGS, 'select_holdout_fraction')})",
-    )
-    s.add_argument(
-        "--select-val-fraction",
-        type=float,
-        help=f"held-out sample fraction (default {default_per(GAN_CONFIGS, 'select_val_fraction')})",
-    )
-    s.add_argument(
-        "--select-n-per-class",
-        type=int,
-        help=f"synthesized per pseudo-novel class (default {default_per(GAN_CONFIGS, 'select_n_per_class')})",
-    )
-    s.add_argument(
-        "--select-classifier-epochs",
-        type=int,
-        help=f"quick classifier epochs (default {default_per(GAN_CONFIGS, 'select_classifier_epochs')})",
-    )
+    add_settings(s, GAN_CONFIGS, SELECTION_SETTINGS)
     s.add_argument("--no-select-refit", action="store_true", help="return the selected state, do not refit")
     # The request's seed has no unset state (proto3 int64): the service runs with the seed sent, so 0 is the CLI's.
     p.add_argument("--seed", type=int, default=0)
@@ -181,36 +176,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--classes", help="names of the --text-features rows, comma-separated or @FILE")
     g = p.add_argument_group("settings (unset: the released DFZSL classifier's)")
-    g.add_argument("--epochs", type=int, help=f"default {default_of('GZSLConfig', 'epochs')}")
-    g.add_argument("--lr", type=float, help=f"default {default_of('GZSLConfig', 'lr')}")
-    g.add_argument(
-        "--batch-size",
-        type=int,
-        help=f"0: the synthesized features per novel class (default {default_of('GZSLConfig', 'batch_size')})",
-    )
-    g.add_argument("--beta1", type=float, help=f"Adam beta1 (default {default_of('GZSLConfig', 'beta1')})")
+    add_settings(g, "GZSLConfig", GZSL_SETTINGS)
     g.add_argument(
         "--prior",
         choices=("seen_unseen", "frequency"),
         help="log prior of the logit adjustment, seen_unseen the released one "
         f"(default {default_of('GZSLConfig', 'prior')})",
     )
-    g.add_argument(
-        "--seen-mass",
-        type=float,
-        help=f"seen classes' share of the seen_unseen prior (default {default_of('GZSLConfig', 'seen_mass')})",
-    )
-    g.add_argument("--weight-decay", type=float, help=f"default {default_of('GZSLConfig', 'weight_decay')}")
-    g.add_argument("--temperature", type=float, help=f"default {default_of('GZSLConfig', 'temperature')}")
-    g.add_argument(
-        "--logit-adjustment-tau", type=float, help=f"default {default_of('GZSLConfig', 'logit_adjustment_tau')}"
-    )
     g.add_argument("--no-logit-adjustment", action="store_true")
-    g.add_argument(
-        "--calibration-gamma",
-        type=float,
-        help=f"calibrated stacking, 0: off (default {default_of('GZSLConfig', 'calibration_gamma')})",
-    )
     c = p.add_argument_group("calibrated stacking's gamma chosen on held-out base classes (never test data)")
     c.add_argument(
         "--calibration",
@@ -240,38 +213,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", required=True, choices=sorted(METHODS))
     p.add_argument("--classes", help="every class, comma-separated or @FILE (default: the files' classes)")
     g = p.add_argument_group("settings (unset: the method's defaults)")
-    adapter = METHOD_CONFIGS["clip_adapter"]
-    g.add_argument("--epochs", type=int, help=f"default {default_per(METHOD_CONFIGS, 'epochs')}")
-    g.add_argument("--batch-size", type=int, help=f"default {default_per(METHOD_CONFIGS, 'batch_size')}")
-    g.add_argument("--lr", type=float, help=f"default {default_per(METHOD_CONFIGS, 'lr')}")
-    g.add_argument("--momentum", type=float, help=f"SGD (default {default_per(METHOD_CONFIGS, 'momentum')})")
-    g.add_argument("--weight-decay", type=float, help=f"default {default_per(METHOD_CONFIGS, 'weight_decay')}")
-    g.add_argument(
-        "--val-fraction",
-        type=float,
-        help="hold out this fraction of base images and return the best epoch on them, a change of protocol; 0: "
-        "the released protocol, all shots train and the last epoch is returned "
-        f"(default {default_per(METHOD_CONFIGS, 'val_fraction')})",
-    )
-    g.add_argument("--select-every", type=int, help=f"default {default_per(METHOD_CONFIGS, 'select_every')}")
+    add_settings(g, METHOD_CONFIGS, FINETUNE_SETTINGS)
     g.add_argument(
         "--ctx-init",
         help=f'coop: the initial context phrase (default "{default_of(METHOD_CONFIGS["coop"], "ctx_init")}")',
     )
     g.add_argument(
         "--template",
-        help=f'adapters: the zero-shot prompt (default "{default_of(adapter, "template")}")',
+        help=f'adapters: the zero-shot prompt (default "{default_of(METHOD_CONFIGS["clip_adapter"], "template")}")',
     )
-    g.add_argument(
-        "--reduction",
-        type=int,
-        help=f"clip_adapter: bottleneck D/reduction (default {default_of(adapter, 'reduction')})",
-    )
-    g.add_argument(
-        "--ratio",
-        type=float,
-        help=f"clip_adapter: residual ratio (default {default_of(adapter, 'ratio')})",
-    )
+    add_settings(g, METHOD_CONFIGS["clip_adapter"], ADAPTER_SETTINGS)
     g.add_argument(
         "--tip-adapter-preset",
         help="tip_adapter_f: the released per-dataset alpha/beta init, search grid and epochs: caltech101, dtd, "
@@ -412,7 +363,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_train_gzsl(args: argparse.Namespace) -> int:
-    settings = given(args, (*GZSL_OPTIONS, "calibration_gamma"))
+    settings = given(args, GZSL_OPTIONS)
     if args.no_logit_adjustment:
         settings["logit_adjustment"] = False
     paths = [args.base, *([args.novel] if args.novel else [])]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from zsc.cli.common import (
     CommandError,
     add_client_args,
+    add_settings,
     default_of,
     markdown_table,
     open_channel,
@@ -24,6 +25,20 @@ if TYPE_CHECKING:  # torch costs seconds at import: only the commands that use i
 METRICS = rc.METRICS.names
 POLICIES = rc.POLICIES.names
 SAMPLERS = rc.SAMPLERS.names
+# Options of core settings {field: (type, help)}, named as their config's fields; the help adds each default.
+# recover: the settings a --preset sets (RecoveryConfig.from_preset), then nsample.
+PRESET_SETTINGS: dict[str, tuple[type, str]] = {
+    "theta": (float, "angular policy: kappa multiplier"),
+    "num": (int, "final samples per class before the trusted filter"),
+    "epochs": (int, "optimizer steps"),
+    "lr": (float, "Adam learning rate"),
+}
+FLPT_SETTINGS: dict[str, tuple[type, str]] = {
+    "epochs": (int, ""),
+    "batch_size": (int, ""),
+    "lr": (float, "AdamW learning rate"),
+    "residual_scale": (float, "x' = x + scale * r"),
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,27 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "apart (e.g. --mu-init teacher on 1280-d lite features, where angular gives kappa ~ 13 and few trusted draws); "
         "fixed: --kappa (default angular)",
     )
-    p.add_argument(
-        "--theta",
-        type=float,
-        help=f"angular policy: kappa multiplier (default {default_of('RecoveryConfig', 'theta')} or the preset's)",
-    )
     p.add_argument("--kappa", type=float, default=0.0, help="fixed policy: the concentration (> 0)")
-    p.add_argument(
-        "--num",
-        type=int,
-        help="final samples per class before the trusted filter "
-        f"(default {default_of('RecoveryConfig', 'num')} or the preset's)",
-    )
-    p.add_argument(
-        "--nsample", type=int, help=f"samples per class per step (default {default_of('RecoveryConfig', 'nsample')})"
-    )
-    p.add_argument(
-        "--epochs", type=int, help=f"optimizer steps (default {default_of('RecoveryConfig', 'epochs')} or the preset's)"
-    )
-    p.add_argument(
-        "--lr", type=float, help=f"Adam learning rate (default {default_of('RecoveryConfig', 'lr')} or the preset's)"
-    )
+    add_settings(p, "RecoveryConfig", PRESET_SETTINGS, " or the preset's")
+    add_settings(p, "RecoveryConfig", {"nsample": (int, "samples per class per step")})
     # The request's seed has no unset state (proto3 int64): the service runs with the seed sent, so 0 is the CLI's.
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-trusted", action="store_true", help="keep every sample, not only the teacher-agreeing ones")
@@ -107,14 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", required=True, type=Path, help="virtual features file (from `zsc recover`)")
     p.add_argument("--classes", required=True, help="all class names, base and novel: comma-separated or @FILE")
     p.add_argument("--out", required=True, type=Path, help="aligned features file to write")
-    p.add_argument("--epochs", type=int, help=f"default {default_of('FlptConfig', 'epochs')}")
-    p.add_argument("--batch-size", type=int, help=f"default {default_of('FlptConfig', 'batch_size')}")
-    p.add_argument("--lr", type=float, help=f"AdamW learning rate (default {default_of('FlptConfig', 'lr')})")
-    p.add_argument(
-        "--residual-scale",
-        type=float,
-        help=f"x' = x + scale * r (default {default_of('FlptConfig', 'residual_scale')})",
-    )
+    add_settings(p, "FlptConfig", FLPT_SETTINGS)
     p.add_argument(
         "--ctx-init", default="", help=f'context init phrase (default "{default_of("FlptConfig", "ctx_init")}")'
     )
@@ -135,11 +125,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", required=True, type=Path, help="zsc features file (`zsc extract-features`)")
     p.add_argument("--classes", required=True, help="the base classes, in teacher-row order: comma-separated or @FILE")
     p.add_argument("--out", required=True, type=Path, help="teacher weights to write (safetensors)")
-    # Unset (None) is not sent: the service applies fit_teacher's defaults, which the help shows.
-    p.add_argument(
-        "--c", type=float, help=f"inverse L2 regularization strength (default {default_of('fit_teacher', 'c')})"
-    )
-    p.add_argument("--max-iter", type=int, help=f"L-BFGS iterations (default {default_of('fit_teacher', 'max_iter')})")
+    teacher = {"c": (float, "inverse L2 regularization strength"), "max_iter": (int, "L-BFGS iterations")}
+    add_settings(p, "fit_teacher", teacher)
     add_client_args(p, "recovery")
     p.set_defaults(func=cmd_fit_teacher)
 
@@ -183,7 +170,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if "weight" not in tensors:
         raise CommandError(f'{args.teacher} has no tensor named "weight"')
     text = base_text_features(args.text_features, names).float() if args.text_features is not None else None
-    settings = {f: getattr(args, f) for f in ("theta", "num", "nsample", "epochs", "lr")}
+    settings = {f: getattr(args, f) for f in (*PRESET_SETTINGS, "nsample")}
     with open_channel(args, "recovery", [args.out]) as channel, progress_bar("vMF recovery") as progress:
         result = rc.recover(
             channel,
@@ -227,7 +214,7 @@ def print_recovery(result: rc.Recovery) -> None:
 
 def cmd_align(args: argparse.Namespace) -> int:
     names = parse_names(args.classes, "--classes")
-    settings = {f: getattr(args, f) for f in ("epochs", "batch_size", "lr", "residual_scale")}
+    settings = {f: getattr(args, f) for f in FLPT_SETTINGS}
     settings.update(ctx_init=args.ctx_init, seed=args.seed, shuffle=True if args.shuffle else None)
     with open_channel(args, "recovery", [args.features, args.out]) as channel, progress_bar("FLPT alignment") as bar:
         result = rc.align(
