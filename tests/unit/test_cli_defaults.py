@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from zsc.cli.common import config_defaults, default_of, default_per
+from zsc.cli.common import core_defaults, default_of, default_per
 from zsc.cli.main import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,9 +96,9 @@ def test_help_shows_the_core_configs_values() -> None:
 
 
 def test_default_of_formats_and_refuses_unknown_names() -> None:
-    assert default_of("GZSLConfig", "lr") == f"{config_defaults()['GZSLConfig']['lr']:g}"
+    assert default_of("GZSLConfig", "lr") == f"{core_defaults()['GZSLConfig']['lr']:g}"
     assert default_of("TrickConfig", "guidance_range") == " ".join(
-        f"{g:g}" for g in config_defaults()["TrickConfig"]["guidance_range"]
+        f"{g:g}" for g in core_defaults()["TrickConfig"]["guidance_range"]
     )
     assert default_of("CLSWGANConfig", "noise_dim", none="text width") == "text width"
     assert default_per({"a": "GZSLConfig", "b": "GZSLConfig"}, "epochs") == default_of("GZSLConfig", "epochs")

@@ -29,7 +29,7 @@ class CommandError(Exception):
 
 
 @cache
-def config_defaults() -> dict[str, dict[str, Any]]:
+def core_defaults() -> dict[str, dict[str, Any]]:
     """The core configs' defaults: {config: {field: default}} from config_defaults.json, which
     scripts/cli_defaults.py writes from the cores (a unit test checks it); package data, so no service is imported."""
     import json
@@ -52,7 +52,7 @@ def shown(value: Any, none: str = "none") -> str:
 def default_of(config: str, field: str, none: str = "none") -> str:
     """The default the service applies to an unset option, as help text shows it: ``config.field`` of the core,
     e.g. ``default_of("ShipConfig", "encoder_hidden")`` is "2048". A help string restates no core default itself."""
-    return shown(config_defaults()[config][field], none)
+    return shown(core_defaults()[config][field], none)
 
 
 def default_per(configs: str | Mapping[str, str], field: str, none: str = "none") -> str:
