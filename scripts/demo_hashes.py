@@ -6,6 +6,10 @@
 ``extract`` prints {stage: {out path: md5}} as sorted JSON. ``compare`` prints the outputs whose md5 changed, the
 ones the golden file has and the lock lacks (missing) and the reverse (new); exit status 1 on any difference.
 Only outs count: deps hash the source files, which a refactor changes by design.
+
+A feature set records the MLflow run and model version that made it (its lineage), so its bytes differ between
+any two runs of the demo. Where the golden object is still in the DVC cache (``.dvc/cache``), ``compare`` opens both
+files: equal tensors and equal metadata apart from those run identities count as unchanged ("same content").
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -30,6 +35,32 @@ def extract(lock: Path) -> Outs:
     }
 
 
+# Metadata that names the run which wrote a feature set (or hashes a file that does): new in every run.
+RUN_IDENTITY = {"mlflow_run_id", "generator_run_id", "generator_model_uri", "input_sha256"}
+CACHE = Path(".dvc/cache/files/md5")
+
+
+def _feature_set(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no Mapping)
+        meta = json.loads((f.metadata() or {}).get("zsc.featureset", "{}"))
+    inner = {k: v for k, v in meta.get("metadata", {}).items() if k not in RUN_IDENTITY}
+    return tensors, {**meta, "metadata": inner}
+
+
+def same_content(path: str, golden_md5: str) -> bool:
+    """True when ``path`` and the golden object in the DVC cache are the same feature set up to run identity."""
+    golden = CACHE / golden_md5[:2] / golden_md5[2:]
+    if not (path.endswith(".safetensors") and golden.is_file() and Path(path).is_file()):
+        return False
+    import torch
+
+    (now, now_meta), (then, then_meta) = _feature_set(Path(path)), _feature_set(golden)
+    return now_meta == then_meta and now.keys() == then.keys() and all(torch.equal(now[k], then[k]) for k in now)
+
+
 def compare(current: Outs, golden: Outs) -> list[str]:
     """One line per difference, in stage and path order; empty when the two agree."""
     lines = []
@@ -40,7 +71,7 @@ def compare(current: Outs, golden: Outs) -> list[str]:
                 lines.append(f"missing {stage}: {path} (golden {then[path]})")
             elif path not in then:
                 lines.append(f"new     {stage}: {path} ({now[path]})")
-            elif now[path] != then[path]:
+            elif now[path] != then[path] and not same_content(path, then[path]):
                 lines.append(f"changed {stage}: {path} {then[path]} -> {now[path]}")
     return lines
 
