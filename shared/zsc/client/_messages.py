@@ -13,14 +13,16 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import grpc
 from google.protobuf import json_format, message
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from zsc import codec
-from zsc.client.operations import ClientError
+from zsc.client.operations import ClientError, Progress, follow
 from zsc.common.v1 import common_pb2
 from zsc.enums import ProtoEnum
+from zsc.runtime import client
 
 T = TypeVar("T")
 ImageInput = str | os.PathLike[str] | bytes  # a file to read, or encoded PNG/JPEG bytes
@@ -85,6 +87,17 @@ def from_message(cls: type[T], msg: message.Message) -> T:
         else:
             values[f.name] = _scalar(fd, value, hint)
     return cls(**values)
+
+
+def job_result(
+    channel: grpc.Channel,
+    op: common_pb2.Operation,
+    progress: Progress | None,
+    cls: type[T],
+    result: type[message.Message],
+) -> T:
+    """Follow a started job to its end and return its ``result`` message as a ``cls`` dataclass."""
+    return from_message(cls, client.unpack(follow(channel, op, progress), result))
 
 
 def fill(msg: message.Message, values: Mapping[str, Any] | None) -> None:

@@ -24,7 +24,7 @@ from zsc.classification.v1 import downstream_pb2_grpc as ds_grpc
 from zsc.classification.v1 import features_pb2 as ft_pb
 from zsc.classification.v1 import features_pb2_grpc as ft_grpc
 from zsc.client import fanout
-from zsc.client._messages import ImageInput, build, enum, from_message, images, local_uri
+from zsc.client._messages import ImageInput, build, enum, from_message, images, job_result, local_uri
 from zsc.client.operations import ClientError, Progress, follow
 from zsc.runtime import client
 
@@ -290,8 +290,8 @@ def extract_features(
         experiment=experiment,
         alignment_uri=local_uri(alignment),
     )
-    op = follow(channel, ft_grpc.FeaturesStub(channel).ExtractFeatures(request), progress)
-    return from_message(ExtractedFeatures, client.unpack(op, ft_pb.ExtractFeaturesResult))
+    op = ft_grpc.FeaturesStub(channel).ExtractFeatures(request)
+    return job_result(channel, op, progress, ExtractedFeatures, ft_pb.ExtractFeaturesResult)
 
 
 # --- Downstream ----------------------------------------------------------------------------------------------------
@@ -347,8 +347,8 @@ def train_classifier(
         image_size=image_size,
         experiment=experiment,
     )
-    op = follow(channel, ds_grpc.DownstreamStub(channel).TrainClassifier(request), progress)
-    return from_message(TrainedClassifier, client.unpack(op, ds_pb.TrainClassifierResult))
+    op = ds_grpc.DownstreamStub(channel).TrainClassifier(request)
+    return job_result(channel, op, progress, TrainedClassifier, ds_pb.TrainClassifierResult)
 
 
 @dataclass
@@ -387,8 +387,8 @@ def evaluate_model(
         experiment=experiment,
         folder_to_class=folder_to_class,
     )
-    op = follow(channel, ds_grpc.DownstreamStub(channel).Evaluate(request), progress)
-    return from_message(ModelEvaluation, client.unpack(op, ds_pb.ModelEvaluation))
+    op = ds_grpc.DownstreamStub(channel).Evaluate(request)
+    return job_result(channel, op, progress, ModelEvaluation, ds_pb.ModelEvaluation)
 
 
 @dataclass

@@ -14,11 +14,10 @@ import grpc
 import numpy as np
 
 from zsc import codec
-from zsc.client._messages import build, enum, from_message, local_uri
-from zsc.client.operations import ClientError, Progress, follow
+from zsc.client._messages import build, enum, job_result, local_uri
+from zsc.client.operations import ClientError, Progress
 from zsc.generative.v1 import generative_pb2 as pb
 from zsc.generative.v1 import generative_pb2_grpc as pb_grpc
-from zsc.runtime import client
 
 PathLike = str | os.PathLike[str]
 Settings = Mapping[str, Any] | None
@@ -78,8 +77,8 @@ def train_generator(
         experiment=experiment,
         **{kind: method_settings},  # the oneof member named as the kind
     )
-    op = follow(channel, pb_grpc.GenerativeStub(channel).TrainGenerator(request), progress)
-    return from_message(TrainedGenerator, client.unpack(op, pb.TrainGeneratorResult))
+    op = pb_grpc.GenerativeStub(channel).TrainGenerator(request)
+    return job_result(channel, op, progress, TrainedGenerator, pb.TrainGeneratorResult)
 
 
 @dataclass
@@ -120,8 +119,8 @@ def generate_features(
     """Synthesize ``per_class`` features of each class with a registered generator into ``out``; ``text_features``
     [K, D_t] for classes the generator does not know."""
     request = _generate_request(generator, class_names, per_class, seed, text_features, out)
-    op = follow(channel, pb_grpc.GenerativeStub(channel).GenerateFeatures(request), progress)
-    return from_message(GeneratedFeatures, client.unpack(op, pb.GenerateFeaturesResult))
+    op = pb_grpc.GenerativeStub(channel).GenerateFeatures(request)
+    return job_result(channel, op, progress, GeneratedFeatures, pb.GenerateFeaturesResult)
 
 
 def stream_features(
@@ -196,8 +195,8 @@ def train_gzsl(
         experiment=experiment,
         calibration={"method": CALIBRATIONS.value(calibration), **(calibration_settings or {})},
     )
-    op = follow(channel, pb_grpc.GenerativeStub(channel).TrainGZSL(request), progress)
-    return from_message(TrainedGZSL, client.unpack(op, pb.TrainGZSLResult))
+    op = pb_grpc.GenerativeStub(channel).TrainGZSL(request)
+    return job_result(channel, op, progress, TrainedGZSL, pb.TrainGZSLResult)
 
 
 @dataclass
@@ -253,8 +252,8 @@ def evaluate_gzsl(
         experiment=experiment,
         alignment_uri=local_uri(alignment),
     )
-    op = follow(channel, pb_grpc.GenerativeStub(channel).EvaluateGZSL(request), progress)
-    return from_message(GZSLEvaluation, client.unpack(op, pb.EvaluateGZSLResult))
+    op = pb_grpc.GenerativeStub(channel).EvaluateGZSL(request)
+    return job_result(channel, op, progress, GZSLEvaluation, pb.EvaluateGZSLResult)
 
 
 @dataclass
@@ -300,5 +299,5 @@ def fine_tune(
         registered_model_name=registered_model_name,
         experiment=experiment,
     )
-    op = follow(channel, pb_grpc.GenerativeStub(channel).FineTune(request), progress)
-    return from_message(FineTuned, client.unpack(op, pb.FineTuneResult))
+    op = pb_grpc.GenerativeStub(channel).FineTune(request)
+    return job_result(channel, op, progress, FineTuned, pb.FineTuneResult)

@@ -10,11 +10,10 @@ from typing import Any
 import grpc
 import numpy as np
 
-from zsc.client._messages import build, enum, from_message, local_uri
-from zsc.client.operations import Progress, follow
+from zsc.client._messages import build, enum, from_message, job_result, local_uri
+from zsc.client.operations import Progress
 from zsc.recovery.v1 import recovery_pb2 as pb
 from zsc.recovery.v1 import recovery_pb2_grpc as pb_grpc
-from zsc.runtime import client
 
 PathLike = str | os.PathLike[str]
 METRICS = enum(pb.TeacherMetric, field="teacher.metric")
@@ -82,8 +81,8 @@ def recover(
         preset=preset,
         **settings,
     )
-    op = follow(channel, pb_grpc.RecoveryStub(channel).Recover(request), progress)
-    return from_message(Recovery, client.unpack(op, pb.RecoverResult))
+    op = pb_grpc.RecoveryStub(channel).Recover(request)
+    return job_result(channel, op, progress, Recovery, pb.RecoverResult)
 
 
 @dataclass
@@ -122,8 +121,8 @@ def align(
         settings=settings,
         experiment=experiment,
     )
-    op = follow(channel, pb_grpc.RecoveryStub(channel).Align(request), progress)
-    return from_message(Alignment, client.unpack(op, pb.AlignResult))
+    op = pb_grpc.RecoveryStub(channel).Align(request)
+    return job_result(channel, op, progress, Alignment, pb.AlignResult)
 
 
 @dataclass

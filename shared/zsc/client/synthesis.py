@@ -20,7 +20,7 @@ import grpc
 
 from zsc import manifests
 from zsc.client import fanout
-from zsc.client._messages import build, enum, from_message, local_uri
+from zsc.client._messages import build, enum, from_message, job_result, local_uri
 from zsc.client.operations import Progress, follow
 from zsc.runtime import client
 from zsc.synthesis.v1 import synthesis_pb2 as pb
@@ -66,8 +66,8 @@ class TrickSpec:
 
 
 @dataclass
-class DatasetResult:
-    """What a (possibly sharded) run did: counts added over its shards, ``seconds`` the longest shard's own time."""
+class _Counts:
+    """The fields a run's result and a shard's result share (GenerateDatasetResult's)."""
 
     total: int
     generated: int
@@ -76,20 +76,19 @@ class DatasetResult:
     seconds: float
     output_uri: str
     manifest_uri: str
+
+
+@dataclass
+class DatasetResult(_Counts):
+    """What a (possibly sharded) run did: counts added over its shards, ``seconds`` the longest shard's own time."""
+
     mlflow_run_ids: list[str]
     batch_size: int
     shards: fanout.FanOut | None = None  # how a sharded run went (None on one replica)
 
 
 @dataclass
-class _Result:
-    total: int
-    generated: int
-    skipped: int
-    computed: int
-    seconds: float
-    output_uri: str
-    manifest_uri: str
+class _Result(_Counts):
     mlflow_run_id: str
     batch_size: int
 
@@ -163,8 +162,8 @@ def generate_dataset(
     generation, batch_size, experiment, shard)."""
     request = dataset_request(classes, images_per_class, out, **options)
     if isinstance(target, grpc.Channel):
-        op = follow(target, pb_grpc.SynthesisStub(target).GenerateDataset(request), progress)
-        return _merge([from_message(_Result, client.unpack(op, pb.GenerateDatasetResult))])
+        op = pb_grpc.SynthesisStub(target).GenerateDataset(request)
+        return _merge([job_result(target, op, progress, _Result, pb.GenerateDatasetResult)])
     replicas = list(target)
     parts = []
     shards = plan_shards(classes, images_per_class, out, fanout.SHARDS_PER_REPLICA * len(replicas), request.batch_size)
