@@ -99,19 +99,24 @@ def harmonic_mean(a: float, b: float) -> float:
 
 
 @dataclass(frozen=True)
-class GZSLMetrics:
-    """GZSL metrics: seen (S), unseen (U) per-class mean accuracy, both predicted over all classes; H."""
-
-    seen: float
-    unseen: float
-    harmonic: float
+class _Record:
+    """A frozen result whose ``as_dict`` is its fields (a dataclass base, so ``asdict`` applies to every subclass)."""
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
 
 @dataclass(frozen=True)
-class BaseNewMetrics:
+class GZSLMetrics(_Record):
+    """GZSL metrics: seen (S), unseen (U) per-class mean accuracy, both predicted over all classes; H."""
+
+    seen: float
+    unseen: float
+    harmonic: float
+
+
+@dataclass(frozen=True)
+class BaseNewMetrics(_Record):
     """Base-to-new metrics, each sample predicted within its own class set: base (B) and new (N) overall accuracy
     and HM = H(B, N); ``base_per_class``/``new_per_class`` are the per-class means of the same predictions."""
 
@@ -120,9 +125,6 @@ class BaseNewMetrics:
     harmonic: float
     base_per_class: float = math.nan
     new_per_class: float = math.nan
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def _check_disjoint(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
@@ -184,15 +186,12 @@ def gzsl_report(gzsl: Any, base_new: Any) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class MeanStd:
+class MeanStd(_Record):
     """Mean and sample standard deviation (ddof=1; 0 for a single value) over ``n`` runs."""
 
     mean: float
     std: float
     n: int
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
     def __str__(self) -> str:
         return f"{self.mean:.4f} ± {self.std:.4f} (n={self.n})"
