@@ -93,6 +93,33 @@ class _Result(_Counts):
     batch_size: int
 
 
+def _plan(
+    classes: Sequence[ClassSpec | str],
+    images_per_class: int,
+    tricks: TrickSpec | None,
+    resolution: int,
+    seed: int,
+    generation: dict[str, Any] | None,
+    batch_size: int,
+) -> dict[str, Any]:
+    """The plan fields GenerateDataset and GenerateImages share (a bare name is a ClassSpec; no tricks:
+    class_prompt)."""
+    specs = [c if isinstance(c, ClassSpec) else ClassSpec(c) for c in classes]
+    return {
+        "classes": [asdict(c) for c in specs],
+        "images_per_class": images_per_class,
+        "tricks": tricks or TrickSpec(tricks="class_prompt"),
+        "resolution": resolution,
+        "seed": seed,
+        "generation": generation,
+        "batch_size": batch_size,
+    }
+
+
+def _shard(shard: manifests.Shard) -> pb.Shard:
+    return pb.Shard(classes=shard.classes or [], start=shard.start, stop=shard.stop or 0)
+
+
 def dataset_request(
     classes: Sequence[ClassSpec | str],
     images_per_class: int,
@@ -108,21 +135,10 @@ def dataset_request(
 ) -> pb.GenerateDatasetRequest:
     """The GenerateDataset message of these values (tests and tools that speak the wire use it). ``generation``:
     GenerationSettings fields (steps, scheduler, native_resolution, negative_prompt, downsample)."""
-    specs = [c if isinstance(c, ClassSpec) else ClassSpec(c) for c in classes]
-    request = build(
-        pb.GenerateDatasetRequest,
-        classes=[asdict(c) for c in specs],
-        images_per_class=images_per_class,
-        tricks=tricks or TrickSpec(tricks="class_prompt"),
-        resolution=resolution,
-        output_uri=local_uri(out),
-        seed=seed,
-        generation=generation,
-        batch_size=batch_size,
-        experiment=experiment,
-    )
+    plan = _plan(classes, images_per_class, tricks, resolution, seed, generation, batch_size)
+    request = build(pb.GenerateDatasetRequest, **plan, output_uri=local_uri(out), experiment=experiment)
     if shard is not None:
-        request.shard.CopyFrom(pb.Shard(classes=shard.classes or [], start=shard.start, stop=shard.stop or 0))
+        request.shard.CopyFrom(_shard(shard))
     return request
 
 
@@ -170,7 +186,7 @@ def generate_dataset(
     for shard in shards:
         part = pb.GenerateDatasetRequest()
         part.CopyFrom(request)
-        part.shard.CopyFrom(pb.Shard(classes=shard.classes or [], start=shard.start, stop=shard.stop or 0))
+        part.shard.CopyFrom(_shard(shard))
         parts.append(part)
 
     def start(channel: grpc.Channel, part: pb.GenerateDatasetRequest) -> Any:
@@ -237,17 +253,8 @@ def generate_images(
     batch_size: int = 0,
 ) -> Iterator[GeneratedImage]:
     """A few preview images streamed back as they are made, each with its plan record (nothing is written)."""
-    specs = [c if isinstance(c, ClassSpec) else ClassSpec(c) for c in classes]
-    request = build(
-        pb.GenerateImagesRequest,
-        classes=[asdict(c) for c in specs],
-        images_per_class=images_per_class,
-        tricks=tricks or TrickSpec(tricks="class_prompt"),
-        resolution=resolution,
-        seed=seed,
-        generation=generation,
-        batch_size=batch_size,
-    )
+    plan = _plan(classes, images_per_class, tricks, resolution, seed, generation, batch_size)
+    request = build(pb.GenerateImagesRequest, **plan)
     for item in pb_grpc.SynthesisStub(channel).GenerateImages(request):
         yield GeneratedImage(item.image.data, item.image.mime, from_message(JobRecord, item.job))
 
