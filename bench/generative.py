@@ -228,29 +228,22 @@ def time_generation(
     return max(rates[0]), max(rates[1])
 
 
-# The integer options: flag -> (default, help); None: no help line.
-_INT_OPTIONS: dict[str, tuple[int, str | None]] = {
-    "--classes": (40, None),
-    "--per-class": (100, None),
-    "--dim": (512, None),
-    "--text-dim": (512, None),
-    "--hidden": (1024, None),
-    "--noise": (512, None),
-    "--batch": (64, None),
-    "--epochs": (3, "core epochs timed (plus one untimed)"),
-    "--steps": (60, "reference generator steps timed"),
-    "--synth-per-class": (1800, None),
-    "--rounds": (3, "alternating timing rounds (best and median reported)"),
-    "--threads": (0, "torch CPU threads (0: leave the default)"),
-}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kind", choices=["clswgan", "tfvaegan", "both"], default="both")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    for flag, (default, help_) in _INT_OPTIONS.items():
-        ap.add_argument(flag, type=int, default=default, help=help_)
+    ap.add_argument("--classes", type=int, default=40)
+    ap.add_argument("--per-class", type=int, default=100)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--text-dim", type=int, default=512)
+    ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--noise", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=3, help="core epochs timed (plus one untimed)")
+    ap.add_argument("--steps", type=int, default=60, help="reference generator steps timed")
+    ap.add_argument("--synth-per-class", type=int, default=1800)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (best and median reported)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

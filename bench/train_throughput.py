@@ -36,25 +36,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-# The integer options: flag -> (default, help); None: no help line.
-_INT_OPTIONS: dict[str, tuple[int, str | None]] = {
-    "--classes": (10, None),
-    "--per-class": (128, None),
-    "--size": (32, None),
-    "--epochs": (3, "epochs per run; the first is a warm-up"),
-    "--rounds": (2, "alternating runs of each loop"),
-    "--batch-size": (64, None),
-    "--workers": (0, "DataLoader workers of the plain loops (the service uses 0)"),
-    "--threads": (0, "torch CPU threads (0: torch's default)"),
-    "--seed": (0, None),
-}
-
 
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="resnet18")
-    for flag, (default, help_) in _INT_OPTIONS.items():
-        p.add_argument(flag, type=int, default=default, help=help_)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--per-class", type=int, default=128)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is a warm-up")
+    p.add_argument("--rounds", type=int, default=2, help="alternating runs of each loop")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the plain loops (the service uses 0)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
 
 
