@@ -200,19 +200,14 @@ def space(metadata: dict[str, str]) -> str:
     return f"aligned by FLPT alignment {alignment_id(metadata)[:19]}" if alignment_id(metadata) else "unaligned"
 
 
-def version_message(version: registry.RegisteredVersion) -> pb.ModelVersion:
+def version_message(version: registry.RegisteredVersion | registry.ResolvedModel) -> pb.ModelVersion:
+    """A version just registered or a model a request resolved: both name the same five fields."""
     return pb.ModelVersion(
         name=version.name,
         version=version.version,
         run_id=version.run_id,
         model_uri=version.model_uri,
         artifact_uri=version.artifact_uri,
-    )
-
-
-def ref_message(ref: registry.ResolvedModel) -> pb.ModelVersion:
-    return pb.ModelVersion(
-        name=ref.name, version=ref.version, run_id=ref.run_id, model_uri=ref.model_uri, artifact_uri=ref.artifact_uri
     )
 
 
@@ -488,7 +483,7 @@ def generate_features_response(plan: GenerateFeaturesPlan, n_features: int) -> p
         class_names=gen.class_names,
         n_features=n_features,
         feature_dim=gen.generator.feature_dim,
-        generator=ref_message(gen.ref),
+        generator=version_message(gen.ref),
         features_sha256=content_hash(plan.out),
     )
 
@@ -703,7 +698,7 @@ def train_gzsl_response(
             harmonic=cal.harmonic,
             harmonic_uncalibrated=cal.harmonic_uncalibrated,
             pseudo_unseen=pseudo_unseen(plan, training),
-            generator=ref_message(plan.calibration.ref),
+            generator=version_message(plan.calibration.ref),
         )
     return pb.TrainGZSLResult(
         model=version_message(version),
@@ -844,7 +839,7 @@ def evaluate_response(plan: EvaluatePlan, result: GZSLEvaluation, run_id: str) -
         seen_indices=plan.seen,
         unseen_indices=plan.unseen,
         n_samples=len(plan.test),
-        classifier=ref_message(plan.ref),
+        classifier=version_message(plan.ref),
         mlflow_run_id=run_id,
     )
 
