@@ -33,6 +33,7 @@ from safetensors.torch import save
 from zsc.data import duplicate_class, resolve_uri
 from zsc.errors import InvalidArgument, first_line
 from zsc.io import atomic_write_bytes
+from zsc.lineage import file_digests
 
 __all__ = [
     "ALIGNMENT_ID_KEY",
@@ -325,8 +326,4 @@ def save_features(features: FeatureSet, path: Path, job: Cancellable) -> None:
 
 def content_hash(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in chunks so large files never sit in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digests(path, "sha256", chunk_size=chunk_size)[0]

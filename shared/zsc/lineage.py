@@ -18,12 +18,19 @@ from pathlib import Path
 MD5_TAG = "zsc.dataset.md5"
 
 
-def file_md5(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+def file_digests(path: str | os.PathLike[str], *algorithms: str, chunk_size: int = 1 << 20) -> tuple[str, ...]:
+    """Hex digests of a file's bytes, one per hashlib algorithm name, from one chunked read (zsc's one file
+    hasher: the sha256 of a lineage tag and DVC's md5 of the same file cost one pass)."""
+    digests = [hashlib.new(name, usedforsecurity=False) for name in algorithms]
     with open(path, "rb") as fh:
         while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+            for digest in digests:
+                digest.update(chunk)
+    return tuple(digest.hexdigest() for digest in digests)
+
+
+def file_md5(path: str | os.PathLike[str]) -> str:
+    return file_digests(path, "md5")[0]
 
 
 def dvc_md5(path: str | os.PathLike[str]) -> str:

@@ -23,6 +23,7 @@ from zsc.evaluation import (
     per_class_accuracy,
 )
 from zsc.features import FeatureSet, content_hash
+from zsc.lineage import file_digests
 
 
 def make_set(n: int = 12, dim: int = 8, text_dim: int = 5, classes: int = 4, seed: int = 0) -> FeatureSet:
@@ -140,6 +141,11 @@ def test_content_hash_matches_hashlib(tmp_path: Path) -> None:
     assert content_hash(path, chunk_size=7) == expected  # chunk boundaries do not matter
     make_set(seed=3).save(path)
     assert content_hash(path) != expected
+    # one read gives both digests a training file's lineage records
+    assert file_digests(path, "sha256", "md5", chunk_size=5) == (
+        hashlib.sha256(path.read_bytes()).hexdigest(),
+        hashlib.md5(path.read_bytes()).hexdigest(),
+    )
 
 
 # ------------------------------------------------------------------------------------------------------- metrics

@@ -33,7 +33,7 @@ from zsc.features import (
     read_feature_file,
 )
 from zsc.generative.v1 import generative_pb2 as pb
-from zsc.lineage import MD5_TAG, dvc_md5
+from zsc.lineage import MD5_TAG, file_digests
 from zsc.models.clip import ClipBundle, encode_class_names
 from zsc.models.prompt_learner import check_prompts_fit
 from zsc.runtime.jobs import JobPlan, lineage_tags
@@ -157,10 +157,11 @@ def model_name(requested: str, default: str) -> str:
 
 def dataset_tags(path: Path, data: FeatureSet) -> dict[str, str]:
     """Lineage of a training file (keys without ``zsc.``): its path, sha256, the md5 dvc.lock lists, its upstream."""
+    sha256, md5 = file_digests(path, "sha256", "md5")  # one read; a file's DVC md5 is its plain md5
     return {
         "dataset.uri": str(path),
-        "dataset.hash": f"sha256:{content_hash(path)}",
-        MD5_TAG.removeprefix("zsc."): dvc_md5(path),
+        "dataset.hash": f"sha256:{sha256}",
+        MD5_TAG.removeprefix("zsc."): md5,
         **{k.removeprefix("zsc."): v for k, v in upstream_tags(data, "zsc.recovery").items()},
     }
 
@@ -169,7 +170,8 @@ def novel_tags(path: Path | None, novel: FeatureSet | None) -> dict[str, str]:
     """Lineage of the synthesized features: the file and the generator GenerateFeatures recorded in it."""
     if novel is None or path is None:
         return {}
-    tags = {"novel.uri": str(path), "novel.hash": f"sha256:{content_hash(path)}", "novel.md5": dvc_md5(path)}
+    sha256, md5 = file_digests(path, "sha256", "md5")
+    tags = {"novel.uri": str(path), "novel.hash": f"sha256:{sha256}", "novel.md5": md5}
     for key in ("generator_model_uri", "generator_run_id"):
         tags[key.replace("_", ".", 1)] = novel.metadata.get(key, "")
     return tags

@@ -22,7 +22,6 @@ copy of the package's ``.pth`` state dict; not safetensors, which sorts tensors 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import logging
 import re
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from zsc.errors import ModelUnavailable
+from zsc.lineage import file_digests
 from zsc.seeding import seeded_init
 
 if TYPE_CHECKING:  # timm and transformers load when a model is built
@@ -248,11 +248,7 @@ def _lite0_transform(model: torch.nn.Module, image_size: int) -> tuple[Callable[
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digests(path, "sha256")[0]
 
 
 # --- text: MiniLM-L6 -------------------------------------------------------------------------------------------------
