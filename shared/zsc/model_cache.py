@@ -27,24 +27,27 @@ V = TypeVar("V")
 class _LoggedLRU(LRUCache):
     """cachetools' LRU that says which model it evicted (a reload later is then no surprise in the logs)."""
 
-    def __init__(self, maxsize: int, name: str) -> None:
+    def __init__(self, maxsize: int, name: str, log_evictions: bool = True) -> None:
         super().__init__(maxsize)
-        self.name = name
+        self.name, self.log_evictions = name, log_evictions
 
     def popitem(self) -> tuple[Any, Any]:
         key, value = super().popitem()
-        log.info("%s cache evicted %s", self.name, reprlib.repr(key))  # a key may hold thousands of class names
+        if self.log_evictions:  # a key may hold thousands of class names
+            log.info("%s cache evicted %s", self.name, reprlib.repr(key))
         return key, value
 
 
 class ModelCache(Generic[K, V]):
     """A thread-safe, size-bounded LRU of loaded models with one load per key at a time (see the module doc)."""
 
-    def __init__(self, maxsize: int = 8, name: str = "model") -> None:
+    def __init__(self, maxsize: int = 8, name: str = "model", log_evictions: bool = True) -> None:
+        """``log_evictions=False`` for caches of many small values (per-prompt embeddings), where an eviction is
+        routine and a log line per image would be noise."""
         if maxsize < 1:
             raise ValueError("the model cache needs room for at least one model")
         self.maxsize, self.name = maxsize, name
-        self._items: LRUCache = _LoggedLRU(maxsize, name)
+        self._items: LRUCache = _LoggedLRU(maxsize, name, log_evictions)
         self._loading: dict[K, Future[V]] = {}
         self._lock = threading.Lock()  # guards _items (an LRU read reorders it) and _loading
         self.loads = 0  # how many loads finished (tests and logs)

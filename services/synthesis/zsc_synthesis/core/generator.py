@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from PIL import Image
 
 from zsc.config import check_config, setting
 from zsc.errors import Cancelled, FailedPrecondition, InvalidArgument
+from zsc.model_cache import ModelCache
 from zsc.models.diffusion import SCHEDULERS, SDComponents, check_steps, make_scheduler
 from zsc_synthesis.core.planner import Job
 
@@ -86,8 +87,9 @@ class ImageGenerator:
             )
         self.size = self.config.size or self.native_resolution
         self.decode_batch_size = decode_batch_size
-        self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._prompt_cache_size = prompt_cache_size
+        self._prompt_cache: ModelCache[str, torch.Tensor] = ModelCache(
+            prompt_cache_size, "prompt embedding", log_evictions=False
+        )
 
     @property
     def model(self) -> str:
@@ -166,18 +168,7 @@ class ImageGenerator:
 
     def _encode(self, prompts: Sequence[str]) -> torch.Tensor:
         """Text embeddings [N, L, D]; each distinct prompt is encoded alone so its embedding is batch-independent."""
-        out = []
-        for prompt in prompts:
-            cached = self._prompt_cache.get(prompt)
-            if cached is None:
-                cached = self._encode_one(prompt)
-                self._prompt_cache[prompt] = cached
-                if len(self._prompt_cache) > self._prompt_cache_size:
-                    self._prompt_cache.popitem(last=False)
-            else:
-                self._prompt_cache.move_to_end(prompt)
-            out.append(cached)
-        return torch.cat(out)
+        return torch.cat([self._prompt_cache.get(p, partial(self._encode_one, p)) for p in prompts])
 
     def _encode_one(self, prompt: str) -> torch.Tensor:
         tokenizer, encoder = self.parts.tokenizer, self.parts.text_encoder
