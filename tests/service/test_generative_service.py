@@ -429,7 +429,11 @@ def _bad_inputs(tiny: Problem, models: dict[str, object], data_root: Path):
     invalid = {
         # TrainGenerator
         "kind unset": ("TrainGenerator", train(kind=pb.GENERATOR_KIND_UNSPECIFIED), "generator kind is unset"),
-        "kind unknown": ("TrainGenerator", train(kind=9), "generator kind 9 is unknown; expected TFVAEGAN or CLSWGAN"),
+        "kind unknown": (
+            "TrainGenerator",
+            train(kind=9),
+            "unknown generator kind 9; expected TFVAEGAN, CLSWGAN or SHIP_VAE",
+        ),
         "settings of the other kind": (
             "TrainGenerator",
             tfvaegan_settings,

@@ -100,16 +100,6 @@ def decode_float(msg: common_pb2.Tensor, rank: int, name: str) -> torch.Tensor:
     return tensor.float()
 
 
-def enum_name(enum: ProtoEnum, value: int) -> str:
-    """``enum.name(value)``, an unknown number refused as "unknown kappa policy 7; expected ANGULAR, FIXED or
-    MATCHED" (the words this service has always used)."""
-    try:
-        return enum.name(value)
-    except InvalidArgument:
-        *rest, last = (name.upper() for name in enum.names)
-        raise InvalidArgument(f"unknown {enum.field} {value}; expected {', '.join(rest)} or {last}") from None
-
-
 # --- Recover -------------------------------------------------------------------------------------------------------
 def plan_recover(request: pb.RecoverRequest, runtime: ServiceRuntime, clip: ClipBundle | None) -> RecoverPlan:
     experiment = tracking.experiment_name(request.experiment, EXPERIMENT)
@@ -178,7 +168,7 @@ def check_template(template: str) -> str:
 
 def decode_teacher(msg: pb.Teacher) -> tuple[str, torch.Tensor, torch.Tensor | None, float]:
     """(metric, weight [S, D] float32, bias [S] or None, temperature), every tensor checked for NaN/Inf."""
-    metric = enum_name(METRICS, msg.metric)
+    metric = METRICS.name(msg.metric)
     if not msg.HasField("weight"):
         raise InvalidArgument("the teacher weight is missing")
     weight = decode_float(msg.weight, 2, "teacher weight")
@@ -190,11 +180,11 @@ def decode_teacher(msg: pb.Teacher) -> tuple[str, torch.Tensor, torch.Tensor | N
 def recovery_config(request: pb.RecoverRequest) -> RecoveryConfig:
     """RecoveryConfig from the request; unset optional fields keep the preset's values, or without a preset the
     defaults of the released configs. The config refuses bad values (ValueError: INVALID_ARGUMENT)."""
-    policy = enum_name(POLICIES, request.kappa_policy)
+    policy = POLICIES.name(request.kappa_policy)
     kwargs: dict[str, Any] = {
         "kappa_policy": policy,
         "seed": int(request.seed),
-        "sampler": enum_name(SAMPLERS, request.sampler),
+        "sampler": SAMPLERS.name(request.sampler),
     }
     if policy == "fixed" or request.kappa != 0:
         kwargs["kappa"] = request.kappa  # the core refuses kappa <= 0 and a kappa given with the angular policy

@@ -107,16 +107,10 @@ class TrackedRun:
             return registry.register_folder(self.run, Path(tmp), artifact, name, version_tags(tags))
 
     def flush(self) -> None:
-        """Send the kept values in as few store calls as MLflow's batch limit allows (not one per step: against
-        the embedded SQLite store one write costs ~0.1 s, more than an epoch of a small model)."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(key, value, now, step) for key, value, step in self._pending]
-        self._pending.clear()
+        """Send the kept values now (``tracking.Run.log_points``: a batch per store call, not one per step)."""
+        points, self._pending = self._pending, []
         self._last_flush = time.monotonic()
-        for i in range(0, len(items), 500):  # MLflow's batch limit is 1000 metrics
-            self.run.client.log_batch(self.run.id, metrics=items[i : i + 500])
+        self.run.log_points(points)
 
 
 def start_tracked(
